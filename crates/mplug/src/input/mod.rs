@@ -1,0 +1,1 @@
+//! Text, pixels and frames in.
