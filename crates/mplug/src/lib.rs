@@ -3,7 +3,20 @@
 //!
 //! Data flows one way: [`input`] (tokenizer, image, video) -> [`model`] (vision tower, BERT
 //! blocks, skip-connected fusion, decoder, heads) -> [`generate`] / [`tasks`] -> the `mplug`
-//! command. [`metrics`] scores the results as the community's tools do.
+//! command. [`checkpoint`] reads the released weights; [`metrics`] scores results as the
+//! community's tools do.
 
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod generate;
 pub mod input;
 pub mod metrics;
+pub mod model;
+pub mod tasks;
+
+pub use checkpoint::Checkpoint;
+pub use config::{BertConfig, MplugConfig, VisionConfig};
+pub use error::{Error, Result};
+pub use generate::{beam_search, BeamConfig, Hypothesis};
+pub use model::{Mplug, Task};

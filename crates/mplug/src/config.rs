@@ -1,0 +1,300 @@
+//! Model configuration: the golden `config.json` form, the reference's BERT JSON, and presets
+//! for the released `base` and `large` models.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The CLIP ViT visual tower.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VisionConfig {
+    /// Patch size in pixels (16 for ViT-B/16, 14 for ViT-L/14).
+    pub patch_size: usize,
+    /// Transformer width.
+    pub width: usize,
+    /// Number of residual attention blocks.
+    pub layers: usize,
+    /// Attention heads.
+    pub heads: usize,
+}
+
+fn default_gelu() -> String {
+    "gelu".to_string()
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_stride() -> usize {
+    100
+}
+
+/// The reference's `BertConfig` JSON with mPLUG's extra fields. Unknown fields are ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    /// Width of text tokens in every text tower.
+    pub hidden_size: usize,
+    /// Attention heads in every text tower.
+    pub num_attention_heads: usize,
+    /// Feed-forward width.
+    pub intermediate_size: usize,
+    /// Layers held by the fusion encoder (it runs the last `fusion_layers` of them).
+    pub num_hidden_layers: usize,
+    /// Depth of the text encoder.
+    pub text_encoder_layers: usize,
+    /// Number of fusion layers that run.
+    pub fusion_layers: usize,
+    /// Depth of the text decoder.
+    pub text_decode_layers: usize,
+    /// A running fusion layer `n` with `n != 0 && n % stride_layer == 0` is connected attention.
+    #[serde(default = "default_stride")]
+    pub stride_layer: usize,
+    /// Width of the states that cross-attention reads.
+    pub encoder_width: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Longest text the position embeddings cover.
+    pub max_position_embeddings: usize,
+    /// LayerNorm epsilon of the text towers.
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    /// Token type vocabulary size.
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    /// Activation of the feed-forward blocks (`gelu`, the exact erf form, in every released model).
+    #[serde(default = "default_gelu")]
+    pub hidden_act: String,
+    /// Padding token id.
+    #[serde(default)]
+    pub pad_token_id: u32,
+}
+
+/// Everything needed to build an mPLUG model (the golden `config.json` form).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MplugConfig {
+    /// Square input size in pixels.
+    pub image_res: usize,
+    /// The visual tower.
+    pub vision: VisionConfig,
+    /// Width of visual tokens; when it differs from `bert.hidden_size` the model has `visn_fc`.
+    pub vision_width: usize,
+    /// ITC projection size.
+    pub embed_dim: usize,
+    /// The text towers.
+    pub bert: BertConfig,
+}
+
+impl BertConfig {
+    fn released(stride_layer: usize) -> Self {
+        BertConfig {
+            hidden_size: 768,
+            num_attention_heads: 12,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            text_encoder_layers: 6,
+            fusion_layers: 6,
+            text_decode_layers: 12,
+            stride_layer,
+            encoder_width: 768,
+            vocab_size: 30522,
+            max_position_embeddings: 512,
+            layer_norm_eps: 1e-12,
+            type_vocab_size: 2,
+            hidden_act: "gelu".into(),
+            pad_token_id: 0,
+        }
+    }
+
+    /// Head width of the text towers.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Reads the reference's `config_bert*.json`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = read(path)?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+}
+
+impl MplugConfig {
+    /// The released `base` models: ViT-B/16 at 384 px, connected attention every 3rd fusion layer.
+    pub fn base() -> Self {
+        MplugConfig {
+            image_res: 384,
+            vision: VisionConfig { patch_size: 16, width: 768, layers: 12, heads: 12 },
+            vision_width: 768,
+            embed_dim: 256,
+            bert: BertConfig::released(3),
+        }
+    }
+
+    /// The released `large` models: ViT-L/14 at 336 px with `visn_fc`, stride 6.
+    pub fn large() -> Self {
+        MplugConfig {
+            image_res: 336,
+            vision: VisionConfig { patch_size: 14, width: 1024, layers: 24, heads: 16 },
+            vision_width: 1024,
+            embed_dim: 256,
+            bert: BertConfig::released(6),
+        }
+    }
+
+    /// A named preset: `base` or `large`.
+    pub fn preset(name: &str) -> Result<Self> {
+        match name {
+            "base" => Ok(Self::base()),
+            "large" => Ok(Self::large()),
+            other => Err(Error::Config(format!(
+                "unknown preset `{other}` (expected `base` or `large`)"
+            ))),
+        }
+    }
+
+    /// Reads a `config.json` of the golden / model-folder form.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = read(path)?;
+        let cfg: Self = serde_json::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        cfg.validate()
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Ok(cfg)
+    }
+
+    /// Builds a configuration from the reference's task YAML values (`image_res`,
+    /// `vision_width`, `clip_name`, `embed_dim`) and its `bert_config` JSON.
+    pub fn from_reference(
+        image_res: usize,
+        vision_width: usize,
+        clip_name: &str,
+        embed_dim: usize,
+        bert: BertConfig,
+    ) -> Result<Self> {
+        let vision = match clip_name {
+            "ViT-B-16" => VisionConfig { patch_size: 16, width: 768, layers: 12, heads: 12 },
+            "ViT-L-14" => VisionConfig { patch_size: 14, width: 1024, layers: 24, heads: 16 },
+            other => {
+                return Err(Error::Config(format!(
+                    "unknown clip_name `{other}` (expected ViT-B-16 or ViT-L-14)"
+                )))
+            }
+        };
+        let cfg = MplugConfig { image_res, vision, vision_width, embed_dim, bert };
+        cfg.validate().map_err(Error::Config)?;
+        Ok(cfg)
+    }
+
+    /// Reads the reference's task YAML (flat `key: value` lines; only the model keys are used)
+    /// and the `bert_config` file it names, resolved against `bert_dir` when relative.
+    pub fn from_reference_yaml(yaml: impl AsRef<Path>, bert_dir: impl AsRef<Path>) -> Result<Self> {
+        let yaml = yaml.as_ref();
+        let text = read(yaml)?;
+        let field = |key: &str| -> Option<String> {
+            text.lines().find_map(|line| {
+                let line = line.split('#').next()?.trim();
+                let (k, v) = line.split_once(':')?;
+                (k.trim() == key).then(|| v.trim().trim_matches(['\'', '"']).to_string())
+            })
+        };
+        let need = |key: &str| {
+            field(key).ok_or_else(|| Error::Config(format!("{}: no `{key}`", yaml.display())))
+        };
+        let num = |key: &str| -> Result<usize> {
+            need(key)?.parse().map_err(|_| {
+                Error::Config(format!("{}: `{key}` is not a number", yaml.display()))
+            })
+        };
+        let bert_path = bert_dir.as_ref().join(need("bert_config")?);
+        let bert = BertConfig::from_file(&bert_path)?;
+        let embed_dim = field("embed_dim").and_then(|v| v.parse().ok()).unwrap_or(256);
+        Self::from_reference(num("image_res")?, num("vision_width")?, &need("clip_name")?, embed_dim, bert)
+    }
+
+    /// Checks the sizes fit together.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let v = &self.vision;
+        let b = &self.bert;
+        if v.patch_size == 0 || self.image_res % v.patch_size != 0 {
+            return Err(format!(
+                "image_res {} is not a multiple of patch_size {}",
+                self.image_res, v.patch_size
+            ));
+        }
+        if v.heads == 0 || v.width % v.heads != 0 {
+            return Err(format!("vision width {} is not divisible by {} heads", v.width, v.heads));
+        }
+        if b.num_attention_heads == 0 || b.hidden_size % b.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not divisible by {} heads",
+                b.hidden_size, b.num_attention_heads
+            ));
+        }
+        if b.fusion_layers > b.num_hidden_layers {
+            return Err(format!(
+                "fusion_layers {} exceeds num_hidden_layers {}",
+                b.fusion_layers, b.num_hidden_layers
+            ));
+        }
+        if b.stride_layer == 0 {
+            return Err("stride_layer must be at least 1".into());
+        }
+        if b.hidden_act != "gelu" {
+            return Err(format!("hidden_act `{}` is not supported (only `gelu`)", b.hidden_act));
+        }
+        Ok(())
+    }
+
+    /// Patches per side of the visual grid.
+    pub fn grid_size(&self) -> usize {
+        self.image_res / self.vision.patch_size
+    }
+
+    /// Visual tokens per image: the class token plus one per patch.
+    pub fn num_visual_tokens(&self) -> usize {
+        self.grid_size() * self.grid_size() + 1
+    }
+
+    /// Whether the model has `visn_fc` + `visn_layer_norm` (vision width differs from text width).
+    pub fn has_visn_fc(&self) -> bool {
+        self.vision_width != self.bert.hidden_size
+    }
+
+    /// Whether running fusion layer `n` is a connected-attention layer.
+    pub fn is_connected_layer(&self, n: usize) -> bool {
+        n != 0 && n % self.bert.stride_layer == 0
+    }
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_valid() {
+        for name in ["base", "large"] {
+            let cfg = MplugConfig::preset(name).unwrap();
+            cfg.validate().unwrap();
+        }
+        assert_eq!(MplugConfig::base().num_visual_tokens(), 577);
+        assert_eq!(MplugConfig::large().num_visual_tokens(), 577);
+        assert!(MplugConfig::large().has_visn_fc());
+        assert!(!MplugConfig::base().has_visn_fc());
+        assert!(MplugConfig::preset("huge").is_err());
+    }
+
+    #[test]
+    fn connected_layers_follow_stride() {
+        let cfg = MplugConfig::base();
+        let connected: Vec<_> = (0..6).filter(|&n| cfg.is_connected_layer(n)).collect();
+        assert_eq!(connected, vec![3]);
+    }
+}

@@ -1,0 +1,47 @@
+//! The library's error type: every message names the input at fault.
+
+use std::path::PathBuf;
+
+/// Errors returned by the mplug library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A configuration file or value is malformed.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A checkpoint is unreadable, lacks a tensor, or holds one of the wrong shape.
+    #[error("checkpoint {path}: {msg}")]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// The model was asked for something its loaded parts cannot do.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Inputs to a model call are inconsistent (shapes, lengths, ids out of range).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// An error from the tensor library.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// The library's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Shorthand for [`Error::InvalidInput`].
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidInput(msg.into())
+    }
+}

@@ -1,0 +1,99 @@
+//! Multi-head attention arithmetic shared by every tower, and the additive masks the reference
+//! uses (0 where attended, -10000 where masked).
+
+use candle_core::{DType, Result, Tensor, D};
+
+/// Value added to the scores of masked positions, as in the reference.
+pub const MASKED: f64 = -10000.0;
+
+/// `(B, L, H*d)` -> `(B, H, L, d)`, contiguous.
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, l, w) = x.dims3()?;
+    x.reshape((b, l, heads, w / heads))?.transpose(1, 2)?.contiguous()
+}
+
+/// `(B, H, L, d)` -> `(B, L, H*d)`.
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, l, d) = x.dims4()?;
+    x.transpose(1, 2)?.reshape((b, l, h * d))
+}
+
+/// Scaled dot-product attention, `softmax(q k^T / sqrt(d) + mask) v`.
+///
+/// `q` is `(Bq, H, Lq, d)`; `k` and `v` are `(Bk, H, Lk, d)` with `Bq = Bk * G`: each key row
+/// serves `G` consecutive query rows (beams of one image, or candidate answers of one question)
+/// without being copied. The additive `mask` broadcasts to `(Bk, 1, G*Lq, Lk)` when `G > 1` and
+/// to `(Bq, H, Lq, Lk)` otherwise.
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let (bq, h, lq, d) = q.dims4()?;
+    let bk = k.dim(0)?;
+    let scale = 1.0 / (d as f64).sqrt();
+    if bq == bk {
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        return probs.matmul(v);
+    }
+    if bk == 0 || bq % bk != 0 {
+        candle_core::bail!("attention: {bq} query rows cannot share {bk} key rows");
+    }
+    let g = bq / bk;
+    let q = q
+        .reshape((bk, g, h, lq, d))?
+        .transpose(1, 2)?
+        .reshape((bk, h, g * lq, d))?;
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    probs
+        .matmul(v)?
+        .reshape((bk, h, g, lq, d))?
+        .transpose(1, 2)?
+        .reshape((bq, h, lq, d))
+}
+
+/// A padding mask `(B, L)` of ones and zeros (any dtype) -> additive `(B, 1, 1, L)`.
+pub fn padding_mask(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (b, l) = mask.dims2()?;
+    let m = mask.to_dtype(DType::F32)?;
+    ((1.0 - m)? * MASKED)?.to_dtype(dtype)?.reshape((b, 1, 1, l))
+}
+
+/// Causal mask for `lq` new tokens after `past` cached ones, combined with an optional padding
+/// mask `(B, past + lq)`: additive `(B or 1, 1, lq, past + lq)`.
+pub fn causal_mask(
+    lq: usize,
+    past: usize,
+    padding: Option<&Tensor>,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let lk = past + lq;
+    let allowed: Vec<f32> = (0..lq)
+        .flat_map(|i| (0..lk).map(move |j| if j <= past + i { 1.0 } else { 0.0 }))
+        .collect();
+    let causal = Tensor::from_vec(allowed, (1, 1, lq, lk), device)?;
+    let allowed = match padding {
+        Some(p) => {
+            let (b, l) = p.dims2()?;
+            if l != lk {
+                candle_core::bail!("attention mask covers {l} tokens, expected {lk}");
+            }
+            let p = p.to_dtype(DType::F32)?.reshape((b, 1, 1, lk))?;
+            causal.broadcast_mul(&p)?
+        }
+        None => causal,
+    };
+    ((1.0 - allowed)? * MASKED)?.to_dtype(dtype)
+}
+
+/// Softmax over the last dimension in log space.
+pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::log_softmax(x, D::Minus1)
+}

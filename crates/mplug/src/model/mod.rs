@@ -1,0 +1,309 @@
+//! The mPLUG model: visual tower, text encoder, skip-connected fusion encoder, text decoder and
+//! the retrieval heads, each built from the checkpoint keys it owns.
+
+pub mod attention;
+pub mod bert;
+pub mod cache;
+pub mod decoder;
+pub mod fusion;
+pub mod vision;
+
+pub use bert::TextEncoder;
+pub use cache::{CrossStates, KvCache, LayerKv};
+pub use decoder::TextDecoder;
+pub use fusion::FusionEncoder;
+pub use vision::{resize_pos_embed, VisualEncoder};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::MplugConfig;
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{linear, Linear, VarBuilder};
+use std::fmt;
+
+/// The tasks mPLUG is fine-tuned for; each needs its own parts of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Task {
+    /// Image captioning: visual tower and decoder.
+    Caption,
+    /// Visual question answering: all towers and the decoder.
+    Vqa,
+    /// Image-text retrieval: towers, fusion, ITC projections and the ITM head.
+    Retrieval,
+    /// Visual grounding: towers, fusion and a decoder over coordinate tokens.
+    Grounding,
+}
+
+impl Task {
+    /// Every task.
+    pub const ALL: [Task; 4] = [Task::Caption, Task::Vqa, Task::Retrieval, Task::Grounding];
+
+    /// The task's name as the command line spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Caption => "caption",
+            Task::Vqa => "vqa",
+            Task::Retrieval => "retrieval",
+            Task::Grounding => "grounding",
+        }
+    }
+
+    /// Parses a task name.
+    pub fn parse(name: &str) -> Result<Task> {
+        Task::ALL
+            .into_iter()
+            .find(|t| t.name() == name)
+            .ok_or_else(|| Error::Config(format!("unknown task `{name}` (expected caption, vqa, retrieval or grounding)")))
+    }
+
+    /// Guesses the task a checkpoint was fine-tuned for from its keys. Caption and VQA
+    /// checkpoints share one layout; both answer `Vqa`, which can also caption.
+    pub fn detect(ckpt: &Checkpoint) -> Option<Task> {
+        if ckpt.contains("bbox_prob_mask") || ckpt.contains("prefix_ids") {
+            Some(Task::Grounding)
+        } else if ckpt.has_prefix("text_decoder.") {
+            Some(if ckpt.has_prefix("text_encoder.") { Task::Vqa } else { Task::Caption })
+        } else if ckpt.contains("itm_head.weight") {
+            Some(Task::Retrieval)
+        } else {
+            None
+        }
+    }
+
+    fn needs(self) -> Parts {
+        match self {
+            Task::Caption => Parts { text: false, fusion: false, decoder: true, heads: false },
+            Task::Vqa => Parts { text: true, fusion: true, decoder: true, heads: false },
+            Task::Retrieval => Parts { text: true, fusion: true, decoder: false, heads: true },
+            Task::Grounding => Parts { text: true, fusion: true, decoder: true, heads: false },
+        }
+    }
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Parts {
+    text: bool,
+    fusion: bool,
+    decoder: bool,
+    heads: bool,
+}
+
+/// The ITC projections and the ITM head of retrieval models.
+#[derive(Debug, Clone)]
+pub struct RetrievalHeads {
+    /// `vision_proj`: visual [CLS] -> ITC space.
+    pub vision_proj: Linear,
+    /// `text_proj`: text [CLS] -> ITC space.
+    pub text_proj: Linear,
+    /// `itm_head`: fused [CLS] -> (no match, match) logits.
+    pub itm_head: Linear,
+}
+
+/// A loaded mPLUG model. Parts a task does not use are not loaded.
+#[derive(Debug, Clone)]
+pub struct Mplug {
+    /// The configuration it was built with.
+    pub config: MplugConfig,
+    /// The task its parts were chosen for.
+    pub task: Task,
+    /// Visual tower (with `visn_fc` where the widths differ).
+    pub visual: VisualEncoder,
+    /// Text encoder.
+    pub text_encoder: Option<TextEncoder>,
+    /// Skip-connected fusion encoder.
+    pub fusion: Option<FusionEncoder>,
+    /// Text decoder.
+    pub decoder: Option<TextDecoder>,
+    /// Retrieval heads.
+    pub heads: Option<RetrievalHeads>,
+    device: Device,
+    dtype: DType,
+}
+
+impl Mplug {
+    /// Builds the parts of the model `task` needs from a var builder rooted at the checkpoint's
+    /// top level (`visual_encoder.*`, `text_encoder.*`, ...). Used for checkpoints and for
+    /// fresh variables alike.
+    pub fn new(config: &MplugConfig, task: Task, vb: VarBuilder) -> candle_core::Result<Self> {
+        let parts = task.needs();
+        let b = &config.bert;
+        let text_layers = match task {
+            // The reference's grounding model keeps only the first `stride_layer` text layers.
+            Task::Grounding => b.text_encoder_layers.min(b.stride_layer),
+            _ => b.text_encoder_layers,
+        };
+        let visual = VisualEncoder::new(config, &vb)?;
+        let text_encoder = parts
+            .text
+            .then(|| TextEncoder::new(b, text_layers, vb.pp("text_encoder")))
+            .transpose()?;
+        let fusion = parts.fusion.then(|| FusionEncoder::new(config, vb.pp("fusion_encoder"))).transpose()?;
+        let decoder = parts.decoder.then(|| TextDecoder::new(b, vb.pp("text_decoder"))).transpose()?;
+        let heads = if parts.heads {
+            Some(RetrievalHeads {
+                vision_proj: linear(b.hidden_size, config.embed_dim, vb.pp("vision_proj"))?,
+                text_proj: linear(b.hidden_size, config.embed_dim, vb.pp("text_proj"))?,
+                itm_head: linear(b.hidden_size, 2, vb.pp("itm_head"))?,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            config: config.clone(),
+            task,
+            visual,
+            text_encoder,
+            fusion,
+            decoder,
+            heads,
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
+        })
+    }
+
+    /// Loads the model for `task` from a checkpoint, converting weights to `dtype` on `device`.
+    /// A checkpoint that lacks a part the task needs fails with a message naming the part and,
+    /// where it can tell, the task the checkpoint was made for.
+    pub fn load(
+        config: &MplugConfig,
+        ckpt: &Checkpoint,
+        task: Task,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        config.validate().map_err(Error::Config)?;
+        let parts = task.needs();
+        let required = [
+            (true, "visual_encoder.", "visual tower"),
+            (parts.text, "text_encoder.", "text encoder"),
+            (parts.fusion, "fusion_encoder.", "fusion encoder"),
+            (parts.decoder, "text_decoder.", "text decoder"),
+            (parts.heads, "itm_head.", "ITM head"),
+        ];
+        for (needed, prefix, what) in required {
+            if needed && !ckpt.has_prefix(prefix) {
+                let made_for = Task::detect(ckpt)
+                    .map(|t| format!("; it looks like a {t} checkpoint"))
+                    .unwrap_or_default();
+                return Err(ckpt.error(format!(
+                    "has no {what} (`{prefix}*`), which the {task} task needs{made_for}"
+                )));
+            }
+        }
+        let model = Self::new(config, task, ckpt.var_builder(dtype, device)).map_err(|e| ckpt.error(e))?;
+        Ok(model)
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The dtype of the weights.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn part<'a, T>(&self, part: &'a Option<T>, what: &str) -> Result<&'a T> {
+        part.as_ref().ok_or_else(|| {
+            Error::Unsupported(format!("the {} model has no {what}", self.task))
+        })
+    }
+
+    /// The text encoder, or an error naming the missing part.
+    pub fn text_encoder(&self) -> Result<&TextEncoder> {
+        self.part(&self.text_encoder, "text encoder")
+    }
+
+    /// The fusion encoder, or an error naming the missing part.
+    pub fn fusion(&self) -> Result<&FusionEncoder> {
+        self.part(&self.fusion, "fusion encoder")
+    }
+
+    /// The decoder, or an error naming the missing part.
+    pub fn decoder(&self) -> Result<&TextDecoder> {
+        self.part(&self.decoder, "text decoder")
+    }
+
+    /// The retrieval heads, or an error naming the missing part.
+    pub fn heads(&self) -> Result<&RetrievalHeads> {
+        self.part(&self.heads, "ITC/ITM heads")
+    }
+
+    /// Visual tokens of normalized images `(B, 3, R, R)`: `(B, 1 + grid^2, hidden)`.
+    pub fn encode_image(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(self.visual.forward(&images.to_dtype(self.dtype)?)?)
+    }
+
+    /// Text encoder states of `ids (B, L)` with padding `mask (B, L)`: `(B, L, hidden)`.
+    pub fn encode_text(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        check_ids(ids, mask, self.config.bert.vocab_size)?;
+        let ext = attention::padding_mask(mask, self.dtype)?;
+        Ok(self.text_encoder()?.forward(ids, &ext)?)
+    }
+
+    /// Fuses text states `(B, Lt, H)` (padding `text_mask (B, Lt)`) with visual tokens
+    /// `(B, Li, H)` (all real): returns fused `(visual, text)`.
+    pub fn fuse(&self, text: &Tensor, text_mask: &Tensor, image: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, li, _) = image.dims3()?;
+        if text.dim(0)? != b {
+            return Err(Error::invalid(format!(
+                "{} texts cannot be fused with {b} images",
+                text.dim(0)?
+            )));
+        }
+        let text_ext = attention::padding_mask(text_mask, self.dtype)?;
+        let image_ext = Tensor::zeros((b, 1, 1, li), self.dtype, &self.device)?;
+        Ok(self.fusion()?.forward(text, &text_ext, image, &image_ext)?)
+    }
+
+    /// Normalized ITC feature of visual tokens' [CLS]: `(B, embed_dim)`.
+    pub fn image_feature(&self, image_embeds: &Tensor) -> Result<Tensor> {
+        let cls = image_embeds.narrow(1, 0, 1)?.squeeze(1)?;
+        Ok(l2_normalize(&self.heads()?.vision_proj.forward(&cls)?)?)
+    }
+
+    /// Normalized ITC feature of text states' [CLS]: `(B, embed_dim)`.
+    pub fn text_feature(&self, text_embeds: &Tensor) -> Result<Tensor> {
+        let cls = text_embeds.narrow(1, 0, 1)?.squeeze(1)?;
+        Ok(l2_normalize(&self.heads()?.text_proj.forward(&cls)?)?)
+    }
+
+    /// ITM logits `(B, 2)` of fused text states' [CLS].
+    pub fn itm_logits(&self, fused_text: &Tensor) -> Result<Tensor> {
+        let cls = fused_text.narrow(1, 0, 1)?.squeeze(1)?;
+        Ok(self.heads()?.itm_head.forward(&cls)?)
+    }
+}
+
+/// `x / max(||x||, 1e-12)` along the last dimension, as `F.normalize`.
+pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+    x.broadcast_div(&norm)
+}
+
+/// Checks token ids and mask agree in shape and ids are inside the vocabulary.
+pub fn check_ids(ids: &Tensor, mask: &Tensor, vocab: usize) -> Result<()> {
+    if ids.dims() != mask.dims() || ids.rank() != 2 {
+        return Err(Error::invalid(format!(
+            "token ids {:?} and attention mask {:?} must both be (batch, length)",
+            ids.dims(),
+            mask.dims()
+        )));
+    }
+    let max = ids.to_dtype(DType::F64)?.max_all()?.to_scalar::<f64>()?;
+    let min = ids.to_dtype(DType::F64)?.min_all()?.to_scalar::<f64>()?;
+    if min < 0.0 || max >= vocab as f64 {
+        return Err(Error::invalid(format!(
+            "token id {} is outside the vocabulary of {vocab}",
+            if min < 0.0 { min } else { max }
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! The CLIP ViT visual tower (`visual_encoder.visual`): patch convolution without bias, class
+//! token, positional embedding, `ln_pre`, pre-LN residual blocks with QuickGELU, and `ln_post`
+//! on every token (the reference's `skip_last_layer=True`: no final projection). With
+//! `visn_fc` the tokens are then projected to the text width and normalized.
+
+use super::attention::{attend, merge_heads, split_heads};
+use crate::config::MplugConfig;
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{conv2d_no_bias, layer_norm, linear, Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
+
+/// CLIP's LayerNorm epsilon (PyTorch's default).
+const CLIP_LN_EPS: f64 = 1e-5;
+
+/// `attn`: PyTorch `nn.MultiheadAttention` with packed `in_proj_weight`.
+#[derive(Debug, Clone)]
+struct MultiheadAttention {
+    in_proj: Linear,
+    out_proj: Linear,
+    heads: usize,
+}
+
+impl MultiheadAttention {
+    fn new(width: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+        let w = vb.get((3 * width, width), "in_proj_weight")?;
+        let b = vb.get(3 * width, "in_proj_bias")?;
+        Ok(Self { in_proj: Linear::new(w, Some(b)), out_proj: linear(width, width, vb.pp("out_proj"))?, heads })
+    }
+}
+
+impl Module for MultiheadAttention {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let qkv = self.in_proj.forward(x)?;
+        let w = qkv.dim(D::Minus1)? / 3;
+        let q = split_heads(&qkv.narrow(D::Minus1, 0, w)?, self.heads)?;
+        let k = split_heads(&qkv.narrow(D::Minus1, w, w)?, self.heads)?;
+        let v = split_heads(&qkv.narrow(D::Minus1, 2 * w, w)?, self.heads)?;
+        self.out_proj.forward(&merge_heads(&attend(&q, &k, &v, None)?)?)
+    }
+}
+
+/// `transformer.resblocks.N`.
+#[derive(Debug, Clone)]
+struct ResidualAttentionBlock {
+    attn: MultiheadAttention,
+    ln_1: LayerNorm,
+    c_fc: Linear,
+    c_proj: Linear,
+    ln_2: LayerNorm,
+}
+
+impl ResidualAttentionBlock {
+    fn new(width: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            attn: MultiheadAttention::new(width, heads, vb.pp("attn"))?,
+            ln_1: layer_norm(width, CLIP_LN_EPS, vb.pp("ln_1"))?,
+            c_fc: linear(width, 4 * width, vb.pp("mlp").pp("c_fc"))?,
+            c_proj: linear(4 * width, width, vb.pp("mlp").pp("c_proj"))?,
+            ln_2: layer_norm(width, CLIP_LN_EPS, vb.pp("ln_2"))?,
+        })
+    }
+}
+
+fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
+}
+
+impl Module for ResidualAttentionBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln_1.forward(x)?)?)?;
+        let h = self.c_fc.forward(&self.ln_2.forward(&x)?)?;
+        x + self.c_proj.forward(&quick_gelu(&h)?)?
+    }
+}
+
+/// `visual_encoder.visual`: the CLIP vision transformer.
+#[derive(Debug, Clone)]
+pub struct VisionTransformer {
+    conv1: Conv2d,
+    class_embedding: Tensor,
+    positional_embedding: Tensor,
+    ln_pre: LayerNorm,
+    blocks: Vec<ResidualAttentionBlock>,
+    ln_post: LayerNorm,
+    image_res: usize,
+}
+
+impl VisionTransformer {
+    /// Reads the tower; a positional embedding stored for another grid is resized bilinearly
+    /// (class token kept), as the reference does when `image_res` changes.
+    pub fn new(cfg: &MplugConfig, vb: VarBuilder) -> Result<Self> {
+        let v = &cfg.vision;
+        let conv_cfg = Conv2dConfig { stride: v.patch_size, ..Default::default() };
+        let conv1 = conv2d_no_bias(3, v.width, v.patch_size, conv_cfg, vb.pp("conv1"))?;
+        let class_embedding = vb.get(v.width, "class_embedding")?;
+        let stored = vb.get_unchecked("positional_embedding")?;
+        let (n, w) = stored.dims2()?;
+        if w != v.width {
+            candle_core::bail!(
+                "tensor `{}.positional_embedding` has width {w}, expected {}",
+                vb.prefix(),
+                v.width
+            );
+        }
+        let positional_embedding = if n == cfg.num_visual_tokens() {
+            stored
+        } else {
+            resize_pos_embed(&stored, cfg.grid_size())?
+        };
+        let tvb = vb.pp("transformer").pp("resblocks");
+        let blocks = (0..v.layers)
+            .map(|i| ResidualAttentionBlock::new(v.width, v.heads, tvb.pp(i)))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            conv1,
+            class_embedding,
+            positional_embedding,
+            ln_pre: layer_norm(v.width, CLIP_LN_EPS, vb.pp("ln_pre"))?,
+            blocks,
+            ln_post: layer_norm(v.width, CLIP_LN_EPS, vb.pp("ln_post"))?,
+            image_res: cfg.image_res,
+        })
+    }
+}
+
+impl Module for VisionTransformer {
+    /// `images (B, 3, R, R)` -> all tokens after `ln_post`, `(B, 1 + grid^2, width)`.
+    fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = images.dims4()?;
+        if c != 3 || h != self.image_res || w != self.image_res {
+            candle_core::bail!(
+                "images have shape {:?}, expected (B, 3, {r}, {r})",
+                images.dims(),
+                r = self.image_res
+            );
+        }
+        let x = self.conv1.forward(images)?; // (B, W, g, g)
+        let width = x.dim(1)?;
+        let x = x.flatten_from(2)?.transpose(1, 2)?; // (B, g*g, W)
+        let cls = self.class_embedding.reshape((1, 1, width))?.broadcast_as((b, 1, width))?;
+        let x = Tensor::cat(&[&cls, &x], 1)?;
+        let x = x.broadcast_add(&self.positional_embedding)?;
+        let mut x = self.ln_pre.forward(&x)?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        self.ln_post.forward(&x)
+    }
+}
+
+/// The visual tower as mPLUG uses it: CLIP tokens, then `visn_fc` + `visn_layer_norm` when the
+/// vision width differs from the text width.
+#[derive(Debug, Clone)]
+pub struct VisualEncoder {
+    /// The CLIP vision transformer.
+    pub visual: VisionTransformer,
+    visn: Option<(Linear, LayerNorm)>,
+}
+
+impl VisualEncoder {
+    /// Reads `visual_encoder.visual.*` and, for the large path, `visn_fc` and `visn_layer_norm`
+    /// from the model root builder.
+    pub fn new(cfg: &MplugConfig, root: &VarBuilder) -> Result<Self> {
+        let visual = VisionTransformer::new(cfg, root.pp("visual_encoder").pp("visual"))?;
+        let visn = if cfg.has_visn_fc() {
+            let h = cfg.bert.hidden_size;
+            Some((
+                linear(cfg.vision_width, h, root.pp("visn_fc"))?,
+                layer_norm(h, 1e-12, root.pp("visn_layer_norm"))?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self { visual, visn })
+    }
+}
+
+impl Module for VisualEncoder {
+    /// `images (B, 3, R, R)` -> visual tokens `(B, 1 + grid^2, hidden)`.
+    fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        let x = self.visual.forward(images)?;
+        match &self.visn {
+            Some((fc, ln)) => ln.forward(&fc.forward(&x)?),
+            None => Ok(x),
+        }
+    }
+}
+
+/// Resizes a positional embedding `(1 + g*g, W)` to `(1 + n*n, W)`: the class token is kept and
+/// the grid is resized bilinearly with `align_corners=False` (PyTorch `F.interpolate`).
+pub fn resize_pos_embed(pos: &Tensor, new_grid: usize) -> Result<Tensor> {
+    let (n, w) = pos.dims2()?;
+    let old = ((n - 1) as f64).sqrt().round() as usize;
+    if old * old + 1 != n {
+        candle_core::bail!("positional embedding of {n} tokens is not 1 + a square grid");
+    }
+    let dtype = pos.dtype();
+    let data = pos.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+    // Source coordinate of each output index along one axis, as PyTorch computes it.
+    let axis = |dst: usize| -> (usize, usize, f32) {
+        let scale = old as f32 / new_grid as f32;
+        let src = ((dst as f32 + 0.5) * scale - 0.5).max(0.0);
+        let i0 = (src.floor() as usize).min(old - 1);
+        let i1 = (i0 + 1).min(old - 1);
+        (i0, i1, src - i0 as f32)
+    };
+    let mut out = Vec::with_capacity((1 + new_grid * new_grid) * w);
+    out.extend_from_slice(&data[0]);
+    for y in 0..new_grid {
+        let (y0, y1, ly) = axis(y);
+        for x in 0..new_grid {
+            let (x0, x1, lx) = axis(x);
+            let at = |yy: usize, xx: usize, c: usize| data[1 + yy * old + xx][c];
+            for c in 0..w {
+                let top = (1.0 - lx) * at(y0, x0, c) + lx * at(y0, x1, c);
+                let bottom = (1.0 - lx) * at(y1, x0, c) + lx * at(y1, x1, c);
+                out.push((1.0 - ly) * top + ly * bottom);
+            }
+        }
+    }
+    Tensor::from_vec(out, (1 + new_grid * new_grid, w), pos.device())?.to_dtype(dtype)
+}

@@ -1,0 +1,117 @@
+//! Image-text retrieval: ITC similarity of normalized [CLS] projections, then ITM re-scoring
+//! of the top `k` candidates, as the reference's evaluation does.
+
+use super::topk_rows;
+use crate::error::{Error, Result};
+use crate::model::Mplug;
+use candle_core::{DType, Tensor};
+
+/// Encoded texts: states for fusion and normalized ITC features.
+#[derive(Debug, Clone)]
+pub struct TextSide {
+    /// Text encoder states `(Nt, Lt, H)`.
+    pub embeds: Tensor,
+    /// Padding mask `(Nt, Lt)`.
+    pub mask: Tensor,
+    /// Normalized ITC features `(Nt, E)`.
+    pub feat: Tensor,
+}
+
+/// Encoded images (or videos): visual tokens for fusion and normalized ITC features.
+#[derive(Debug, Clone)]
+pub struct ImageSide {
+    /// Visual tokens `(Ni, Li, H)` (a video's frames concatenated along the sequence).
+    pub embeds: Tensor,
+    /// Normalized ITC features `(Ni, E)`.
+    pub feat: Tensor,
+}
+
+/// Encodes texts `ids (Nt, Lt)` for retrieval.
+pub fn encode_texts(model: &Mplug, ids: &Tensor, mask: &Tensor) -> Result<TextSide> {
+    let embeds = model.encode_text(ids, mask)?;
+    let feat = model.text_feature(&embeds)?;
+    Ok(TextSide { embeds, mask: mask.clone(), feat })
+}
+
+/// Encodes normalized images `(Ni, 3, R, R)` for retrieval.
+pub fn encode_images(model: &Mplug, images: &Tensor) -> Result<ImageSide> {
+    let embeds = model.encode_image(images)?;
+    let feat = model.image_feature(&embeds)?;
+    Ok(ImageSide { embeds, feat })
+}
+
+/// ITC similarities `(Ni, Nt)`: dot products of the normalized features.
+pub fn similarities(images: &ImageSide, texts: &TextSide) -> Result<Tensor> {
+    Ok(images.feat.matmul(&texts.feat.t()?)?)
+}
+
+/// ITM logits `(n, 2)` for pairs `(image_rows[p], text_rows[p])`.
+pub fn itm_pairs(model: &Mplug, images: &ImageSide, texts: &TextSide, pairs: &[(usize, usize)]) -> Result<Tensor> {
+    let dev = images.embeds.device();
+    let (ii, ti): (Vec<u32>, Vec<u32>) = pairs.iter().map(|&(i, t)| (i as u32, t as u32)).unzip();
+    let n = pairs.len();
+    let ii = Tensor::from_vec(ii, n, dev)?;
+    let ti = Tensor::from_vec(ti, n, dev)?;
+    let image = images.embeds.index_select(&ii, 0)?;
+    let text = texts.embeds.index_select(&ti, 0)?;
+    let mask = texts.mask.index_select(&ti, 0)?;
+    let (_, fused) = model.fuse(&text, &mask, &image)?;
+    model.itm_logits(&fused)
+}
+
+/// ITM logits for every pair: `(Ni, Nt, 2)`, entry `[i, j]` for text `j` with image `i`.
+pub fn itm_matrix(model: &Mplug, images: &ImageSide, texts: &TextSide) -> Result<Tensor> {
+    let ni = images.embeds.dim(0)?;
+    let nt = texts.embeds.dim(0)?;
+    let pairs: Vec<(usize, usize)> = (0..ni).flat_map(|i| (0..nt).map(move |j| (i, j))).collect();
+    Ok(itm_pairs(model, images, texts, &pairs)?.reshape((ni, nt, 2))?)
+}
+
+/// How the reference scores a re-ranked candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rescore {
+    /// The ITM positive logit (image retrieval evaluation).
+    Itm,
+    /// The ITM positive logit plus the ITC similarity (video retrieval evaluation).
+    ItmPlusSimilarity,
+}
+
+/// Score matrices of the reference's evaluation: for each image the top `k` texts by ITC
+/// similarity are re-scored, every other entry is -100. Returns `(i2t (Ni, Nt), t2i (Nt, Ni))`.
+pub fn rerank(
+    model: &Mplug,
+    images: &ImageSide,
+    texts: &TextSide,
+    k: usize,
+    rescore: Rescore,
+) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    let sims = similarities(images, texts)?;
+    let (ni, nt) = sims.dims2()?;
+    if k == 0 || k > ni.min(nt) {
+        return Err(Error::invalid(format!("k = {k} must be between 1 and min({ni} images, {nt} texts)")));
+    }
+    let one_side = |sims: &Tensor, rows: usize, cols: usize, image_major: bool| -> Result<Vec<Vec<f32>>> {
+        let top = topk_rows(sims, k)?;
+        let pairs: Vec<(usize, usize)> = top
+            .iter()
+            .enumerate()
+            .flat_map(|(r, row)| row.iter().map(move |&(c, _)| if image_major { (r, c) } else { (c, r) }))
+            .collect();
+        let itm = itm_pairs(model, images, texts, &pairs)?.narrow(1, 1, 1)?.squeeze(1)?;
+        let itm = itm.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let mut out = vec![vec![-100f32; cols]; rows];
+        for (r, row) in top.iter().enumerate() {
+            for (j, &(c, sim)) in row.iter().enumerate() {
+                let s = itm[r * k + j];
+                out[r][c] = match rescore {
+                    Rescore::Itm => s,
+                    Rescore::ItmPlusSimilarity => s + sim,
+                };
+            }
+        }
+        Ok(out)
+    };
+    let i2t = one_side(&sims, ni, nt, true)?;
+    let t2i = one_side(&sims.t()?.contiguous()?, nt, ni, false)?;
+    Ok((i2t, t2i))
+}
