@@ -283,16 +283,18 @@ impl BertLmHead {
         } else {
             tied.clone()
         };
-        let bias = if vb.contains_tensor("bias") {
-            vb.get(cfg.vocab_size, "bias")?
+        // `bias` and `decoder.bias` are one parameter in the reference; checkpoints hold either
+        // or both. Both are read so that neither is reported as unused.
+        let has_decoder_bias = vb.contains_tensor("decoder.bias");
+        let bias = if vb.contains_tensor("bias") || !has_decoder_bias {
+            let b = vb.get(cfg.vocab_size, "bias")?;
+            if has_decoder_bias {
+                vb.get(cfg.vocab_size, "decoder.bias")?;
+            }
+            b
         } else {
             vb.get(cfg.vocab_size, "decoder.bias")?
         };
-        if vb.contains_tensor("decoder.bias") && vb.contains_tensor("bias") {
-            // Both names hold the same parameter in the reference; read it so that it is not
-            // reported as unused.
-            vb.get(cfg.vocab_size, "decoder.bias")?;
-        }
         Ok(Self {
             dense: linear(h, h, vb.pp("transform").pp("dense"))?,
             layer_norm: layer_norm(h, cfg.layer_norm_eps, vb.pp("transform").pp("LayerNorm"))?,

@@ -200,6 +200,33 @@ impl Mplug {
         Ok(model)
     }
 
+    /// Parameter keys of the checkpoint this model did not read, except those the reference
+    /// holds but never runs (CLIP's final `proj`, fusion embeddings, fusion layers before the
+    /// running ones, the cross-attention of connected layers). Keys of parts the task does not
+    /// need are listed.
+    pub fn unused_keys(&self, ckpt: &Checkpoint) -> Vec<String> {
+        let start = FusionEncoder::first_running_layer(&self.config);
+        let fused = self.fusion.is_some();
+        let by_design = |key: &str| -> bool {
+            if key == "visual_encoder.visual.proj" {
+                return true;
+            }
+            if !fused {
+                return false;
+            }
+            let Some(rest) = key.strip_prefix("fusion_encoder.") else { return false };
+            if rest.starts_with("embeddings.") {
+                return true;
+            }
+            let Some(rest) = rest.strip_prefix("encoder.layer.") else { return false };
+            let mut parts = rest.splitn(2, '.');
+            let Some(Ok(i)) = parts.next().map(str::parse::<usize>) else { return false };
+            let tail = parts.next().unwrap_or("");
+            i < start || (self.config.is_connected_layer(i - start) && tail.starts_with("crossattention."))
+        };
+        ckpt.unused_keys().into_iter().filter(|k| !by_design(k)).collect()
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device

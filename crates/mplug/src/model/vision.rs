@@ -21,7 +21,8 @@ struct MultiheadAttention {
 
 impl MultiheadAttention {
     fn new(width: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
-        let w = vb.get((3 * width, width), "in_proj_weight")?;
+        let init = candle_nn::Init::Randn { mean: 0.0, stdev: (width as f64).powf(-0.5) };
+        let w = vb.get_with_hints((3 * width, width), "in_proj_weight", init)?;
         let b = vb.get(3 * width, "in_proj_bias")?;
         Ok(Self { in_proj: Linear::new(w, Some(b)), out_proj: linear(width, width, vb.pp("out_proj"))?, heads })
     }
@@ -91,8 +92,14 @@ impl VisionTransformer {
         let v = &cfg.vision;
         let conv_cfg = Conv2dConfig { stride: v.patch_size, ..Default::default() };
         let conv1 = conv2d_no_bias(3, v.width, v.patch_size, conv_cfg, vb.pp("conv1"))?;
-        let class_embedding = vb.get(v.width, "class_embedding")?;
-        let stored = vb.get_unchecked("positional_embedding")?;
+        // CLIP's initialization, used when the builder creates fresh variables.
+        let init = candle_nn::Init::Randn { mean: 0.0, stdev: (v.width as f64).powf(-0.5) };
+        let class_embedding = vb.get_with_hints(v.width, "class_embedding", init)?;
+        let stored = if vb.contains_tensor("positional_embedding") {
+            vb.get_unchecked("positional_embedding")?
+        } else {
+            vb.get_with_hints((cfg.num_visual_tokens(), v.width), "positional_embedding", init)?
+        };
         let (n, w) = stored.dims2()?;
         if w != v.width {
             candle_core::bail!(
@@ -119,6 +126,14 @@ impl VisionTransformer {
             ln_post: layer_norm(v.width, CLIP_LN_EPS, vb.pp("ln_post"))?,
             image_res: cfg.image_res,
         })
+    }
+}
+
+impl VisionTransformer {
+    /// The positional embedding in use `(1 + grid^2, width)` (resized if the checkpoint's grid
+    /// differed).
+    pub fn positional_embedding(&self) -> &Tensor {
+        &self.positional_embedding
     }
 }
 
