@@ -219,16 +219,16 @@ impl MplugConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
         let v = &self.vision;
         let b = &self.bert;
-        if v.patch_size == 0 || self.image_res % v.patch_size != 0 {
+        if v.patch_size == 0 || !self.image_res.is_multiple_of(v.patch_size) {
             return Err(format!(
                 "image_res {} is not a multiple of patch_size {}",
                 self.image_res, v.patch_size
             ));
         }
-        if v.heads == 0 || v.width % v.heads != 0 {
+        if v.heads == 0 || !v.width.is_multiple_of(v.heads) {
             return Err(format!("vision width {} is not divisible by {} heads", v.width, v.heads));
         }
-        if b.num_attention_heads == 0 || b.hidden_size % b.num_attention_heads != 0 {
+        if b.num_attention_heads == 0 || !b.hidden_size.is_multiple_of(b.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not divisible by {} heads",
                 b.hidden_size, b.num_attention_heads
@@ -266,7 +266,7 @@ impl MplugConfig {
 
     /// Whether running fusion layer `n` is a connected-attention layer.
     pub fn is_connected_layer(&self, n: usize) -> bool {
-        n != 0 && n % self.bert.stride_layer == 0
+        n != 0 && n.is_multiple_of(self.bert.stride_layer)
     }
 }
 

@@ -206,7 +206,7 @@ fn top_candidates(
         for (t, &lp) in row.iter().enumerate() {
             let lp = if ban_eos && t as u32 == eos { -1e20 } else { lp };
             let score = (lp + run) / penalty;
-            if row_best.len() == k && !(score > row_best[k - 1].score) {
+            if row_best.len() == k && score.partial_cmp(&row_best[k - 1].score) != Some(std::cmp::Ordering::Greater) {
                 continue;
             }
             let pos = row_best.iter().position(|c| score > c.score).unwrap_or(row_best.len());

@@ -94,19 +94,25 @@ pub fn predict(
     let cross = decoder.cross_states(&q.states, Some(&q.mask))?;
     let mut cache = decoder.new_cache();
     let mut next = Tensor::full(tokens.prefix, (b, 1), device)?;
-    let mut coords = vec![[0f32; 4]; b];
     let lo = tokens.first_coordinate as usize;
     let n = tokens.bins as usize + 1;
-    for c in 0..4 {
+    let mut steps: Vec<Vec<u32>> = Vec::with_capacity(4);
+    while steps.len() < 4 {
         let logits = decoder.forward(&next, None, &cross, Some(&mut cache))?;
         let coord_logits = logits.squeeze(1)?.narrow(D::Minus1, lo, n)?;
-        let best_v = coord_logits.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-        for (row, &t) in best_v.iter().enumerate() {
-            coords[row][c] = tokens.value(t + tokens.first_coordinate);
-        }
-        let ids: Vec<u32> = best_v.iter().map(|t| t + tokens.first_coordinate).collect();
-        next = Tensor::from_vec(ids, (b, 1), device)?;
+        let best: Vec<u32> = coord_logits
+            .argmax(D::Minus1)?
+            .to_dtype(DType::U32)?
+            .to_vec1::<u32>()?
+            .into_iter()
+            .map(|t| t + tokens.first_coordinate)
+            .collect();
+        next = Tensor::from_vec(best.clone(), (b, 1), device)?;
+        steps.push(best);
     }
+    let coords = (0..b)
+        .map(|row| std::array::from_fn(|c| tokens.value(steps[c][row])))
+        .collect();
     Ok(coords)
 }
 

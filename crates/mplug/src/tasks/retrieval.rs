@@ -67,6 +67,9 @@ pub fn itm_matrix(model: &Mplug, images: &ImageSide, texts: &TextSide) -> Result
     Ok(itm_pairs(model, images, texts, &pairs)?.reshape((ni, nt, 2))?)
 }
 
+/// Rows of scores: `matrix[query][candidate]`.
+pub type ScoreMatrix = Vec<Vec<f32>>;
+
 /// How the reference scores a re-ranked candidate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rescore {
@@ -84,13 +87,13 @@ pub fn rerank(
     texts: &TextSide,
     k: usize,
     rescore: Rescore,
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+) -> Result<(ScoreMatrix, ScoreMatrix)> {
     let sims = similarities(images, texts)?;
     let (ni, nt) = sims.dims2()?;
     if k == 0 || k > ni.min(nt) {
         return Err(Error::invalid(format!("k = {k} must be between 1 and min({ni} images, {nt} texts)")));
     }
-    let one_side = |sims: &Tensor, rows: usize, cols: usize, image_major: bool| -> Result<Vec<Vec<f32>>> {
+    let one_side = |sims: &Tensor, rows: usize, cols: usize, image_major: bool| -> Result<ScoreMatrix> {
         let top = topk_rows(sims, k)?;
         let pairs: Vec<(usize, usize)> = top
             .iter()

@@ -1,0 +1,97 @@
+//! `mplug bench`: speed of the released model sizes with random weights (no checkpoint needed).
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use mplug::tasks::{caption, vqa};
+use mplug::{BeamConfig, Mplug, MplugConfig, Task};
+use std::time::Instant;
+
+/// Options of the benchmark.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Model size: `base` (ViT-B/16, 384 px) or `large` (ViT-L/14, 336 px).
+    #[arg(long, default_value = "base")]
+    pub preset: String,
+    /// Timed repetitions of each measurement (after one warm-up run).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Images per batch for the visual tower.
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Beam size of caption and VQA decoding.
+    #[arg(long, default_value_t = 5)]
+    pub beam: usize,
+    /// Caption length; every run decodes exactly this many tokens (min = max) so that random
+    /// weights cannot stop early.
+    #[arg(long, default_value_t = 20)]
+    pub max_len: usize,
+    /// Answer length for VQA, decoded exactly like `--max-len`.
+    #[arg(long, default_value_t = 10)]
+    pub vqa_len: usize,
+}
+
+fn time<T>(runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
+    f()?; // warm-up
+    let start = Instant::now();
+    for _ in 0..runs.max(1) {
+        f()?;
+    }
+    Ok(start.elapsed().as_secs_f64() / runs.max(1) as f64)
+}
+
+/// Runs the benchmark and prints one line per figure on stdout.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let cfg = MplugConfig::preset(&args.preset)?;
+    let device = Device::Cpu;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    let built = Instant::now();
+    let model = Mplug::new(&cfg, Task::Vqa, vb)?;
+    let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    eprintln!(
+        "built {} preset with random weights: {:.1} M parameters in {:.1} s",
+        args.preset,
+        params as f64 / 1e6,
+        built.elapsed().as_secs_f64()
+    );
+    println!("preset: {} (image {} px, {} visual tokens)", args.preset, cfg.image_res, cfg.num_visual_tokens());
+    println!("threads: {}", candle_core::utils::get_num_threads());
+
+    let r = cfg.image_res;
+    let images = Tensor::randn(0f32, 1f32, (args.batch_size, 3, r, r), &device)?;
+    let secs = time(args.runs, || Ok(model.encode_image(&images)?))?;
+    println!("visual tower: {:.2} images/s (batch {}, {:.3} s per batch)", args.batch_size as f64 / secs, args.batch_size, secs);
+
+    let one = images.narrow(0, 0, 1)?;
+    let beam = |len: usize, use_cache: bool| BeamConfig {
+        beam_size: args.beam,
+        min_length: len,
+        max_length: len,
+        use_cache,
+        ..Default::default()
+    };
+    let cached = time(args.runs, || {
+        let embeds = model.encode_image(&one)?;
+        Ok(caption::generate(&model, &embeds, &beam(args.max_len, true))?)
+    })?;
+    println!("caption latency: {:.3} s per image (beam {}, {} tokens, cached)", cached, args.beam, args.max_len);
+    let uncached = time(args.runs, || {
+        let embeds = model.encode_image(&one)?;
+        Ok(caption::generate(&model, &embeds, &beam(args.max_len, false))?)
+    })?;
+    println!("caption latency: {:.3} s per image (beam {}, {} tokens, uncached as the reference)", uncached, args.beam, args.max_len);
+    println!("cached decoding speed-up: {:.2}x", uncached / cached);
+
+    let question: Vec<u32> = vec![101, 2054, 3609, 2003, 1996, 4937, 1029, 102];
+    let n = question.len();
+    let ids = Tensor::from_vec(question, (1, n), &device)?;
+    let mask = Tensor::ones((1, n), DType::U32, &device)?;
+    let vqa_secs = time(args.runs, || {
+        let embeds = model.encode_image(&one)?;
+        let q = vqa::encode_question(&model, &embeds, &ids, &mask)?;
+        Ok(vqa::generate(&model, &q, &beam(args.vqa_len, true))?)
+    })?;
+    println!("vqa latency: {:.3} s per image (beam {}, {} tokens, cached)", vqa_secs, args.beam, args.vqa_len);
+    Ok(())
+}
