@@ -55,13 +55,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         params as f64 / 1e6,
         built.elapsed().as_secs_f64()
     );
-    println!("preset: {} (image {} px, {} visual tokens)", args.preset, cfg.image_res, cfg.num_visual_tokens());
+    println!(
+        "preset: {} (image {} px, {} visual tokens)",
+        args.preset,
+        cfg.image_res,
+        cfg.num_visual_tokens()
+    );
     println!("threads: {}", candle_core::utils::get_num_threads());
 
     let r = cfg.image_res;
     let images = Tensor::randn(0f32, 1f32, (args.batch_size, 3, r, r), &device)?;
     let secs = time(args.runs, || Ok(model.encode_image(&images)?))?;
-    println!("visual tower: {:.2} images/s (batch {}, {:.3} s per batch)", args.batch_size as f64 / secs, args.batch_size, secs);
+    println!(
+        "visual tower: {:.2} images/s (batch {}, {:.3} s per batch)",
+        args.batch_size as f64 / secs,
+        args.batch_size,
+        secs
+    );
 
     let one = images.narrow(0, 0, 1)?;
     let beam = |len: usize, use_cache: bool| BeamConfig {
@@ -73,14 +83,28 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let cached = time(args.runs, || {
         let embeds = model.encode_image(&one)?;
-        Ok(caption::generate(&model, &embeds, &beam(args.max_len, true))?)
+        Ok(caption::generate(
+            &model,
+            &embeds,
+            &beam(args.max_len, true),
+        )?)
     })?;
-    println!("caption latency: {:.3} s per image (beam {}, {} tokens, cached)", cached, args.beam, args.max_len);
+    println!(
+        "caption latency: {:.3} s per image (beam {}, {} tokens, cached)",
+        cached, args.beam, args.max_len
+    );
     let uncached = time(args.runs, || {
         let embeds = model.encode_image(&one)?;
-        Ok(caption::generate(&model, &embeds, &beam(args.max_len, false))?)
+        Ok(caption::generate(
+            &model,
+            &embeds,
+            &beam(args.max_len, false),
+        )?)
     })?;
-    println!("caption latency: {:.3} s per image (beam {}, {} tokens, uncached as the reference)", uncached, args.beam, args.max_len);
+    println!(
+        "caption latency: {:.3} s per image (beam {}, {} tokens, uncached as the reference)",
+        uncached, args.beam, args.max_len
+    );
     println!("cached decoding speed-up: {:.2}x", uncached / cached);
 
     let question: Vec<u32> = vec![101, 2054, 3609, 2003, 1996, 4937, 1029, 102];
@@ -92,6 +116,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let q = vqa::encode_question(&model, &embeds, &ids, &mask)?;
         Ok(vqa::generate(&model, &q, &beam(args.vqa_len, true))?)
     })?;
-    println!("vqa latency: {:.3} s per image (beam {}, {} tokens, cached)", vqa_secs, args.beam, args.vqa_len);
+    println!(
+        "vqa latency: {:.3} s per image (beam {}, {} tokens, cached)",
+        vqa_secs, args.beam, args.vqa_len
+    );
     Ok(())
 }

@@ -1,6 +1,9 @@
 //! The `mplug` command.
 
 mod bench;
+mod demo;
+mod model_args;
+mod tasks;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -18,6 +21,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run every task on bundled example images.
+    Demo(demo::DemoArgs),
+    /// Caption images.
+    Caption(tasks::CaptionArgs),
+    /// Answer a question about an image (free-form or from a list).
+    Vqa(tasks::VqaArgs),
+    /// Find the box a referring expression describes.
+    Ground(tasks::GroundArgs),
+    /// Rank texts for images by ITC similarity re-scored with ITM.
+    Retrieve(tasks::RetrieveArgs),
     /// Print speed figures of a released model size with random weights.
     Bench(bench::BenchArgs),
 }
@@ -29,7 +42,12 @@ fn main() -> ExitCode {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let result = match &cli.command {
-        Command::Bench(args) => bench::run(args),
+        Command::Demo(a) => demo::run(a),
+        Command::Caption(a) => tasks::caption(a),
+        Command::Vqa(a) => tasks::vqa(a),
+        Command::Ground(a) => tasks::ground(a),
+        Command::Retrieve(a) => tasks::retrieve(a),
+        Command::Bench(a) => bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

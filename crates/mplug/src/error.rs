@@ -31,6 +31,12 @@ pub enum Error {
     /// Inputs to a model call are inconsistent (shapes, lengths, ids out of range).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// Text, an image or a video could not be turned into model input.
+    #[error(transparent)]
+    Input(#[from] crate::input::InputError),
+    /// A metric could not be computed from its inputs.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// An error from the tensor library.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod input;
 pub mod metrics;
 pub mod model;
+pub mod pipeline;
 pub mod tasks;
 
 pub use checkpoint::Checkpoint;

@@ -1,0 +1,268 @@
+//! Files and strings in, text, boxes and scores out: the tokenizer, the image preprocessing
+//! and a loaded model put together for each task. The command line and the server use this.
+
+use crate::checkpoint::Checkpoint;
+use crate::config::MplugConfig;
+use crate::error::{Error, Result};
+use crate::generate::BeamConfig;
+use crate::input::{
+    EncodeOptions, GroundingPreprocessor, ImageConfig, ImagePreprocessor, LetterboxConfig,
+    Tokenizer,
+};
+use crate::model::{Mplug, Task};
+use crate::tasks::{caption, grounding, retrieval, vqa};
+use candle_core::{DType, Device, Tensor};
+use std::path::Path;
+
+/// Longest question or expression the pipeline passes to the model, in tokens (the reference
+/// truncates VQA questions and grounding expressions well below this).
+pub const MAX_TEXT_TOKENS: usize = 64;
+
+/// A generated text with its score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// Post-processed text.
+    pub text: String,
+    /// Length-penalized log-probability.
+    pub score: f32,
+    /// Token ids, `[CLS]` first.
+    pub ids: Vec<u32>,
+}
+
+/// A closed-list answer with its probability among the re-ranked candidates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankedText {
+    /// The candidate text.
+    pub text: String,
+    /// Its index in the candidate list.
+    pub index: usize,
+    /// Softmax over the re-ranked candidates.
+    pub prob: f32,
+}
+
+/// A grounded box.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroundedBox {
+    /// `(x0, y0, x1, y1)` in pixels of the original image.
+    pub xyxy: [f32; 4],
+    /// `(cx, cy, w, h)` as fractions of the padded square the model saw.
+    pub cxcywh: [f32; 4],
+}
+
+/// The first `n` entries of the embedded BERT uncased vocabulary as a tokenizer.
+pub fn truncated_vocab(n: usize) -> Result<Tokenizer> {
+    let lines: Vec<&str> = crate::input::BERT_BASE_UNCASED_VOCAB
+        .lines()
+        .take(n)
+        .collect();
+    let text = lines.join("\n") + "\n";
+    Ok(Tokenizer::from_vocab_bytes(
+        text.as_bytes(),
+        Path::new("<embedded, first entries>"),
+    )?)
+}
+
+/// A model with the input processing its task needs.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    model: Mplug,
+    tokenizer: Tokenizer,
+    images: ImagePreprocessor,
+    letterbox: GroundingPreprocessor,
+    grounding: grounding::GroundingTokens,
+}
+
+impl Pipeline {
+    /// Loads a checkpoint for `task` with the embedded BERT uncased vocabulary (or, for a
+    /// model with a smaller vocabulary such as the tiny test models, its first entries).
+    pub fn load(
+        config: &MplugConfig,
+        checkpoint: impl AsRef<Path>,
+        task: Task,
+        device: &Device,
+    ) -> Result<Self> {
+        let ckpt = Checkpoint::load(checkpoint)?;
+        let model = Mplug::load(config, &ckpt, task, DType::F32, device)?;
+        let grounding = grounding::GroundingTokens::from_checkpoint(&ckpt)?;
+        let tokenizer = Tokenizer::bert_base_uncased()?;
+        let tokenizer = if tokenizer.vocab_size() > config.bert.vocab_size {
+            truncated_vocab(config.bert.vocab_size)?
+        } else {
+            tokenizer
+        };
+        Self::new(model, tokenizer, grounding)
+    }
+
+    /// Puts a model and a tokenizer together.
+    /// Fails when the tokenizer can produce ids the model's vocabulary lacks.
+    pub fn new(
+        model: Mplug,
+        tokenizer: Tokenizer,
+        grounding: grounding::GroundingTokens,
+    ) -> Result<Self> {
+        let vocab = model.config.bert.vocab_size;
+        if tokenizer.vocab_size() > vocab {
+            return Err(Error::Config(format!(
+                "the tokenizer has {} tokens but the model's vocabulary has {vocab}",
+                tokenizer.vocab_size()
+            )));
+        }
+        let res = model.config.image_res as u32;
+        let tokenizer = tokenizer.with_max_positions(model.config.bert.max_position_embeddings);
+        Ok(Self {
+            images: ImagePreprocessor::new(ImageConfig::new(res))?,
+            letterbox: GroundingPreprocessor::new(LetterboxConfig::new(res))?,
+            model,
+            tokenizer,
+            grounding,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Mplug {
+        &self.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Decodes and normalizes image files into `(N, 3, R, R)`.
+    pub fn load_images<P: AsRef<Path> + Sync>(&self, paths: &[P]) -> Result<Tensor> {
+        Ok(self.images.preprocess_paths(paths, self.model.device())?)
+    }
+
+    fn encode(&self, texts: &[impl AsRef<str>]) -> Result<(Tensor, Tensor)> {
+        let limit = MAX_TEXT_TOKENS.min(self.model.config.bert.max_position_embeddings);
+        let batch = self
+            .tokenizer
+            .encode_batch(texts, &EncodeOptions::longest().truncate(limit))?;
+        Ok(batch.to_tensors(self.model.device())?)
+    }
+
+    fn generated(&self, hyps: Vec<Vec<crate::Hypothesis>>) -> Vec<Vec<Generated>> {
+        hyps.into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|h| Generated {
+                        text: self.tokenizer.decode_postprocessed(&h.ids),
+                        score: h.score,
+                        ids: h.ids,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Captions of images `(N, 3, R, R)`.
+    pub fn caption(&self, images: &Tensor, beam: &BeamConfig) -> Result<Vec<Vec<Generated>>> {
+        let embeds = self.model.encode_image(images)?;
+        Ok(self.generated(caption::generate(&self.model, &embeds, beam)?))
+    }
+
+    fn question_states(
+        &self,
+        images: &Tensor,
+        questions: &[impl AsRef<str>],
+    ) -> Result<vqa::QuestionStates> {
+        let n = images.dim(0)?;
+        if questions.len() != n {
+            return Err(Error::invalid(format!(
+                "{} questions for {n} images",
+                questions.len()
+            )));
+        }
+        let (ids, mask) = self.encode(questions)?;
+        let embeds = self.model.encode_image(images)?;
+        vqa::encode_question(&self.model, &embeds, &ids, &mask)
+    }
+
+    /// Free-form answers, one question per image.
+    pub fn answer(
+        &self,
+        images: &Tensor,
+        questions: &[impl AsRef<str>],
+        beam: &BeamConfig,
+    ) -> Result<Vec<Vec<Generated>>> {
+        let q = self.question_states(images, questions)?;
+        Ok(self.generated(vqa::generate(&self.model, &q, beam)?))
+    }
+
+    /// Ranks a closed list of answers for each (image, question), best `k` first.
+    pub fn rank_answers(
+        &self,
+        images: &Tensor,
+        questions: &[impl AsRef<str>],
+        answers: &[impl AsRef<str>],
+        k: usize,
+    ) -> Result<Vec<Vec<RankedText>>> {
+        let q = self.question_states(images, questions)?;
+        let enc = self.tokenizer.encode_answers(answers)?;
+        let (ids, mask) = enc.to_tensors(self.model.device())?;
+        let ranked = vqa::rank_answers(&self.model, &q, &ids, &mask, k.min(answers.len()))?;
+        Ok(ranked
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|r| RankedText {
+                        text: answers[r.index].as_ref().to_string(),
+                        index: r.index,
+                        prob: r.prob,
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// The box each expression refers to in its image file.
+    pub fn ground<P: AsRef<Path> + Sync>(
+        &self,
+        paths: &[P],
+        expressions: &[impl AsRef<str>],
+    ) -> Result<Vec<GroundedBox>> {
+        if paths.len() != expressions.len() {
+            return Err(Error::invalid(format!(
+                "{} expressions for {} images",
+                expressions.len(),
+                paths.len()
+            )));
+        }
+        let (images, infos) = self
+            .letterbox
+            .preprocess_paths(paths, self.model.device())?;
+        let (ids, mask) = self.encode(expressions)?;
+        let embeds = self.model.encode_image(&images)?;
+        let boxes = grounding::predict(&self.model, &embeds, &ids, &mask, &self.grounding)?;
+        Ok(boxes
+            .into_iter()
+            .zip(&infos)
+            .map(|(cxcywh, info)| GroundedBox {
+                xyxy: info.box_to_original(cxcywh),
+                cxcywh,
+            })
+            .collect())
+    }
+
+    /// Retrieval scores of the reference's evaluation between images and texts: ITC top `k`
+    /// re-scored by ITM. Returns `(image -> text, text -> image)` matrices (-100 outside the
+    /// top `k`).
+    pub fn retrieve(
+        &self,
+        images: &Tensor,
+        texts: &[impl AsRef<str>],
+        k: usize,
+    ) -> Result<(retrieval::ScoreMatrix, retrieval::ScoreMatrix)> {
+        let (ids, mask) = self.encode(texts)?;
+        let image_side = retrieval::encode_images(&self.model, images)?;
+        let text_side = retrieval::encode_texts(&self.model, &ids, &mask)?;
+        let k = k.min(texts.len()).min(images.dim(0)?);
+        retrieval::rerank(
+            &self.model,
+            &image_side,
+            &text_side,
+            k,
+            retrieval::Rescore::Itm,
+        )
+    }
+}
