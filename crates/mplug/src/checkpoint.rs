@@ -51,9 +51,14 @@ impl Format {
     pub fn sniff(path: &Path) -> Result<Format> {
         use std::io::Read;
         let mut head = [0u8; 9];
-        let mut f = std::fs::File::open(path)
-            .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        let n = f.read(&mut head).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let mut f = std::fs::File::open(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let n = f.read(&mut head).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         if n >= 4 && &head[..4] == b"PK\x03\x04" {
             return Ok(Format::Pth);
         }
@@ -102,7 +107,12 @@ impl Checkpoint {
                 None => skipped += 1,
             }
         }
-        Checkpoint { path, tensors: Arc::new(tensors), used: Default::default(), skipped }
+        Checkpoint {
+            path,
+            tensors: Arc::new(tensors),
+            used: Default::default(),
+            skipped,
+        }
     }
 
     /// Where the checkpoint came from.
@@ -154,7 +164,11 @@ impl Checkpoint {
             .tensors
             .keys()
             .filter(|k| !used.contains(*k))
-            .filter(|k| !NON_PARAMETERS.iter().any(|p| k.rsplit('.').next() == Some(p)))
+            .filter(|k| {
+                !NON_PARAMETERS
+                    .iter()
+                    .any(|p| k.rsplit('.').next() == Some(p))
+            })
             .cloned()
             .collect();
         unused.into_iter().collect()
@@ -181,7 +195,10 @@ impl Checkpoint {
 }
 
 fn ckpt_err(path: &Path, msg: String) -> Error {
-    Error::Checkpoint { path: path.to_path_buf(), msg }
+    Error::Checkpoint {
+        path: path.to_path_buf(),
+        msg,
+    }
 }
 
 /// Maps a stored key to the fine-tuned layout, or `None` for momentum copies.
@@ -190,7 +207,10 @@ fn normalize_key(key: &str) -> Option<String> {
     if key.split('.').any(|seg| seg.ends_with("_m")) {
         return None;
     }
-    for (from, to) in [("text_encoder.bert.", "text_encoder."), ("fusion_encoder.fusion.", "fusion_encoder.")] {
+    for (from, to) in [
+        ("text_encoder.bert.", "text_encoder."),
+        ("fusion_encoder.fusion.", "fusion_encoder."),
+    ] {
         if let Some(rest) = key.strip_prefix(from) {
             return Some(format!("{to}{rest}"));
         }
@@ -226,12 +246,19 @@ impl Backend {
     fn fetch(&self, name: &str, expected: Option<&Shape>) -> candle_core::Result<Tensor> {
         match self.tensors.get(name) {
             Some(t) => {
-                self.used.lock().expect("checkpoint usage lock").insert(name.to_string());
+                self.used
+                    .lock()
+                    .expect("checkpoint usage lock")
+                    .insert(name.to_string());
                 Ok(t.clone())
             }
             None => {
-                let shape = expected.map(|s| format!(" (expected shape {:?})", s.dims())).unwrap_or_default();
-                Err(candle_core::Error::Msg(format!("missing tensor `{name}`{shape}")))
+                let shape = expected
+                    .map(|s| format!(" (expected shape {:?})", s.dims()))
+                    .unwrap_or_default();
+                Err(candle_core::Error::Msg(format!(
+                    "missing tensor `{name}`{shape}"
+                )))
             }
         }
     }
@@ -277,11 +304,15 @@ mod tests {
             Some("text_encoder.encoder.layer.0.output.dense.weight")
         );
         assert_eq!(
-            normalize_key("module.fusion_encoder.fusion.encoder.layer.3.attention.self.key.bias").as_deref(),
+            normalize_key("module.fusion_encoder.fusion.encoder.layer.3.attention.self.key.bias")
+                .as_deref(),
             Some("fusion_encoder.encoder.layer.3.attention.self.key.bias")
         );
         assert_eq!(normalize_key("visual_encoder_m.visual.conv1.weight"), None);
         assert_eq!(normalize_key("text_proj_m.weight"), None);
-        assert_eq!(normalize_key("vision_proj.weight").as_deref(), Some("vision_proj.weight"));
+        assert_eq!(
+            normalize_key("vision_proj.weight").as_deref(),
+            Some("vision_proj.weight")
+        );
     }
 }

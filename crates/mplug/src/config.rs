@@ -116,8 +116,7 @@ impl BertConfig {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = read(path)?;
-        serde_json::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 }
 
@@ -126,7 +125,12 @@ impl MplugConfig {
     pub fn base() -> Self {
         MplugConfig {
             image_res: 384,
-            vision: VisionConfig { patch_size: 16, width: 768, layers: 12, heads: 12 },
+            vision: VisionConfig {
+                patch_size: 16,
+                width: 768,
+                layers: 12,
+                heads: 12,
+            },
             vision_width: 768,
             embed_dim: 256,
             bert: BertConfig::released(3),
@@ -137,7 +141,12 @@ impl MplugConfig {
     pub fn large() -> Self {
         MplugConfig {
             image_res: 336,
-            vision: VisionConfig { patch_size: 14, width: 1024, layers: 24, heads: 16 },
+            vision: VisionConfig {
+                patch_size: 14,
+                width: 1024,
+                layers: 24,
+                heads: 16,
+            },
             vision_width: 1024,
             embed_dim: 256,
             bert: BertConfig::released(6),
@@ -176,15 +185,31 @@ impl MplugConfig {
         bert: BertConfig,
     ) -> Result<Self> {
         let vision = match clip_name {
-            "ViT-B-16" => VisionConfig { patch_size: 16, width: 768, layers: 12, heads: 12 },
-            "ViT-L-14" => VisionConfig { patch_size: 14, width: 1024, layers: 24, heads: 16 },
+            "ViT-B-16" => VisionConfig {
+                patch_size: 16,
+                width: 768,
+                layers: 12,
+                heads: 12,
+            },
+            "ViT-L-14" => VisionConfig {
+                patch_size: 14,
+                width: 1024,
+                layers: 24,
+                heads: 16,
+            },
             other => {
                 return Err(Error::Config(format!(
                     "unknown clip_name `{other}` (expected ViT-B-16 or ViT-L-14)"
                 )))
             }
         };
-        let cfg = MplugConfig { image_res, vision, vision_width, embed_dim, bert };
+        let cfg = MplugConfig {
+            image_res,
+            vision,
+            vision_width,
+            embed_dim,
+            bert,
+        };
         cfg.validate().map_err(Error::Config)?;
         Ok(cfg)
     }
@@ -205,14 +230,22 @@ impl MplugConfig {
             field(key).ok_or_else(|| Error::Config(format!("{}: no `{key}`", yaml.display())))
         };
         let num = |key: &str| -> Result<usize> {
-            need(key)?.parse().map_err(|_| {
-                Error::Config(format!("{}: `{key}` is not a number", yaml.display()))
-            })
+            need(key)?
+                .parse()
+                .map_err(|_| Error::Config(format!("{}: `{key}` is not a number", yaml.display())))
         };
         let bert_path = bert_dir.as_ref().join(need("bert_config")?);
         let bert = BertConfig::from_file(&bert_path)?;
-        let embed_dim = field("embed_dim").and_then(|v| v.parse().ok()).unwrap_or(256);
-        Self::from_reference(num("image_res")?, num("vision_width")?, &need("clip_name")?, embed_dim, bert)
+        let embed_dim = field("embed_dim")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256);
+        Self::from_reference(
+            num("image_res")?,
+            num("vision_width")?,
+            &need("clip_name")?,
+            embed_dim,
+            bert,
+        )
     }
 
     /// Checks the sizes fit together.
@@ -226,7 +259,10 @@ impl MplugConfig {
             ));
         }
         if v.heads == 0 || !v.width.is_multiple_of(v.heads) {
-            return Err(format!("vision width {} is not divisible by {} heads", v.width, v.heads));
+            return Err(format!(
+                "vision width {} is not divisible by {} heads",
+                v.width, v.heads
+            ));
         }
         if b.num_attention_heads == 0 || !b.hidden_size.is_multiple_of(b.num_attention_heads) {
             return Err(format!(
@@ -244,7 +280,10 @@ impl MplugConfig {
             return Err("stride_layer must be at least 1".into());
         }
         if b.hidden_act != "gelu" {
-            return Err(format!("hidden_act `{}` is not supported (only `gelu`)", b.hidden_act));
+            return Err(format!(
+                "hidden_act `{}` is not supported (only `gelu`)",
+                b.hidden_act
+            ));
         }
         Ok(())
     }
@@ -271,7 +310,10 @@ impl MplugConfig {
 }
 
 fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

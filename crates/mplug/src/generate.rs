@@ -60,15 +60,25 @@ impl Default for BeamConfig {
 impl BeamConfig {
     /// Greedy decoding with the same stopping rules.
     pub fn greedy(min_length: usize, max_length: usize) -> Self {
-        BeamConfig { beam_size: 1, min_length, max_length, ..Default::default() }
+        BeamConfig {
+            beam_size: 1,
+            min_length,
+            max_length,
+            ..Default::default()
+        }
     }
 
     fn validate(&self, vocab: usize) -> Result<()> {
         if self.beam_size == 0 || self.max_length == 0 {
-            return Err(Error::invalid("beam size and max length must be at least 1"));
+            return Err(Error::invalid(
+                "beam size and max length must be at least 1",
+            ));
         }
         if self.beam_size > vocab {
-            return Err(Error::invalid(format!("beam size {} exceeds the vocabulary", self.beam_size)));
+            return Err(Error::invalid(format!(
+                "beam size {} exceeds the vocabulary",
+                self.beam_size
+            )));
         }
         if self.bos as usize >= vocab || self.eos as usize >= vocab {
             return Err(Error::invalid("bos/eos token outside the vocabulary"));
@@ -107,7 +117,13 @@ pub fn beam_search(
     let mut inputs: Vec<usize> = (0..batch).collect();
     let mut seqs: Vec<Vec<u32>> = vec![vec![cfg.bos]; batch * beam];
     let mut running: Vec<f32> = (0..batch * beam)
-        .map(|r| if r % beam == 0 { 0.0 } else { f32::NEG_INFINITY })
+        .map(|r| {
+            if r % beam == 0 {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            }
+        })
         .collect();
     let mut finished: Vec<Vec<(f32, Vec<u32>)>> = vec![Vec::new(); batch];
     let mut results: Vec<Vec<Hypothesis>> = vec![Vec::new(); batch];
@@ -133,7 +149,14 @@ pub fn beam_search(
         let mut keep_positions: Vec<u32> = Vec::new();
         for (i, &input) in inputs.iter().enumerate() {
             let rows = i * beam..(i + 1) * beam;
-            let picks = top_candidates(&log_probs[rows.clone()], &running[rows], beam, penalty, step < cfg.min_length, cfg.eos);
+            let picks = top_candidates(
+                &log_probs[rows.clone()],
+                &running[rows],
+                beam,
+                penalty,
+                step < cfg.min_length,
+                cfg.eos,
+            );
             let top_done = picks[0].token == cfg.eos || step + 1 == cfg.max_length;
             let mut group = Vec::with_capacity(beam);
             for p in &picks {
@@ -204,13 +227,29 @@ fn top_candidates(
         // The overall top k lies within each row's top k.
         let mut row_best: Vec<Candidate> = Vec::with_capacity(k + 1);
         for (t, &lp) in row.iter().enumerate() {
-            let lp = if ban_eos && t as u32 == eos { -1e20 } else { lp };
+            let lp = if ban_eos && t as u32 == eos {
+                -1e20
+            } else {
+                lp
+            };
             let score = (lp + run) / penalty;
-            if row_best.len() == k && score.partial_cmp(&row_best[k - 1].score) != Some(std::cmp::Ordering::Greater) {
+            if row_best.len() == k
+                && score.partial_cmp(&row_best[k - 1].score) != Some(std::cmp::Ordering::Greater)
+            {
                 continue;
             }
-            let pos = row_best.iter().position(|c| score > c.score).unwrap_or(row_best.len());
-            row_best.insert(pos, Candidate { beam: b, token: t as u32, score });
+            let pos = row_best
+                .iter()
+                .position(|c| score > c.score)
+                .unwrap_or(row_best.len());
+            row_best.insert(
+                pos,
+                Candidate {
+                    beam: b,
+                    token: t as u32,
+                    score,
+                },
+            );
             row_best.truncate(k);
         }
         best.extend(row_best);
@@ -240,7 +279,10 @@ mod tests {
         assert_eq!((c[1].beam, c[1].token), (0, 0));
         let c = top_candidates(&lp, &running, 3, 2.0, true, 1);
         // token 1 of beam 0 banned: next best are beam0 tok0 (-1.0), beam1 tok0 (-1.1), beam1 tok2 (-1.2)
-        assert_eq!(c.iter().map(|c| (c.beam, c.token)).collect::<Vec<_>>(), vec![(0, 0), (1, 0), (1, 2)]);
+        assert_eq!(
+            c.iter().map(|c| (c.beam, c.token)).collect::<Vec<_>>(),
+            vec![(0, 0), (1, 0), (1, 2)]
+        );
         assert!((c[0].score + 0.5).abs() < 1e-6);
     }
 

@@ -14,7 +14,10 @@ fn config(dir: &Path) -> MplugConfig {
 }
 
 fn tensors(ckpt: &Checkpoint) -> HashMap<String, Tensor> {
-    ckpt.keys().into_iter().map(|k| (k.to_string(), ckpt.get(k).unwrap().clone())).collect()
+    ckpt.keys()
+        .into_iter()
+        .map(|k| (k.to_string(), ckpt.get(k).unwrap().clone()))
+        .collect()
 }
 
 fn load_err(dir: &Path, map: HashMap<String, Tensor>, task: Task) -> String {
@@ -58,7 +61,10 @@ fn reshaped_tensor_is_named_with_both_shapes() {
         map.insert(key.into(), t.reshape((b, a)).unwrap());
         let err = load_err(&dir, map, Task::Vqa);
         assert!(err.contains(key), "{err}");
-        assert!(err.contains(&format!("[{b}, {a}]")) && err.contains(&format!("[{a}, {b}]")), "{err}");
+        assert!(
+            err.contains(&format!("[{b}, {a}]")) && err.contains(&format!("[{a}, {b}]")),
+            "{err}"
+        );
     }
 }
 
@@ -68,12 +74,25 @@ fn missing_tensor_in_a_file_names_the_file() {
     let ckpt = Checkpoint::load(file(dir, "caption.safetensors")).unwrap();
     let mut map = tensors(&ckpt);
     map.remove("visual_encoder.visual.ln_post.bias").unwrap();
-    let tmp = std::env::temp_dir().join(format!("mplug-missing-{}.safetensors", std::process::id()));
+    let tmp =
+        std::env::temp_dir().join(format!("mplug-missing-{}.safetensors", std::process::id()));
     candle_core::safetensors::save(&map, &tmp).unwrap();
     let edited = Checkpoint::load(&tmp).unwrap();
-    let err = Mplug::load(&config(dir), &edited, Task::Caption, DType::F32, &Device::Cpu).unwrap_err().to_string();
+    let err = Mplug::load(
+        &config(dir),
+        &edited,
+        Task::Caption,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap_err()
+    .to_string();
     std::fs::remove_file(&tmp).ok();
-    assert!(err.contains("visual_encoder.visual.ln_post.bias") && err.contains(&tmp.display().to_string()), "{err}");
+    assert!(
+        err.contains("visual_encoder.visual.ln_post.bias")
+            && err.contains(&tmp.display().to_string()),
+        "{err}"
+    );
 }
 
 #[test]
@@ -103,8 +122,19 @@ fn files_that_are_not_checkpoints_are_rejected() {
 fn wrong_checkpoint_for_task_says_what_it_is() {
     for dir in config_dirs() {
         let ckpt = Checkpoint::load(file(&dir, "retrieval.pth")).unwrap();
-        let err = Mplug::load(&config(&dir), &ckpt, Task::Caption, DType::F32, &Device::Cpu).unwrap_err().to_string();
-        assert!(err.contains("text decoder") && err.contains("retrieval checkpoint"), "{err}");
+        let err = Mplug::load(
+            &config(&dir),
+            &ckpt,
+            Task::Caption,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("text decoder") && err.contains("retrieval checkpoint"),
+            "{err}"
+        );
         assert_eq!(Task::detect(&ckpt), Some(Task::Retrieval));
         let g = Checkpoint::load(file(&dir, "grounding.pth")).unwrap();
         assert_eq!(Task::detect(&g), Some(Task::Grounding));
@@ -115,17 +145,26 @@ fn wrong_checkpoint_for_task_says_what_it_is() {
 fn every_parameter_is_used_or_reported() {
     for dir in config_dirs() {
         let cfg = config(&dir);
-        for (name, task) in [("vqa.pth", Task::Vqa), ("retrieval.pth", Task::Retrieval), ("grounding.pth", Task::Grounding)] {
+        for (name, task) in [
+            ("vqa.pth", Task::Vqa),
+            ("retrieval.pth", Task::Retrieval),
+            ("grounding.pth", Task::Grounding),
+        ] {
             let ckpt = Checkpoint::load(file(&dir, name)).unwrap();
             let model = Mplug::load(&cfg, &ckpt, task, DType::F32, &Device::Cpu).unwrap();
             let unused = model.unused_keys(&ckpt);
             // The reference's grounding model holds ITC projections that it never runs.
             let expected: Vec<String> = match task {
-                Task::Grounding => ["text_proj.bias", "text_proj.weight", "vision_proj.bias", "vision_proj.weight"]
-                    .into_iter()
-                    .filter(|k| ckpt.contains(k))
-                    .map(String::from)
-                    .collect(),
+                Task::Grounding => [
+                    "text_proj.bias",
+                    "text_proj.weight",
+                    "vision_proj.bias",
+                    "vision_proj.weight",
+                ]
+                .into_iter()
+                .filter(|k| ckpt.contains(k))
+                .map(String::from)
+                .collect(),
                 _ => Vec::new(),
             };
             assert_eq!(unused, expected, "{} {name}", dir.display());
@@ -135,7 +174,12 @@ fn every_parameter_is_used_or_reported() {
         let model = Mplug::load(&cfg, &ckpt, Task::Caption, DType::F32, &Device::Cpu).unwrap();
         let unused = model.unused_keys(&ckpt);
         assert!(!unused.is_empty());
-        assert!(unused.iter().all(|k| k.starts_with("text_encoder.") || k.starts_with("fusion_encoder.")), "{unused:?}");
+        assert!(
+            unused
+                .iter()
+                .all(|k| k.starts_with("text_encoder.") || k.starts_with("fusion_encoder.")),
+            "{unused:?}"
+        );
     }
 }
 
@@ -154,7 +198,10 @@ fn pretrained_layout_with_momentum_copies_loads_the_same() {
             };
             if k.starts_with("visual_encoder.") {
                 // A momentum copy with different values must be skipped.
-                renamed.insert(k.replacen("visual_encoder.", "visual_encoder_m.", 1), (t.clone() * 3.0).unwrap());
+                renamed.insert(
+                    k.replacen("visual_encoder.", "visual_encoder_m.", 1),
+                    (t.clone() * 3.0).unwrap(),
+                );
             }
             renamed.insert(format!("module.{k2}"), t);
         }
@@ -162,7 +209,12 @@ fn pretrained_layout_with_momentum_copies_loads_the_same() {
         assert!(pre.skipped() > 0);
         assert!(pre.contains("text_encoder.embeddings.word_embeddings.weight"));
         assert!(pre.contains("fusion_encoder.encoder.layer.0.attention.self.query.weight"));
-        assert_close("pretrained layout image_embeds", &image_embeds(&dir, &pre), &image_embeds(&dir, &ckpt), 0.0);
+        assert_close(
+            "pretrained layout image_embeds",
+            &image_embeds(&dir, &pre),
+            &image_embeds(&dir, &ckpt),
+            0.0,
+        );
     }
 }
 
@@ -174,7 +226,11 @@ fn half_precision_tensors_are_converted() {
             let half: HashMap<String, Tensor> = tensors(&ckpt)
                 .into_iter()
                 .map(|(k, t)| {
-                    let t = if t.dtype() == DType::F32 { t.to_dtype(dtype).unwrap() } else { t };
+                    let t = if t.dtype() == DType::F32 {
+                        t.to_dtype(dtype).unwrap()
+                    } else {
+                        t
+                    };
                     (k, t)
                 })
                 .collect();
@@ -183,7 +239,11 @@ fn half_precision_tensors_are_converted() {
             let rounded: HashMap<String, Tensor> = half
                 .iter()
                 .map(|(k, t)| {
-                    let t = if t.dtype() == dtype { t.to_dtype(DType::F32).unwrap() } else { t.clone() };
+                    let t = if t.dtype() == dtype {
+                        t.to_dtype(DType::F32).unwrap()
+                    } else {
+                        t.clone()
+                    };
                     (k.clone(), t)
                 })
                 .collect();
@@ -202,11 +262,17 @@ fn tied_decoder_output_falls_back_to_word_embeddings() {
         // A checkpoint whose output matrix equals its word embeddings, stored both ways.
         let mut full = tensors(&ckpt);
         let out = full["text_decoder.cls.predictions.decoder.weight"].clone();
-        full.insert("text_decoder.bert.embeddings.word_embeddings.weight".into(), out);
+        full.insert(
+            "text_decoder.bert.embeddings.word_embeddings.weight".into(),
+            out,
+        );
         let mut tied = full.clone();
         tied.remove("text_decoder.cls.predictions.decoder.weight");
         tied.remove("text_decoder.cls.predictions.decoder.bias");
-        let (full, tied) = (Checkpoint::from_tensors("full.pth", full), Checkpoint::from_tensors("tied.pth", tied));
+        let (full, tied) = (
+            Checkpoint::from_tensors("full.pth", full),
+            Checkpoint::from_tensors("tied.pth", tied),
+        );
         let cfg = config(&dir);
         let a = Mplug::load(&cfg, &tied, Task::Caption, DType::F32, &Device::Cpu).unwrap();
         let b = Mplug::load(&cfg, &full, Task::Caption, DType::F32, &Device::Cpu).unwrap();
@@ -215,7 +281,10 @@ fn tied_decoder_output_falls_back_to_word_embeddings() {
         let la = caption::decoder_logits(&a, &embeds, &ids, &mask).unwrap();
         let lb = caption::decoder_logits(&b, &embeds, &ids, &mask).unwrap();
         assert_close("tied decoder logits", &la, &lb, 0.0);
-        assert!(a.unused_keys(&tied).iter().all(|k| !k.starts_with("text_decoder.")));
+        assert!(a
+            .unused_keys(&tied)
+            .iter()
+            .all(|k| !k.starts_with("text_decoder.")));
     }
 }
 
@@ -229,8 +298,18 @@ fn positional_embedding_is_resized_for_a_larger_image() {
         cfg.image_res = grid * cfg.vision.patch_size;
         let ckpt = Checkpoint::load(file(&dir, "caption.pth")).unwrap();
         let model = Mplug::load(&cfg, &ckpt, Task::Caption, DType::F32, &Device::Cpu).unwrap();
-        assert_close("resized at load", model.visual.visual.positional_embedding(), &expected, TOL);
-        let images = Tensor::zeros((1, 3, cfg.image_res, cfg.image_res), DType::F32, &Device::Cpu).unwrap();
+        assert_close(
+            "resized at load",
+            model.visual.visual.positional_embedding(),
+            &expected,
+            TOL,
+        );
+        let images = Tensor::zeros(
+            (1, 3, cfg.image_res, cfg.image_res),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
         let tokens = model.encode_image(&images).unwrap();
         assert_eq!(tokens.dims(), &[1, grid * grid + 1, cfg.bert.hidden_size]);
     }

@@ -38,12 +38,25 @@ fn check_beams(what: &str, got: &[Vec<mplug::Hypothesis>], json: &serde_json::Va
     assert_eq!(got.len(), ids.len(), "{what}: inputs");
     for (i, hyps) in got.iter().enumerate() {
         let want_ids = ids[i].as_array().unwrap();
-        assert_eq!(hyps.len(), want_ids.len(), "{what}: hypotheses of input {i}");
+        assert_eq!(
+            hyps.len(),
+            want_ids.len(),
+            "{what}: hypotheses of input {i}"
+        );
         for (j, h) in hyps.iter().enumerate() {
-            let want: Vec<u32> = want_ids[j].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let want: Vec<u32> = want_ids[j]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
             assert_eq!(h.ids, want, "{what}: ids of input {i} hypothesis {j}");
             let s = scores[i][j].as_f64().unwrap() as f32;
-            assert!((h.score - s).abs() <= SCORE_TOL, "{what}: score of input {i} hypothesis {j}: {} vs {s}", h.score);
+            assert!(
+                (h.score - s).abs() <= SCORE_TOL,
+                "{what}: score of input {i} hypothesis {j}: {} vs {s}",
+                h.score
+            );
         }
     }
 }
@@ -62,13 +75,28 @@ fn caption_matches_reference() {
             let what = format!("{name}/{ckpt}");
             let model = load(&dir, ckpt, Task::Caption);
             let embeds = model.encode_image(&io.get("image")).unwrap();
-            assert_close(&format!("{what} image_embeds"), &embeds, &io.get("image_embeds"), TOL);
+            assert_close(
+                &format!("{what} image_embeds"),
+                &embeds,
+                &io.get("image_embeds"),
+                TOL,
+            );
             let ids = io.get("caption_ids");
             let mask = io.get("caption_mask");
             let logits = caption::decoder_logits(&model, &embeds, &ids, &mask).unwrap();
-            assert_close(&format!("{what} decoder_logits"), &logits, &io.get("decoder_logits"), TOL);
+            assert_close(
+                &format!("{what} decoder_logits"),
+                &logits,
+                &io.get("decoder_logits"),
+                TOL,
+            );
             let loss = caption::loss(&model, &embeds, &ids, &mask).unwrap();
-            assert_close(&format!("{what} loss"), &loss.reshape(1).unwrap(), &io.get("loss"), TOL);
+            assert_close(
+                &format!("{what} loss"),
+                &loss.reshape(1).unwrap(),
+                &io.get("loss"),
+                TOL,
+            );
             for use_cache in [true, false] {
                 let cfg = beam_config(&json, n_best(&json), use_cache);
                 let got = caption::generate(&model, &embeds, &cfg).unwrap();
@@ -86,23 +114,68 @@ fn vqa_matches_reference() {
         let json = json(&dir, "vqa.json");
         let model = load(&dir, "vqa.pth", Task::Vqa);
         let embeds = model.encode_image(&io.get("image")).unwrap();
-        assert_close(&format!("{name} vqa image_embeds"), &embeds, &io.get("image_embeds"), TOL);
+        assert_close(
+            &format!("{name} vqa image_embeds"),
+            &embeds,
+            &io.get("image_embeds"),
+            TOL,
+        );
         let (qi, qm) = (io.get("question_ids"), io.get("question_mask"));
         let text = model.encode_text(&qi, &qm).unwrap();
-        assert_close(&format!("{name} text_embeds"), &text, &io.get("text_embeds"), TOL);
+        assert_close(
+            &format!("{name} text_embeds"),
+            &text,
+            &io.get("text_embeds"),
+            TOL,
+        );
         let q = vqa::encode_question(&model, &embeds, &qi, &qm).unwrap();
-        assert_close(&format!("{name} fusion_image_output"), &q.image, &io.get("fusion_image_output"), TOL);
-        assert_close(&format!("{name} fusion_text_output"), &q.text, &io.get("fusion_text_output"), TOL);
+        assert_close(
+            &format!("{name} fusion_image_output"),
+            &q.image,
+            &io.get("fusion_image_output"),
+            TOL,
+        );
+        assert_close(
+            &format!("{name} fusion_text_output"),
+            &q.text,
+            &io.get("fusion_text_output"),
+            TOL,
+        );
         for use_cache in [true, false] {
-            let got = vqa::generate(&model, &q, &beam_config(&json, n_best(&json), use_cache)).unwrap();
-            check_beams(&format!("{name} vqa beams (cache {use_cache})"), &got, &json);
+            let got =
+                vqa::generate(&model, &q, &beam_config(&json, n_best(&json), use_cache)).unwrap();
+            check_beams(
+                &format!("{name} vqa beams (cache {use_cache})"),
+                &got,
+                &json,
+            );
         }
         let k = json["rank_k"].as_u64().unwrap() as usize;
-        let ranked = vqa::rank_answers(&model, &q, &io.get("answer_ids"), &io.get("answer_mask"), k).unwrap();
+        let ranked =
+            vqa::rank_answers(&model, &q, &io.get("answer_ids"), &io.get("answer_mask"), k)
+                .unwrap();
         check_ranking(&name, &ranked, &io);
-        let k_train: Vec<usize> = json["train_k"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
-        let loss = vqa::loss(&model, &q, &io.get("train_answer_ids"), &io.get("train_answer_mask"), &k_train, &io.get("train_weights")).unwrap();
-        assert_close(&format!("{name} vqa train_loss"), &loss.reshape(1).unwrap(), &io.get("train_loss"), TOL);
+        let k_train: Vec<usize> = json["train_k"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        let loss = vqa::loss(
+            &model,
+            &q,
+            &io.get("train_answer_ids"),
+            &io.get("train_answer_mask"),
+            &k_train,
+            &io.get("train_weights"),
+        )
+        .unwrap();
+        assert_close(
+            &format!("{name} vqa train_loss"),
+            &loss.reshape(1).unwrap(),
+            &io.get("train_loss"),
+            TOL,
+        );
     }
 }
 
@@ -112,7 +185,12 @@ fn check_ranking(what: &str, ranked: &[Vec<vqa::RankedAnswer>], io: &Io) {
     let got_ids: Vec<i64> = ranked.iter().flatten().map(|r| r.index as i64).collect();
     let got_probs: Vec<f32> = ranked.iter().flatten().map(|r| r.prob).collect();
     assert_eq!(got_ids, ids, "{what}: ranked answer ids");
-    assert_close_slices(&format!("{what}: ranked answer probabilities"), &got_probs, &probs, SCORE_TOL);
+    assert_close_slices(
+        &format!("{what}: ranked answer probabilities"),
+        &got_probs,
+        &probs,
+        SCORE_TOL,
+    );
 }
 
 #[test]
@@ -124,12 +202,40 @@ fn videoqa_matches_reference() {
         let json = json(&dir, "vqa.json");
         let model = load(&dir, "vqa.pth", Task::Vqa);
         let frames = video::encode_frames(&model, &io.get("frames")).unwrap();
-        assert_close(&format!("{name} frame_embeds"), &frames, &io.get("frame_embeds"), TOL);
-        let q = vqa::encode_question(&model, &frames, &io.get("question_ids"), &io.get("question_mask")).unwrap();
-        assert_close(&format!("{name} video fusion_image_output"), &q.image, &io.get("fusion_image_output"), TOL);
-        assert_close(&format!("{name} video fusion_text_output"), &q.text, &io.get("fusion_text_output"), TOL);
+        assert_close(
+            &format!("{name} frame_embeds"),
+            &frames,
+            &io.get("frame_embeds"),
+            TOL,
+        );
+        let q = vqa::encode_question(
+            &model,
+            &frames,
+            &io.get("question_ids"),
+            &io.get("question_mask"),
+        )
+        .unwrap();
+        assert_close(
+            &format!("{name} video fusion_image_output"),
+            &q.image,
+            &io.get("fusion_image_output"),
+            TOL,
+        );
+        assert_close(
+            &format!("{name} video fusion_text_output"),
+            &q.text,
+            &io.get("fusion_text_output"),
+            TOL,
+        );
         let k = json["rank_k"].as_u64().unwrap() as usize;
-        let ranked = vqa::rank_answers(&model, &q, &answers.get("answer_ids"), &answers.get("answer_mask"), k).unwrap();
+        let ranked = vqa::rank_answers(
+            &model,
+            &q,
+            &answers.get("answer_ids"),
+            &answers.get("answer_mask"),
+            k,
+        )
+        .unwrap();
         check_ranking(&format!("{name} videoqa"), &ranked, &io);
     }
 }
@@ -143,23 +249,77 @@ fn retrieval_matches_reference() {
         let k = json["k_test"].as_u64().unwrap() as usize;
         let model = load(&dir, "retrieval.pth", Task::Retrieval);
         let images = retrieval::encode_images(&model, &io.get("images")).unwrap();
-        assert_close(&format!("{name} image_embeds"), &images.embeds, &io.get("image_embeds"), TOL);
-        assert_close(&format!("{name} image_feat"), &images.feat, &io.get("image_feat"), TOL);
-        let texts = retrieval::encode_texts(&model, &io.get("text_ids"), &io.get("text_mask")).unwrap();
-        assert_close(&format!("{name} text_embeds"), &texts.embeds, &io.get("text_embeds"), TOL);
-        assert_close(&format!("{name} text_feat"), &texts.feat, &io.get("text_feat"), TOL);
+        assert_close(
+            &format!("{name} image_embeds"),
+            &images.embeds,
+            &io.get("image_embeds"),
+            TOL,
+        );
+        assert_close(
+            &format!("{name} image_feat"),
+            &images.feat,
+            &io.get("image_feat"),
+            TOL,
+        );
+        let texts =
+            retrieval::encode_texts(&model, &io.get("text_ids"), &io.get("text_mask")).unwrap();
+        assert_close(
+            &format!("{name} text_embeds"),
+            &texts.embeds,
+            &io.get("text_embeds"),
+            TOL,
+        );
+        assert_close(
+            &format!("{name} text_feat"),
+            &texts.feat,
+            &io.get("text_feat"),
+            TOL,
+        );
         let sims = retrieval::similarities(&images, &texts).unwrap();
         assert_close(&format!("{name} sims"), &sims, &io.get("sims"), TOL);
         let itm = retrieval::itm_matrix(&model, &images, &texts).unwrap();
-        assert_close(&format!("{name} itm_logits"), &itm, &io.get("itm_logits"), TOL);
-        let (i2t, t2i) = retrieval::rerank(&model, &images, &texts, k, retrieval::Rescore::Itm).unwrap();
-        assert_close(&format!("{name} score_i2t"), &matrix(&i2t), &io.get("score_i2t"), TOL);
-        assert_close(&format!("{name} score_t2i"), &matrix(&t2i), &io.get("score_t2i"), TOL);
+        assert_close(
+            &format!("{name} itm_logits"),
+            &itm,
+            &io.get("itm_logits"),
+            TOL,
+        );
+        let (i2t, t2i) =
+            retrieval::rerank(&model, &images, &texts, k, retrieval::Rescore::Itm).unwrap();
+        assert_close(
+            &format!("{name} score_i2t"),
+            &matrix(&i2t),
+            &io.get("score_i2t"),
+            TOL,
+        );
+        assert_close(
+            &format!("{name} score_t2i"),
+            &matrix(&t2i),
+            &io.get("score_t2i"),
+            TOL,
+        );
 
         let videos = video::encode_videos(&model, &io.get("videos")).unwrap();
-        assert_close(&format!("{name} video_feat"), &videos.feat, &io.get("video_feat"), TOL);
-        let (v2t, _) = retrieval::rerank(&model, &videos, &texts, k, retrieval::Rescore::ItmPlusSimilarity).unwrap();
-        assert_close(&format!("{name} score_v2t"), &matrix(&v2t), &io.get("score_v2t"), TOL);
+        assert_close(
+            &format!("{name} video_feat"),
+            &videos.feat,
+            &io.get("video_feat"),
+            TOL,
+        );
+        let (v2t, _) = retrieval::rerank(
+            &model,
+            &videos,
+            &texts,
+            k,
+            retrieval::Rescore::ItmPlusSimilarity,
+        )
+        .unwrap();
+        assert_close(
+            &format!("{name} score_v2t"),
+            &matrix(&v2t),
+            &io.get("score_v2t"),
+            TOL,
+        );
     }
 }
 
@@ -175,19 +335,59 @@ fn grounding_matches_reference() {
         let io = Io::load(&dir, "grounding_io.safetensors");
         let ckpt = Checkpoint::load(file(&dir, "grounding.pth")).unwrap();
         let tokens = grounding::GroundingTokens::from_checkpoint(&ckpt).unwrap();
-        assert_eq!(tokens.prefix as i64, io.i64s("prefix_ids")[0], "{name}: prefix token");
+        assert_eq!(
+            tokens.prefix as i64,
+            io.i64s("prefix_ids")[0],
+            "{name}: prefix token"
+        );
         let targets = io.i64s("target_ids");
-        assert_eq!(tokens.first_coordinate as i64, targets[0], "{name}: first coordinate token");
-        assert_eq!(tokens.bins as usize + 1, targets.len(), "{name}: coordinate tokens");
-        assert_eq!(tokens, grounding::GroundingTokens::default(), "{name}: BERT vocabulary defaults");
-        let model = Mplug::load(&config(&dir), &ckpt, Task::Grounding, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(
+            tokens.first_coordinate as i64, targets[0],
+            "{name}: first coordinate token"
+        );
+        assert_eq!(
+            tokens.bins as usize + 1,
+            targets.len(),
+            "{name}: coordinate tokens"
+        );
+        assert_eq!(
+            tokens,
+            grounding::GroundingTokens::default(),
+            "{name}: BERT vocabulary defaults"
+        );
+        let model = Mplug::load(
+            &config(&dir),
+            &ckpt,
+            Task::Grounding,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
         let embeds = model.encode_image(&io.get("image")).unwrap();
         let (ids, mask) = (io.get("text_ids"), io.get("text_mask"));
         let boxes = grounding::predict(&model, &embeds, &ids, &mask, &tokens).unwrap();
         // Boxes come from token ids, so they match exactly up to float formatting.
-        assert_close_slices(&format!("{name} pred_box"), &boxes.concat(), &io.f32s("pred_box"), 1e-6);
-        let loss = grounding::loss(&model, &embeds, &ids, &mask, &io.get("train_targets"), &tokens).unwrap();
-        assert_close(&format!("{name} grounding train_loss"), &loss.reshape(1).unwrap(), &io.get("train_loss"), TOL);
+        assert_close_slices(
+            &format!("{name} pred_box"),
+            &boxes.concat(),
+            &io.f32s("pred_box"),
+            1e-6,
+        );
+        let loss = grounding::loss(
+            &model,
+            &embeds,
+            &ids,
+            &mask,
+            &io.get("train_targets"),
+            &tokens,
+        )
+        .unwrap();
+        assert_close(
+            &format!("{name} grounding train_loss"),
+            &loss.reshape(1).unwrap(),
+            &io.get("train_loss"),
+            TOL,
+        );
     }
 }
 

@@ -9,7 +9,9 @@ pub const MASKED: f64 = -10000.0;
 /// `(B, L, H*d)` -> `(B, H, L, d)`, contiguous.
 pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, l, w) = x.dims3()?;
-    x.reshape((b, l, heads, w / heads))?.transpose(1, 2)?.contiguous()
+    x.reshape((b, l, heads, w / heads))?
+        .transpose(1, 2)?
+        .contiguous()
 }
 
 /// `(B, H, L, d)` -> `(B, L, H*d)`.
@@ -62,7 +64,9 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
 pub fn padding_mask(mask: &Tensor, dtype: DType) -> Result<Tensor> {
     let (b, l) = mask.dims2()?;
     let m = mask.to_dtype(DType::F32)?;
-    ((1.0 - m)? * MASKED)?.to_dtype(dtype)?.reshape((b, 1, 1, l))
+    ((1.0 - m)? * MASKED)?
+        .to_dtype(dtype)?
+        .reshape((b, 1, 1, l))
 }
 
 /// Causal mask for `lq` new tokens after `past` cached ones, combined with an optional padding

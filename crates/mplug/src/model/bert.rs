@@ -90,7 +90,12 @@ impl BertSelfAttention {
     }
 
     /// Attends from `hidden (B, L, H*d)` to precomputed keys and values: `(B, L, H*d)`.
-    pub fn attend_to(&self, hidden: &Tensor, kv: &LayerKv, mask: Option<&Tensor>) -> Result<Tensor> {
+    pub fn attend_to(
+        &self,
+        hidden: &Tensor,
+        kv: &LayerKv,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let q = split_heads(&self.query.forward(hidden)?, self.heads)?;
         merge_heads(&attend(&q, &kv.k, &kv.v, mask)?)
     }
@@ -114,7 +119,8 @@ impl BertSelfOutput {
 
     /// `LayerNorm(dense(x) + residual)`.
     pub fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        self.layer_norm.forward(&(self.dense.forward(x)? + residual)?)
+        self.layer_norm
+            .forward(&(self.dense.forward(x)? + residual)?)
     }
 }
 
@@ -142,7 +148,12 @@ impl BertAttention {
     }
 
     /// Attention of `hidden` over given keys and values, then the output block.
-    pub fn forward_kv(&self, hidden: &Tensor, kv: &LayerKv, mask: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward_kv(
+        &self,
+        hidden: &Tensor,
+        kv: &LayerKv,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let ctx = self.self_attn.attend_to(hidden, kv, mask)?;
         self.output.forward(&ctx, hidden)
     }
@@ -188,7 +199,11 @@ impl BertLayer {
     /// A layer; with `cross` it also reads `crossattention` (keys of width `encoder_width`).
     pub fn new(cfg: &BertConfig, cross: bool, vb: VarBuilder) -> Result<Self> {
         let crossattention = if cross {
-            Some(BertAttention::new(cfg, cfg.encoder_width, vb.pp("crossattention"))?)
+            Some(BertAttention::new(
+                cfg,
+                cfg.encoder_width,
+                vb.pp("crossattention"),
+            )?)
         } else {
             None
         };

@@ -24,7 +24,10 @@ impl LayerKv {
 
     /// Keeps the rows `idx` (a u32 tensor) in that order.
     pub fn select(&self, idx: &Tensor) -> Result<LayerKv> {
-        Ok(LayerKv { k: self.k.index_select(idx, 0)?, v: self.v.index_select(idx, 0)? })
+        Ok(LayerKv {
+            k: self.k.index_select(idx, 0)?,
+            v: self.v.index_select(idx, 0)?,
+        })
     }
 
     /// Number of cached positions.
@@ -47,12 +50,17 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `layers` layers.
     pub fn new(layers: usize) -> Self {
-        KvCache { layers: vec![None; layers] }
+        KvCache {
+            layers: vec![None; layers],
+        }
     }
 
     /// Positions already decoded.
     pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, LayerKv::len)
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, LayerKv::len)
     }
 
     /// Whether nothing is cached yet.
@@ -83,14 +91,25 @@ pub struct CrossStates {
 impl CrossStates {
     /// Number of encoder rows.
     pub fn batch(&self) -> usize {
-        self.layers.first().and_then(|l| l.k.dim(0).ok()).unwrap_or(0)
+        self.layers
+            .first()
+            .and_then(|l| l.k.dim(0).ok())
+            .unwrap_or(0)
     }
 
     /// Keeps the encoder rows `idx`, in that order.
     pub fn select(&self, idx: &Tensor) -> Result<CrossStates> {
         Ok(CrossStates {
-            layers: self.layers.iter().map(|l| l.select(idx)).collect::<Result<_>>()?,
-            mask: self.mask.as_ref().map(|m| m.index_select(idx, 0)).transpose()?,
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.select(idx))
+                .collect::<Result<_>>()?,
+            mask: self
+                .mask
+                .as_ref()
+                .map(|m| m.index_select(idx, 0))
+                .transpose()?,
         })
     }
 }

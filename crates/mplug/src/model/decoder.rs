@@ -31,8 +31,17 @@ impl TextDecoder {
         let layers = (0..cfg.text_decode_layers)
             .map(|i| BertLayer::new(cfg, true, lvb.pp(i)))
             .collect::<Result<_>>()?;
-        let cls = BertLmHead::new(cfg, embeddings.word_embeddings(), vb.pp("cls").pp("predictions"))?;
-        Ok(Self { embeddings, layers, cls, vocab_size: cfg.vocab_size })
+        let cls = BertLmHead::new(
+            cfg,
+            embeddings.word_embeddings(),
+            vb.pp("cls").pp("predictions"),
+        )?;
+        Ok(Self {
+            embeddings,
+            layers,
+            cls,
+            vocab_size: cfg.vocab_size,
+        })
     }
 
     /// Number of decoder layers.
@@ -82,7 +91,12 @@ impl TextDecoder {
         };
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            h = layer.forward(&h, mask.as_ref(), slot, Some((&cross.layers[i], cross.mask.as_ref())))?;
+            h = layer.forward(
+                &h,
+                mask.as_ref(),
+                slot,
+                Some((&cross.layers[i], cross.mask.as_ref())),
+            )?;
         }
         Ok(h)
     }

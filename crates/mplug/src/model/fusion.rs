@@ -27,7 +27,11 @@ impl FusionLayer {
         let crossattention = if connected {
             None
         } else {
-            Some(BertAttention::new(b, b.encoder_width, vb.pp("crossattention"))?)
+            Some(BertAttention::new(
+                b,
+                b.encoder_width,
+                vb.pp("crossattention"),
+            )?)
         };
         Ok(Self {
             attention: BertAttention::new(b, b.hidden_size, vb.pp("attention"))?,
@@ -86,7 +90,9 @@ impl FusionEncoder {
 
     /// Index of the first held layer that runs.
     pub fn first_running_layer(cfg: &MplugConfig) -> usize {
-        cfg.bert.num_hidden_layers.saturating_sub(cfg.bert.fusion_layers)
+        cfg.bert
+            .num_hidden_layers
+            .saturating_sub(cfg.bert.fusion_layers)
     }
 
     /// Fuses `text (B, Lt, H)` with `image (B, Li, H)` under additive masks `(B, 1, 1, L)`:

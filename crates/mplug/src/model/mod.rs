@@ -53,7 +53,11 @@ impl Task {
         Task::ALL
             .into_iter()
             .find(|t| t.name() == name)
-            .ok_or_else(|| Error::Config(format!("unknown task `{name}` (expected caption, vqa, retrieval or grounding)")))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "unknown task `{name}` (expected caption, vqa, retrieval or grounding)"
+                ))
+            })
     }
 
     /// Guesses the task a checkpoint was fine-tuned for from its keys. Caption and VQA
@@ -62,7 +66,11 @@ impl Task {
         if ckpt.contains("bbox_prob_mask") || ckpt.contains("prefix_ids") {
             Some(Task::Grounding)
         } else if ckpt.has_prefix("text_decoder.") {
-            Some(if ckpt.has_prefix("text_encoder.") { Task::Vqa } else { Task::Caption })
+            Some(if ckpt.has_prefix("text_encoder.") {
+                Task::Vqa
+            } else {
+                Task::Caption
+            })
         } else if ckpt.contains("itm_head.weight") {
             Some(Task::Retrieval)
         } else {
@@ -72,10 +80,30 @@ impl Task {
 
     fn needs(self) -> Parts {
         match self {
-            Task::Caption => Parts { text: false, fusion: false, decoder: true, heads: false },
-            Task::Vqa => Parts { text: true, fusion: true, decoder: true, heads: false },
-            Task::Retrieval => Parts { text: true, fusion: true, decoder: false, heads: true },
-            Task::Grounding => Parts { text: true, fusion: true, decoder: true, heads: false },
+            Task::Caption => Parts {
+                text: false,
+                fusion: false,
+                decoder: true,
+                heads: false,
+            },
+            Task::Vqa => Parts {
+                text: true,
+                fusion: true,
+                decoder: true,
+                heads: false,
+            },
+            Task::Retrieval => Parts {
+                text: true,
+                fusion: true,
+                decoder: false,
+                heads: true,
+            },
+            Task::Grounding => Parts {
+                text: true,
+                fusion: true,
+                decoder: true,
+                heads: false,
+            },
         }
     }
 }
@@ -143,8 +171,14 @@ impl Mplug {
             .text
             .then(|| TextEncoder::new(b, text_layers, vb.pp("text_encoder")))
             .transpose()?;
-        let fusion = parts.fusion.then(|| FusionEncoder::new(config, vb.pp("fusion_encoder"))).transpose()?;
-        let decoder = parts.decoder.then(|| TextDecoder::new(b, vb.pp("text_decoder"))).transpose()?;
+        let fusion = parts
+            .fusion
+            .then(|| FusionEncoder::new(config, vb.pp("fusion_encoder")))
+            .transpose()?;
+        let decoder = parts
+            .decoder
+            .then(|| TextDecoder::new(b, vb.pp("text_decoder")))
+            .transpose()?;
         let heads = if parts.heads {
             Some(RetrievalHeads {
                 vision_proj: linear(b.hidden_size, config.embed_dim, vb.pp("vision_proj"))?,
@@ -196,7 +230,8 @@ impl Mplug {
                 )));
             }
         }
-        let model = Self::new(config, task, ckpt.var_builder(dtype, device)).map_err(|e| ckpt.error(e))?;
+        let model =
+            Self::new(config, task, ckpt.var_builder(dtype, device)).map_err(|e| ckpt.error(e))?;
         Ok(model)
     }
 
@@ -214,17 +249,28 @@ impl Mplug {
             if !fused {
                 return false;
             }
-            let Some(rest) = key.strip_prefix("fusion_encoder.") else { return false };
+            let Some(rest) = key.strip_prefix("fusion_encoder.") else {
+                return false;
+            };
             if rest.starts_with("embeddings.") {
                 return true;
             }
-            let Some(rest) = rest.strip_prefix("encoder.layer.") else { return false };
+            let Some(rest) = rest.strip_prefix("encoder.layer.") else {
+                return false;
+            };
             let mut parts = rest.splitn(2, '.');
-            let Some(Ok(i)) = parts.next().map(str::parse::<usize>) else { return false };
+            let Some(Ok(i)) = parts.next().map(str::parse::<usize>) else {
+                return false;
+            };
             let tail = parts.next().unwrap_or("");
-            i < start || (self.config.is_connected_layer(i - start) && tail.starts_with("crossattention."))
+            i < start
+                || (self.config.is_connected_layer(i - start)
+                    && tail.starts_with("crossattention."))
         };
-        ckpt.unused_keys().into_iter().filter(|k| !by_design(k)).collect()
+        ckpt.unused_keys()
+            .into_iter()
+            .filter(|k| !by_design(k))
+            .collect()
     }
 
     /// The device the weights live on.
@@ -238,9 +284,8 @@ impl Mplug {
     }
 
     fn part<'a, T>(&self, part: &'a Option<T>, what: &str) -> Result<&'a T> {
-        part.as_ref().ok_or_else(|| {
-            Error::Unsupported(format!("the {} model has no {what}", self.task))
-        })
+        part.as_ref()
+            .ok_or_else(|| Error::Unsupported(format!("the {} model has no {what}", self.task)))
     }
 
     /// The text encoder, or an error naming the missing part.
@@ -277,7 +322,12 @@ impl Mplug {
 
     /// Fuses text states `(B, Lt, H)` (padding `text_mask (B, Lt)`) with visual tokens
     /// `(B, Li, H)` (all real): returns fused `(visual, text)`.
-    pub fn fuse(&self, text: &Tensor, text_mask: &Tensor, image: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub fn fuse(
+        &self,
+        text: &Tensor,
+        text_mask: &Tensor,
+        image: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, li, _) = image.dims3()?;
         if text.dim(0)? != b {
             return Err(Error::invalid(format!(
@@ -311,7 +361,11 @@ impl Mplug {
 
 /// `x / max(||x||, 1e-12)` along the last dimension, as `F.normalize`.
 pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
-    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+    let norm = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::INFINITY)?;
     x.broadcast_div(&norm)
 }
 

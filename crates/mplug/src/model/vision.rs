@@ -6,7 +6,9 @@
 use super::attention::{attend, merge_heads, split_heads};
 use crate::config::MplugConfig;
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{conv2d_no_bias, layer_norm, linear, Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
+use candle_nn::{
+    conv2d_no_bias, layer_norm, linear, Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder,
+};
 
 /// CLIP's LayerNorm epsilon (PyTorch's default).
 const CLIP_LN_EPS: f64 = 1e-5;
@@ -21,10 +23,17 @@ struct MultiheadAttention {
 
 impl MultiheadAttention {
     fn new(width: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
-        let init = candle_nn::Init::Randn { mean: 0.0, stdev: (width as f64).powf(-0.5) };
+        let init = candle_nn::Init::Randn {
+            mean: 0.0,
+            stdev: (width as f64).powf(-0.5),
+        };
         let w = vb.get_with_hints((3 * width, width), "in_proj_weight", init)?;
         let b = vb.get(3 * width, "in_proj_bias")?;
-        Ok(Self { in_proj: Linear::new(w, Some(b)), out_proj: linear(width, width, vb.pp("out_proj"))?, heads })
+        Ok(Self {
+            in_proj: Linear::new(w, Some(b)),
+            out_proj: linear(width, width, vb.pp("out_proj"))?,
+            heads,
+        })
     }
 }
 
@@ -35,7 +44,8 @@ impl Module for MultiheadAttention {
         let q = split_heads(&qkv.narrow(D::Minus1, 0, w)?, self.heads)?;
         let k = split_heads(&qkv.narrow(D::Minus1, w, w)?, self.heads)?;
         let v = split_heads(&qkv.narrow(D::Minus1, 2 * w, w)?, self.heads)?;
-        self.out_proj.forward(&merge_heads(&attend(&q, &k, &v, None)?)?)
+        self.out_proj
+            .forward(&merge_heads(&attend(&q, &k, &v, None)?)?)
     }
 }
 
@@ -90,15 +100,25 @@ impl VisionTransformer {
     /// (class token kept), as the reference does when `image_res` changes.
     pub fn new(cfg: &MplugConfig, vb: VarBuilder) -> Result<Self> {
         let v = &cfg.vision;
-        let conv_cfg = Conv2dConfig { stride: v.patch_size, ..Default::default() };
+        let conv_cfg = Conv2dConfig {
+            stride: v.patch_size,
+            ..Default::default()
+        };
         let conv1 = conv2d_no_bias(3, v.width, v.patch_size, conv_cfg, vb.pp("conv1"))?;
         // CLIP's initialization, used when the builder creates fresh variables.
-        let init = candle_nn::Init::Randn { mean: 0.0, stdev: (v.width as f64).powf(-0.5) };
+        let init = candle_nn::Init::Randn {
+            mean: 0.0,
+            stdev: (v.width as f64).powf(-0.5),
+        };
         let class_embedding = vb.get_with_hints(v.width, "class_embedding", init)?;
         let stored = if vb.contains_tensor("positional_embedding") {
             vb.get_unchecked("positional_embedding")?
         } else {
-            vb.get_with_hints((cfg.num_visual_tokens(), v.width), "positional_embedding", init)?
+            vb.get_with_hints(
+                (cfg.num_visual_tokens(), v.width),
+                "positional_embedding",
+                init,
+            )?
         };
         let (n, w) = stored.dims2()?;
         if w != v.width {
@@ -151,7 +171,10 @@ impl Module for VisionTransformer {
         let x = self.conv1.forward(images)?; // (B, W, g, g)
         let width = x.dim(1)?;
         let x = x.flatten_from(2)?.transpose(1, 2)?; // (B, g*g, W)
-        let cls = self.class_embedding.reshape((1, 1, width))?.broadcast_as((b, 1, width))?;
+        let cls = self
+            .class_embedding
+            .reshape((1, 1, width))?
+            .broadcast_as((b, 1, width))?;
         let x = Tensor::cat(&[&cls, &x], 1)?;
         let x = x.broadcast_add(&self.positional_embedding)?;
         let mut x = self.ln_pre.forward(&x)?;

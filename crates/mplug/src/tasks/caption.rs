@@ -8,7 +8,12 @@ use candle_core::Tensor;
 
 /// Decoder logits `(B, L, V)` of captions `ids (B, L)` (padding `mask`), teacher-forced and
 /// causal, cross-attending to all visual tokens `image_embeds (B, Li, H)`.
-pub fn decoder_logits(model: &Mplug, image_embeds: &Tensor, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+pub fn decoder_logits(
+    model: &Mplug,
+    image_embeds: &Tensor,
+    ids: &Tensor,
+    mask: &Tensor,
+) -> Result<Tensor> {
     let decoder = model.decoder()?;
     crate::model::check_ids(ids, mask, model.config.bert.vocab_size)?;
     let cross = decoder.cross_states(image_embeds, None)?;
@@ -23,6 +28,10 @@ pub fn loss(model: &Mplug, image_embeds: &Tensor, ids: &Tensor, mask: &Tensor) -
 }
 
 /// Captions of visual tokens by beam search (see [`crate::generate`]).
-pub fn generate(model: &Mplug, image_embeds: &Tensor, cfg: &BeamConfig) -> Result<Vec<Vec<Hypothesis>>> {
+pub fn generate(
+    model: &Mplug,
+    image_embeds: &Tensor,
+    cfg: &BeamConfig,
+) -> Result<Vec<Vec<Hypothesis>>> {
     beam_search(model.decoder()?, image_embeds, None, cfg)
 }

@@ -26,7 +26,11 @@ impl Default for GroundingTokens {
     /// The BERT uncased vocabulary of every released model (`[unusedN]` is id `N + 5` for
     /// `N >= 99`) and the reference's 336 bins.
     fn default() -> Self {
-        GroundingTokens { prefix: 344, first_coordinate: 345, bins: 336 }
+        GroundingTokens {
+            prefix: 344,
+            first_coordinate: 345,
+            bins: 336,
+        }
     }
 }
 
@@ -37,9 +41,17 @@ impl GroundingTokens {
         let (Some(prefix), Some(targets)) = (ckpt.get("prefix_ids"), ckpt.get("target_ids")) else {
             return Ok(Self::default());
         };
-        let prefix = prefix.flatten_all()?.to_dtype(DType::I64)?.to_vec1::<i64>()?;
-        let targets = targets.flatten_all()?.to_dtype(DType::I64)?.to_vec1::<i64>()?;
-        let bad = || ckpt.error("`prefix_ids` / `target_ids` buffers are not a prefix token and consecutive coordinate tokens");
+        let prefix = prefix
+            .flatten_all()?
+            .to_dtype(DType::I64)?
+            .to_vec1::<i64>()?;
+        let targets = targets
+            .flatten_all()?
+            .to_dtype(DType::I64)?
+            .to_vec1::<i64>()?;
+        let bad = || {
+            ckpt.error("`prefix_ids` / `target_ids` buffers are not a prefix token and consecutive coordinate tokens")
+        };
         if prefix.len() != 1 || targets.len() < 2 || targets.windows(2).any(|w| w[1] != w[0] + 1) {
             return Err(bad());
         }
@@ -64,7 +76,15 @@ impl GroundingTokens {
     fn logit_mask(&self, vocab: usize, dtype: DType, device: &Device) -> Result<Tensor> {
         let lo = self.first_coordinate as usize;
         let hi = lo + self.bins as usize;
-        let m: Vec<f32> = (0..vocab).map(|v| if (lo..=hi).contains(&v) { 0.0 } else { -10000.0 }).collect();
+        let m: Vec<f32> = (0..vocab)
+            .map(|v| {
+                if (lo..=hi).contains(&v) {
+                    0.0
+                } else {
+                    -10000.0
+                }
+            })
+            .collect();
         Ok(Tensor::from_vec(m, vocab, device)?.to_dtype(dtype)?)
     }
 
@@ -73,7 +93,12 @@ impl GroundingTokens {
     }
 }
 
-fn fused_states(model: &Mplug, image_embeds: &Tensor, ids: &Tensor, mask: &Tensor) -> Result<super::vqa::QuestionStates> {
+fn fused_states(
+    model: &Mplug,
+    image_embeds: &Tensor,
+    ids: &Tensor,
+    mask: &Tensor,
+) -> Result<super::vqa::QuestionStates> {
     super::vqa::encode_question(model, image_embeds, ids, mask)
 }
 
@@ -142,7 +167,10 @@ pub fn loss(
     tokens.check(decoder.vocab_size())?;
     let (b, four) = targets.dims2()?;
     if four != 4 {
-        return Err(Error::invalid(format!("target boxes have shape {:?}, expected (B, 4)", targets.dims())));
+        return Err(Error::invalid(format!(
+            "target boxes have shape {:?}, expected (B, 4)",
+            targets.dims()
+        )));
     }
     let q = fused_states(model, image_embeds, ids, mask)?;
     let device = q.states.device().clone();
@@ -150,31 +178,59 @@ pub fn loss(
     let seq = Tensor::cat(&[&prefix, &target_tokens(targets, tokens)?], 1)?; // (B, 5)
     let cross = decoder.cross_states(&q.states, Some(&q.mask))?;
     let logits = decoder.forward(&seq, None, &cross, None)?;
-    let logits = logits.broadcast_add(&tokens.logit_mask(decoder.vocab_size(), logits.dtype(), &device)?)?;
+    let logits = logits.broadcast_add(&tokens.logit_mask(
+        decoder.vocab_size(),
+        logits.dtype(),
+        &device,
+    )?)?;
     // Every target is a coordinate token, never padding: use an id outside the vocabulary.
     let (ce, _) = shifted_token_ce(&logits, &seq, u32::MAX)?; // (B, 4)
 
-    let pred_tokens = logits.narrow(1, 0, 4)?.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+    let pred_tokens = logits
+        .narrow(1, 0, 4)?
+        .argmax(D::Minus1)?
+        .to_dtype(DType::U32)?
+        .to_vec2::<u32>()?;
     let pred: Vec<BoxCxCyWh> = pred_tokens
         .iter()
-        .map(|r| [tokens.value(r[0]), tokens.value(r[1]), tokens.value(r[2]), tokens.value(r[3])])
+        .map(|r| {
+            [
+                tokens.value(r[0]),
+                tokens.value(r[1]),
+                tokens.value(r[2]),
+                tokens.value(r[3]),
+            ]
+        })
         .collect();
     let tgt = targets.to_dtype(DType::F32)?.to_vec2::<f32>()?;
     let mut w_l1 = Vec::with_capacity(b * 4);
     let mut w_giou = Vec::with_capacity(b);
     for (p, t) in pred.iter().zip(&tgt) {
         w_l1.extend((0..4).map(|c| (p[c] - t[c]).abs().clamp(0.0, 5.0)));
-        w_giou.push(1.0 - generalized_iou(&cxcywh_to_xyxy(p), &cxcywh_to_xyxy(&[t[0], t[1], t[2], t[3]])));
+        w_giou.push(
+            1.0 - generalized_iou(
+                &cxcywh_to_xyxy(p),
+                &cxcywh_to_xyxy(&[t[0], t[1], t[2], t[3]]),
+            ),
+        );
     }
     let w_l1 = Tensor::from_vec(w_l1, (1, b, 4), &device)?;
     let w_giou = Tensor::from_vec(w_giou, (1, b, 1), &device)?;
-    let weighted = ce.reshape((b, 1, 4))?.broadcast_mul(&w_l1)?.broadcast_mul(&w_giou)?; // (B, B, 4)
+    let weighted = ce
+        .reshape((b, 1, 4))?
+        .broadcast_mul(&w_l1)?
+        .broadcast_mul(&w_giou)?; // (B, B, 4)
     Ok(weighted.mean_all()?)
 }
 
 /// `(cx, cy, w, h)` -> `(x0, y0, x1, y1)`.
 pub fn cxcywh_to_xyxy(b: &[f32; 4]) -> [f32; 4] {
-    [b[0] - 0.5 * b[2], b[1] - 0.5 * b[3], b[0] + 0.5 * b[2], b[1] + 0.5 * b[3]]
+    [
+        b[0] - 0.5 * b[2],
+        b[1] - 0.5 * b[3],
+        b[0] + 0.5 * b[2],
+        b[1] + 0.5 * b[3],
+    ]
 }
 
 /// Generalized IoU of two `(x0, y0, x1, y1)` boxes, with the reference's 1e-5 guards.

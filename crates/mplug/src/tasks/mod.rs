@@ -16,8 +16,13 @@ use candle_core::{DType, Tensor, D};
 pub fn shifted_token_ce(logits: &Tensor, ids: &Tensor, pad: u32) -> Result<(Tensor, Tensor)> {
     let (b, l, _) = logits.dims3()?;
     let logp = log_softmax(&logits.narrow(1, 0, l - 1)?.to_dtype(DType::F32)?)?;
-    let targets = ids.narrow(1, 1, l - 1)?.to_dtype(DType::U32)?.contiguous()?;
-    let picked = logp.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?;
+    let targets = ids
+        .narrow(1, 1, l - 1)?
+        .to_dtype(DType::U32)?
+        .contiguous()?;
+    let picked = logp
+        .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
+        .squeeze(D::Minus1)?;
     let counted = targets.ne(pad)?.to_dtype(DType::F32)?;
     let ce = (picked.neg()? * &counted)?;
     debug_assert_eq!(ce.dims(), &[b, l - 1]);

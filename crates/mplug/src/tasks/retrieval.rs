@@ -30,7 +30,11 @@ pub struct ImageSide {
 pub fn encode_texts(model: &Mplug, ids: &Tensor, mask: &Tensor) -> Result<TextSide> {
     let embeds = model.encode_text(ids, mask)?;
     let feat = model.text_feature(&embeds)?;
-    Ok(TextSide { embeds, mask: mask.clone(), feat })
+    Ok(TextSide {
+        embeds,
+        mask: mask.clone(),
+        feat,
+    })
 }
 
 /// Encodes normalized images `(Ni, 3, R, R)` for retrieval.
@@ -46,7 +50,12 @@ pub fn similarities(images: &ImageSide, texts: &TextSide) -> Result<Tensor> {
 }
 
 /// ITM logits `(n, 2)` for pairs `(image_rows[p], text_rows[p])`.
-pub fn itm_pairs(model: &Mplug, images: &ImageSide, texts: &TextSide, pairs: &[(usize, usize)]) -> Result<Tensor> {
+pub fn itm_pairs(
+    model: &Mplug,
+    images: &ImageSide,
+    texts: &TextSide,
+    pairs: &[(usize, usize)],
+) -> Result<Tensor> {
     let dev = images.embeds.device();
     let (ii, ti): (Vec<u32>, Vec<u32>) = pairs.iter().map(|&(i, t)| (i as u32, t as u32)).unzip();
     let n = pairs.len();
@@ -91,29 +100,37 @@ pub fn rerank(
     let sims = similarities(images, texts)?;
     let (ni, nt) = sims.dims2()?;
     if k == 0 || k > ni.min(nt) {
-        return Err(Error::invalid(format!("k = {k} must be between 1 and min({ni} images, {nt} texts)")));
+        return Err(Error::invalid(format!(
+            "k = {k} must be between 1 and min({ni} images, {nt} texts)"
+        )));
     }
-    let one_side = |sims: &Tensor, rows: usize, cols: usize, image_major: bool| -> Result<ScoreMatrix> {
-        let top = topk_rows(sims, k)?;
-        let pairs: Vec<(usize, usize)> = top
-            .iter()
-            .enumerate()
-            .flat_map(|(r, row)| row.iter().map(move |&(c, _)| if image_major { (r, c) } else { (c, r) }))
-            .collect();
-        let itm = itm_pairs(model, images, texts, &pairs)?.narrow(1, 1, 1)?.squeeze(1)?;
-        let itm = itm.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let mut out = vec![vec![-100f32; cols]; rows];
-        for (r, row) in top.iter().enumerate() {
-            for (j, &(c, sim)) in row.iter().enumerate() {
-                let s = itm[r * k + j];
-                out[r][c] = match rescore {
-                    Rescore::Itm => s,
-                    Rescore::ItmPlusSimilarity => s + sim,
-                };
+    let one_side =
+        |sims: &Tensor, rows: usize, cols: usize, image_major: bool| -> Result<ScoreMatrix> {
+            let top = topk_rows(sims, k)?;
+            let pairs: Vec<(usize, usize)> = top
+                .iter()
+                .enumerate()
+                .flat_map(|(r, row)| {
+                    row.iter()
+                        .map(move |&(c, _)| if image_major { (r, c) } else { (c, r) })
+                })
+                .collect();
+            let itm = itm_pairs(model, images, texts, &pairs)?
+                .narrow(1, 1, 1)?
+                .squeeze(1)?;
+            let itm = itm.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            let mut out = vec![vec![-100f32; cols]; rows];
+            for (r, row) in top.iter().enumerate() {
+                for (j, &(c, sim)) in row.iter().enumerate() {
+                    let s = itm[r * k + j];
+                    out[r][c] = match rescore {
+                        Rescore::Itm => s,
+                        Rescore::ItmPlusSimilarity => s + sim,
+                    };
+                }
             }
-        }
-        Ok(out)
-    };
+            Ok(out)
+        };
     let i2t = one_side(&sims, ni, nt, true)?;
     let t2i = one_side(&sims.t()?.contiguous()?, nt, ni, false)?;
     Ok((i2t, t2i))

@@ -11,7 +11,9 @@ use candle_core::{Module, Tensor};
 pub fn encode_frames(model: &Mplug, frames: &Tensor) -> Result<Tensor> {
     let dims = frames.dims();
     if dims.len() != 5 {
-        return Err(Error::invalid(format!("video frames have shape {dims:?}, expected (B, N, 3, R, R)")));
+        return Err(Error::invalid(format!(
+            "video frames have shape {dims:?}, expected (B, N, 3, R, R)"
+        )));
     }
     let (b, n) = (dims[0], dims[1]);
     let flat = frames.reshape((b * n, dims[2], dims[3], dims[4]))?;
@@ -30,5 +32,8 @@ pub fn encode_videos(model: &Mplug, frames: &Tensor) -> Result<ImageSide> {
     let h = embeds.dim(2)?;
     let cls = embeds.reshape((b, n, li, h))?.narrow(2, 0, 1)?.squeeze(2)?; // (B, N, H)
     let proj = model.heads()?.vision_proj.forward(&cls)?.mean(1)?;
-    Ok(ImageSide { embeds, feat: l2_normalize(&proj)? })
+    Ok(ImageSide {
+        embeds,
+        feat: l2_normalize(&proj)?,
+    })
 }

@@ -22,18 +22,32 @@ pub struct QuestionStates {
 }
 
 /// Encodes questions `ids (B, Lq)` and fuses them with visual tokens `(B, Li, H)`.
-pub fn encode_question(model: &Mplug, image_embeds: &Tensor, ids: &Tensor, mask: &Tensor) -> Result<QuestionStates> {
+pub fn encode_question(
+    model: &Mplug,
+    image_embeds: &Tensor,
+    ids: &Tensor,
+    mask: &Tensor,
+) -> Result<QuestionStates> {
     let text = model.encode_text(ids, mask)?;
     let (image, text) = model.fuse(&text, mask, image_embeds)?;
     let (b, li, _) = image.dims3()?;
     let states = Tensor::cat(&[&image, &text], 1)?;
     let ones = Tensor::ones((b, li), mask.dtype(), mask.device())?;
     let mask = Tensor::cat(&[&ones, mask], 1)?;
-    Ok(QuestionStates { image, text, states, mask })
+    Ok(QuestionStates {
+        image,
+        text,
+        states,
+        mask,
+    })
 }
 
 /// Free-form answers by beam search over the question states.
-pub fn generate(model: &Mplug, q: &QuestionStates, cfg: &BeamConfig) -> Result<Vec<Vec<Hypothesis>>> {
+pub fn generate(
+    model: &Mplug,
+    q: &QuestionStates,
+    cfg: &BeamConfig,
+) -> Result<Vec<Vec<Hypothesis>>> {
     beam_search(model.decoder()?, &q.states, Some(&q.mask), cfg)
 }
 
@@ -60,7 +74,9 @@ pub fn rank_answers(
     let decoder = model.decoder()?;
     let (num_answers, _) = answer_ids.dims2()?;
     if k == 0 || k > num_answers {
-        return Err(Error::invalid(format!("cannot rank the top {k} of {num_answers} answers")));
+        return Err(Error::invalid(format!(
+            "cannot rank the top {k} of {num_answers} answers"
+        )));
     }
     let num_q = q.states.dim(0)?;
     let device = q.states.device();
@@ -96,7 +112,10 @@ pub fn rank_answers(
         let mut answers: Vec<RankedAnswer> = row
             .iter()
             .zip(&exp)
-            .map(|(&(index, _), e)| RankedAnswer { index, prob: e / sum })
+            .map(|(&(index, _), e)| RankedAnswer {
+                index,
+                prob: e / sum,
+            })
             .collect();
         answers.sort_by(|a, b| b.prob.total_cmp(&a.prob));
         ranked.push(answers);

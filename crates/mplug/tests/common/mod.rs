@@ -22,7 +22,11 @@ pub fn config_dirs() -> Vec<PathBuf> {
         .filter(|p| p.join("config.json").is_file())
         .collect();
     dirs.sort();
-    assert!(!dirs.is_empty(), "no configuration folder in {}", root.display());
+    assert!(
+        !dirs.is_empty(),
+        "no configuration folder in {}",
+        root.display()
+    );
     dirs
 }
 
@@ -55,25 +59,50 @@ impl Io {
     }
 
     pub fn f32s(&self, name: &str) -> Vec<f32> {
-        self.get(name).to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        self.get(name)
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 
     pub fn i64s(&self, name: &str) -> Vec<i64> {
-        self.get(name).to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        self.get(name)
+            .to_dtype(DType::I64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 }
 
 /// A golden JSON file.
 pub fn json(dir: &Path, name: &str) -> serde_json::Value {
     let p = file(dir, name);
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 /// Asserts `|a - b| <= tol * max(1, |b|)` element-wise, reporting the worst element.
 pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f32) {
     assert_eq!(actual.dims(), expected.dims(), "{what}: shape");
-    let a: Vec<f32> = actual.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f32> = expected.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let a: Vec<f32> = actual
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let b: Vec<f32> = expected
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     assert_close_slices(what, &a, &b, tol);
 }
 
