@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
-use candle_nn::VarBuilder;
+use candle_nn::{VarBuilder, VarMap};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -153,6 +153,23 @@ impl Checkpoint {
         let backend = Backend {
             tensors: self.tensors.clone(),
             used: self.used.clone(),
+            vars: None,
+        };
+        VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
+    }
+
+    /// A var builder that turns every tensor it reads into a trainable variable recorded in
+    /// `varmap` under its key (the optimizer and checkpoint writer find them there).
+    pub fn trainable_var_builder(
+        &self,
+        varmap: &VarMap,
+        dtype: DType,
+        device: &Device,
+    ) -> VarBuilder<'static> {
+        let backend = Backend {
+            tensors: self.tensors.clone(),
+            used: self.used.clone(),
+            vars: Some(varmap.clone()),
         };
         VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
     }
@@ -240,6 +257,33 @@ fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
 struct Backend {
     tensors: Arc<HashMap<String, Tensor>>,
     used: Arc<Mutex<HashSet<String>>>,
+    /// When set, tensors are handed out as variables recorded here.
+    vars: Option<VarMap>,
+}
+
+impl Backend {
+    fn finish(
+        &self,
+        name: &str,
+        t: Tensor,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = t.to_device(dev)?.to_dtype(dtype)?;
+        match &self.vars {
+            None => Ok(t),
+            Some(vm) => {
+                let mut data = vm.data().lock().expect("varmap lock");
+                if let Some(v) = data.get(name) {
+                    return Ok(v.as_tensor().clone());
+                }
+                let var = candle_core::Var::from_tensor(&t)?;
+                let out = var.as_tensor().clone();
+                data.insert(name.to_string(), var);
+                Ok(out)
+            }
+        }
+    }
 }
 
 impl Backend {
@@ -281,11 +325,12 @@ impl SimpleBackend for Backend {
                 s.dims()
             )));
         }
-        t.to_device(dev)?.to_dtype(dtype)
+        self.finish(name, t, dtype, dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.fetch(name, None)?.to_device(dev)?.to_dtype(dtype)
+        let t = self.fetch(name, None)?;
+        self.finish(name, t, dtype, dev)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {

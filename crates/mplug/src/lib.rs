@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod tasks;
+pub mod train;
 
 pub use checkpoint::Checkpoint;
 pub use config::{BertConfig, MplugConfig, VisionConfig};

@@ -36,7 +36,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = super::ops::softmax_last_dim(&scores)?;
         return probs.matmul(v);
     }
     if bk == 0 || bq % bk != 0 {
@@ -52,7 +52,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
         Some(m) => scores.broadcast_add(m)?,
         None => scores,
     };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let probs = super::ops::softmax_last_dim(&scores)?;
     probs
         .matmul(v)?
         .reshape((bk, h, g, lq, d))?

@@ -3,9 +3,10 @@
 
 use super::attention::{attend, merge_heads, split_heads};
 use super::cache::LayerKv;
+use super::ops::{layer_norm, LayerNorm};
 use crate::config::BertConfig;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
 
 /// `embeddings`: word + token type (0) + absolute position, then LayerNorm.
 #[derive(Debug, Clone)]
@@ -290,11 +291,26 @@ pub struct BertLmHead {
 }
 
 impl BertLmHead {
-    /// Reads `transform.*`, `decoder.weight` (or the tied `word_embeddings`) and `bias`.
+    /// Reads `transform.*`, `decoder.weight` and `bias`. The reference ties the output matrix
+    /// to the word embeddings (`tied`), so a checkpoint's `decoder.weight` holds the same
+    /// values; the head then shares the embedding tensor (and, in training, its gradient). A
+    /// `decoder.weight` that differs is used as a separate matrix; a missing one is tied.
     pub fn new(cfg: &BertConfig, tied: &Tensor, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         let weight = if vb.contains_tensor("decoder.weight") {
-            vb.get((cfg.vocab_size, h), "decoder.weight")?
+            let stored = vb.get((cfg.vocab_size, h), "decoder.weight")?;
+            let same = stored.dims() == tied.dims()
+                && (&stored - tied)?
+                    .abs()?
+                    .max_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_scalar::<f32>()?
+                    == 0.0;
+            if same {
+                tied.clone()
+            } else {
+                stored
+            }
         } else {
             tied.clone()
         };

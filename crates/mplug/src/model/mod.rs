@@ -6,6 +6,7 @@ pub mod bert;
 pub mod cache;
 pub mod decoder;
 pub mod fusion;
+pub mod ops;
 pub mod vision;
 
 pub use bert::TextEncoder;

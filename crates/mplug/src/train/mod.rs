@@ -1,0 +1,99 @@
+//! Training: models whose weights are trainable variables, and the reference's optimizer.
+//! Losses come from [`crate::tasks`], the same code inference uses.
+
+pub mod optim;
+
+use crate::checkpoint::Checkpoint;
+use crate::config::MplugConfig;
+use crate::error::Result;
+use crate::model::{Mplug, Task};
+use candle_core::{DType, Device, Var};
+use candle_nn::{VarBuilder, VarMap};
+
+/// A model together with the variables that hold its weights.
+#[derive(Clone)]
+pub struct Trainable {
+    /// The model, built on the variables.
+    pub model: Mplug,
+    /// Its variables, keyed by checkpoint name.
+    pub varmap: VarMap,
+}
+
+impl std::fmt::Debug for Trainable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainable")
+            .field("task", &self.model.task)
+            .field("vars", &self.varmap.all_vars().len())
+            .finish()
+    }
+}
+
+impl Trainable {
+    /// A freshly initialized model for `task`.
+    pub fn new(config: &MplugConfig, task: Task, device: &Device) -> Result<Self> {
+        let varmap = VarMap::new();
+        let model = Mplug::new(
+            config,
+            task,
+            VarBuilder::from_varmap(&varmap, DType::F32, device),
+        )?;
+        Ok(Self { model, varmap })
+    }
+
+    /// The model for `task` with its weights from a checkpoint, as trainable variables.
+    pub fn from_checkpoint(
+        config: &MplugConfig,
+        ckpt: &Checkpoint,
+        task: Task,
+        device: &Device,
+    ) -> Result<Self> {
+        let varmap = VarMap::new();
+        let vb = ckpt.trainable_var_builder(&varmap, DType::F32, device);
+        let model = Mplug::new(config, task, vb).map_err(|e| ckpt.error(e))?;
+        drop_aliases(&varmap)?;
+        Ok(Self { model, varmap })
+    }
+
+    /// Every variable with its name, sorted by name.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut vars: Vec<(String, Var)> =
+            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+}
+
+/// Removes variables that the reference holds as one parameter with another: the decoder's
+/// output matrix when it equals (is tied to) the word embeddings, and `decoder.bias`, which is
+/// `predictions.bias`. The model reads the kept variable, so only it receives gradients.
+fn drop_aliases(varmap: &VarMap) -> Result<()> {
+    let mut data = varmap.data().lock().expect("varmap lock");
+    let heads: Vec<String> = data
+        .keys()
+        .filter_map(|k| {
+            k.strip_suffix("cls.predictions.decoder.weight")
+                .map(str::to_string)
+        })
+        .collect();
+    for p in heads {
+        let out = format!("{p}cls.predictions.decoder.weight");
+        let emb = format!("{p}bert.embeddings.word_embeddings.weight");
+        if let (Some(o), Some(e)) = (data.get(&out), data.get(&emb)) {
+            let same = o.dims() == e.dims()
+                && (o.as_tensor() - e.as_tensor())?
+                    .abs()?
+                    .max_all()?
+                    .to_scalar::<f32>()?
+                    == 0.0;
+            if same {
+                data.remove(&out);
+            }
+        }
+        let bias = format!("{p}cls.predictions.decoder.bias");
+        if data.contains_key(&format!("{p}cls.predictions.bias")) {
+            data.remove(&bias);
+        }
+    }
+    Ok(())
+}
