@@ -112,7 +112,7 @@ pub fn assert_close_slices(what: &str, a: &[f32], b: &[f32], tol: f32) {
     let mut worst = (0usize, 0f32);
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         let excess = (x - y).abs() / y.abs().max(1.0);
-        if !(excess <= worst.1) {
+        if excess.is_nan() || excess > worst.1 {
             worst = (i, excess);
         }
     }
