@@ -4,8 +4,8 @@
 
 use crate::error::{Error, Result};
 use candle_core::backprop::GradStore;
-use candle_core::Var;
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_core::{Tensor, Var};
+use std::collections::HashMap;
 
 /// Settings of [`MplugAdamW`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,76 +49,147 @@ pub fn is_visual(name: &str) -> bool {
     name.starts_with("visual_encoder.")
 }
 
-struct Group {
+struct Param {
+    name: String,
+    var: Var,
+    /// First and second moments, created on the first step that has a gradient.
+    moments: Option<(Tensor, Tensor)>,
     visual: bool,
-    optimizer: AdamW,
+    decayed: bool,
 }
 
-/// AdamW over four parameter groups: (visual or not) x (decayed or not).
+/// AdamW as PyTorch computes it, over the reference's parameter groups: learning rate `lr1` or
+/// `lr2` by [`is_visual`], weight decay unless [`exempt_from_decay`].
+///
+/// Written here rather than taken from candle because resuming a run bit for bit needs the
+/// moments, which candle's `AdamW` keeps private.
 pub struct MplugAdamW {
-    groups: Vec<Group>,
+    params: Vec<Param>,
     config: OptimizerConfig,
+    step: u64,
+    lr_scale: f64,
 }
 
 impl std::fmt::Debug for MplugAdamW {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MplugAdamW")
-            .field("groups", &self.groups.len())
+            .field("params", &self.params.len())
+            .field("step", &self.step)
             .field("config", &self.config)
             .finish()
     }
 }
 
 impl MplugAdamW {
-    /// Groups named variables and builds one AdamW per non-empty group.
+    /// An optimizer over named variables.
     pub fn new(vars: &[(String, Var)], config: OptimizerConfig) -> Result<Self> {
         if vars.is_empty() {
             return Err(Error::invalid("no variables to optimize"));
         }
-        let mut groups = Vec::new();
-        for visual in [false, true] {
-            for decayed in [true, false] {
-                let members: Vec<Var> = vars
-                    .iter()
-                    .filter(|(n, _)| is_visual(n) == visual && exempt_from_decay(n) != decayed)
-                    .map(|(_, v)| v.clone())
-                    .collect();
-                if members.is_empty() {
-                    continue;
-                }
-                let params = ParamsAdamW {
-                    lr: if visual { config.lr2 } else { config.lr1 },
-                    beta1: config.beta1,
-                    beta2: config.beta2,
-                    eps: config.eps,
-                    weight_decay: if decayed { config.weight_decay } else { 0.0 },
-                };
-                groups.push(Group {
-                    visual,
-                    optimizer: AdamW::new(members, params)?,
-                });
-            }
-        }
-        Ok(Self { groups, config })
+        let params = vars
+            .iter()
+            .map(|(name, var)| Param {
+                name: name.clone(),
+                var: var.clone(),
+                moments: None,
+                visual: is_visual(name),
+                decayed: !exempt_from_decay(name),
+            })
+            .collect();
+        Ok(Self {
+            params,
+            config,
+            step: 0,
+            lr_scale: 1.0,
+        })
     }
 
-    /// One update from the gradients of a backward pass.
-    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
-        for g in &mut self.groups {
-            g.optimizer.step(grads)?;
-        }
-        Ok(())
+    /// Updates taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
     }
 
     /// Scales both learning rates (for schedules): `lr1 * scale` and `lr2 * scale`.
     pub fn set_lr_scale(&mut self, scale: f64) {
-        for g in &mut self.groups {
-            let base = if g.visual {
-                self.config.lr2
+        self.lr_scale = scale;
+    }
+
+    /// The current learning rates `(lr1, lr2)`.
+    pub fn learning_rates(&self) -> (f64, f64) {
+        (
+            self.config.lr1 * self.lr_scale,
+            self.config.lr2 * self.lr_scale,
+        )
+    }
+
+    /// One update from the gradients of a backward pass; parameters without a gradient are
+    /// left as they are.
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.step += 1;
+        let c = self.config;
+        let t = self.step as i32;
+        let bias1 = 1.0 - c.beta1.powi(t);
+        let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        for p in &mut self.params {
+            let Some(g) = grads.get(&p.var) else { continue };
+            let lr = if p.visual { c.lr2 } else { c.lr1 } * self.lr_scale;
+            let theta = p.var.as_tensor();
+            let theta = if p.decayed && c.weight_decay != 0.0 {
+                (theta * (1.0 - lr * c.weight_decay))?
             } else {
-                self.config.lr1
+                theta.clone()
             };
-            g.optimizer.set_learning_rate(base * scale);
+            let g_m = (g * (1.0 - c.beta1))?;
+            let g_v = (g.sqr()? * (1.0 - c.beta2))?;
+            let (m, v) = match &p.moments {
+                Some((m, v)) => (((m * c.beta1)? + g_m)?, ((v * c.beta2)? + g_v)?),
+                None => (g_m, g_v),
+            };
+            let denom = ((v.sqrt()? / bias2_sqrt)? + c.eps)?;
+            let update = (m.div(&denom)? * (lr / bias1))?;
+            p.var.set(&theta.sub(&update)?)?;
+            p.moments = Some((m, v));
         }
+        Ok(())
+    }
+
+    /// The optimizer state: moments as `"{name}.exp_avg"` / `"{name}.exp_avg_sq"` tensors and the
+    /// step count.
+    pub fn state(&self) -> (HashMap<String, Tensor>, u64) {
+        let mut tensors = HashMap::new();
+        for p in &self.params {
+            if let Some((m, v)) = &p.moments {
+                tensors.insert(format!("{}.exp_avg", p.name), m.clone());
+                tensors.insert(format!("{}.exp_avg_sq", p.name), v.clone());
+            }
+        }
+        (tensors, self.step)
+    }
+
+    /// Restores a state written by [`MplugAdamW::state`].
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: u64) -> Result<()> {
+        for p in &mut self.params {
+            let m = tensors.get(&format!("{}.exp_avg", p.name));
+            let v = tensors.get(&format!("{}.exp_avg_sq", p.name));
+            p.moments = match (m, v) {
+                (Some(m), Some(v)) if m.dims() == p.var.dims() && v.dims() == p.var.dims() => {
+                    Some((m.to_device(p.var.device())?, v.to_device(p.var.device())?))
+                }
+                (None, None) => None,
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "optimizer state for `{}` is missing or has the wrong shape",
+                        p.name
+                    )))
+                }
+            };
+        }
+        self.step = step;
+        Ok(())
     }
 }
