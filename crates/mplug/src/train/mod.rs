@@ -2,6 +2,8 @@
 //! Losses come from [`crate::tasks`], the same code inference uses.
 
 pub mod optim;
+pub mod schedule;
+pub mod trainer;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::MplugConfig;

@@ -130,13 +130,25 @@ impl MplugAdamW {
     /// One update from the gradients of a backward pass; parameters without a gradient are
     /// left as they are.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.step_with(|_, var| grads.get(var).cloned())
+    }
+
+    /// One update from gradients keyed by parameter name.
+    pub fn step_named(&mut self, grads: &HashMap<String, Tensor>) -> Result<()> {
+        self.step_with(|name, _| grads.get(name).cloned())
+    }
+
+    fn step_with(&mut self, grad_of: impl Fn(&str, &Var) -> Option<Tensor>) -> Result<()> {
         self.step += 1;
         let c = self.config;
         let t = self.step as i32;
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
         for p in &mut self.params {
-            let Some(g) = grads.get(&p.var) else { continue };
+            let Some(g) = grad_of(&p.name, &p.var) else {
+                continue;
+            };
+            let g = &g;
             let lr = if p.visual { c.lr2 } else { c.lr1 } * self.lr_scale;
             let theta = p.var.as_tensor();
             let theta = if p.decayed && c.weight_decay != 0.0 {

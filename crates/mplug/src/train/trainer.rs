@@ -1,0 +1,304 @@
+//! The training loop: gradient accumulation, clipping, a learning-rate schedule, a JSONL log,
+//! and checkpoints from which a killed run resumes bit for bit.
+//!
+//! The loop asks a closure for the loss of micro-batch `i` (a global index), so that data order
+//! and any randomness can be derived from the index alone: a resumed run then sees exactly the
+//! batches the uninterrupted run would have seen.
+
+use super::optim::MplugAdamW;
+use super::schedule::CosineSchedule;
+use super::Trainable;
+use crate::error::{Error, Result};
+use crate::model::Mplug;
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Options of [`train`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    /// Optimizer updates of the whole run.
+    pub steps: u64,
+    /// Micro-batches whose gradients are summed (and averaged) per update.
+    pub accumulate: u64,
+    /// Clip the global gradient norm to this value.
+    pub clip_norm: Option<f64>,
+    /// Learning-rate multiplier per update (`None`: constant).
+    pub schedule: Option<CosineSchedule>,
+    /// Write a checkpoint every this many updates (and at the end), when `out_dir` is set.
+    pub save_every: u64,
+    /// Folder for checkpoints and the JSONL log.
+    pub out_dir: Option<PathBuf>,
+    /// Samples per micro-batch (for the throughput figure).
+    pub batch_size: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 100,
+            accumulate: 1,
+            clip_norm: None,
+            schedule: None,
+            save_every: 50,
+            out_dir: None,
+            batch_size: 1,
+        }
+    }
+}
+
+/// What one update did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StepLog {
+    /// Updates done, this one included.
+    pub step: u64,
+    /// Mean loss over its micro-batches.
+    pub loss: f64,
+    /// Learning rate outside the visual encoder.
+    pub lr1: f64,
+    /// Learning rate of the visual encoder.
+    pub lr2: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Samples per second of this update.
+    pub samples_per_s: f64,
+}
+
+const STATE_FILE: &str = "state.json";
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct RunState {
+    step: u64,
+    micro_batches: u64,
+}
+
+/// Trains for `config.steps` updates, resuming from `out_dir/latest` when a checkpoint is
+/// there. `loss_of(model, i)` returns the loss of global micro-batch `i`. Each finished update
+/// is passed to `on_step`. A non-finite loss stops the run with an error naming the update and
+/// the micro-batch.
+pub fn train(
+    trainable: &Trainable,
+    optimizer: &mut MplugAdamW,
+    config: &TrainConfig,
+    mut loss_of: impl FnMut(&Mplug, u64) -> Result<Tensor>,
+    mut on_step: impl FnMut(&StepLog),
+) -> Result<Vec<StepLog>> {
+    let vars = trainable.named_vars();
+    let mut start = 0;
+    if let Some(dir) = &config.out_dir {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        if let Some(state) = resume(dir, &vars, optimizer)? {
+            start = state.step;
+        }
+    }
+    let mut log_file = match &config.out_dir {
+        Some(dir) => {
+            let path = dir.join("train_log.jsonl");
+            Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|source| Error::Io { path, source })?,
+            )
+        }
+        None => None,
+    };
+    let accumulate = config.accumulate.max(1);
+    let mut logs = Vec::new();
+    for step in start..config.steps {
+        let t0 = Instant::now();
+        if let Some(s) = &config.schedule {
+            optimizer.set_lr_scale(s.scale(step));
+        }
+        let mut summed: Option<HashMap<String, Tensor>> = None;
+        let mut loss_sum = 0.0;
+        for micro in 0..accumulate {
+            let index = step * accumulate + micro;
+            let loss = loss_of(&trainable.model, index)?;
+            let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            if !value.is_finite() {
+                return Err(Error::invalid(format!(
+                    "loss is {value} at update {} (micro-batch {index}); stopping",
+                    step + 1
+                )));
+            }
+            loss_sum += value;
+            let grads = loss.backward()?;
+            summed = Some(add_grads(summed, &grads, &vars)?);
+        }
+        let mut grads = summed.unwrap_or_default();
+        if accumulate > 1 {
+            for g in grads.values_mut() {
+                *g = (&*g / accumulate as f64)?;
+            }
+        }
+        let norm = global_norm(&grads)?;
+        if let Some(max) = config.clip_norm {
+            if norm > max {
+                let scale = max / (norm + 1e-6);
+                for g in grads.values_mut() {
+                    *g = (&*g * scale)?;
+                }
+            }
+        }
+        optimizer.step_named(&grads)?;
+        let (lr1, lr2) = optimizer.learning_rates();
+        let secs = t0.elapsed().as_secs_f64();
+        let log = StepLog {
+            step: step + 1,
+            loss: loss_sum / accumulate as f64,
+            lr1,
+            lr2,
+            grad_norm: norm,
+            samples_per_s: (config.batch_size as u64 * accumulate) as f64 / secs.max(1e-9),
+        };
+        if let Some(f) = log_file.as_mut() {
+            let line = serde_json::to_string(&log).map_err(|e| Error::invalid(e.to_string()))?;
+            writeln!(f, "{line}").map_err(|source| Error::Io {
+                path: PathBuf::from("train_log.jsonl"),
+                source,
+            })?;
+        }
+        on_step(&log);
+        logs.push(log);
+        let done = step + 1;
+        if let Some(dir) = &config.out_dir {
+            if done % config.save_every.max(1) == 0 || done == config.steps {
+                save(
+                    dir,
+                    &vars,
+                    optimizer,
+                    &RunState {
+                        step: done,
+                        micro_batches: done * accumulate,
+                    },
+                )?;
+            }
+        }
+    }
+    Ok(logs)
+}
+
+fn add_grads(
+    acc: Option<HashMap<String, Tensor>>,
+    grads: &GradStore,
+    vars: &[(String, Var)],
+) -> Result<HashMap<String, Tensor>> {
+    let mut acc = acc.unwrap_or_default();
+    for (name, var) in vars {
+        if let Some(g) = grads.get(var) {
+            let g = match acc.remove(name) {
+                Some(prev) => (prev + g)?,
+                None => g.clone(),
+            };
+            acc.insert(name.clone(), g);
+        }
+    }
+    Ok(acc)
+}
+
+fn global_norm(grads: &HashMap<String, Tensor>) -> Result<f64> {
+    let mut sum = 0.0;
+    for g in grads.values() {
+        sum += g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+    }
+    Ok(sum.sqrt())
+}
+
+/// Writes weights, optimizer state and run position into `dir/step-N`, then points
+/// `dir/latest` at it; each file is written under a temporary name and renamed, so a run
+/// killed mid-write leaves the previous checkpoint intact.
+fn save(
+    dir: &Path,
+    vars: &[(String, Var)],
+    optimizer: &MplugAdamW,
+    state: &RunState,
+) -> Result<()> {
+    let target = dir.join(format!("step-{}", state.step));
+    let tmp = dir.join(format!(".tmp-step-{}", state.step));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let weights: HashMap<String, Tensor> = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    candle_core::safetensors::save(&weights, tmp.join("model.safetensors"))?;
+    let (moments, steps) = optimizer.state();
+    candle_core::safetensors::save(&moments, tmp.join("optimizer.safetensors"))?;
+    let json = serde_json::json!({ "step": state.step, "micro_batches": state.micro_batches, "optimizer_steps": steps });
+    std::fs::write(tmp.join(STATE_FILE), json.to_string()).map_err(io(&tmp))?;
+    if target.exists() {
+        std::fs::remove_dir_all(&target).map_err(io(&target))?;
+    }
+    std::fs::rename(&tmp, &target).map_err(io(&target))?;
+    let latest_tmp = dir.join(".latest.tmp");
+    std::fs::write(&latest_tmp, format!("step-{}\n", state.step)).map_err(io(&latest_tmp))?;
+    std::fs::rename(&latest_tmp, dir.join("latest")).map_err(io(dir))?;
+    Ok(())
+}
+
+fn resume(
+    dir: &Path,
+    vars: &[(String, Var)],
+    optimizer: &mut MplugAdamW,
+) -> Result<Option<RunState>> {
+    let latest = dir.join("latest");
+    let Ok(name) = std::fs::read_to_string(&latest) else {
+        return Ok(None);
+    };
+    let ckpt = dir.join(name.trim());
+    let bad = |msg: String| Error::Checkpoint {
+        path: ckpt.clone(),
+        msg,
+    };
+    let text = std::fs::read_to_string(ckpt.join(STATE_FILE))
+        .map_err(|e| bad(format!("{STATE_FILE}: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("{STATE_FILE}: {e}")))?;
+    let step = json["step"]
+        .as_u64()
+        .ok_or_else(|| bad("no step in state.json".into()))?;
+    let micro_batches = json["micro_batches"].as_u64().unwrap_or(0);
+    let opt_steps = json["optimizer_steps"].as_u64().unwrap_or(step);
+    let weights =
+        candle_core::safetensors::load(ckpt.join("model.safetensors"), &candle_core::Device::Cpu)?;
+    for (name, var) in vars {
+        let t = weights
+            .get(name)
+            .ok_or_else(|| bad(format!("model.safetensors lacks `{name}`")))?;
+        if t.dims() != var.dims() {
+            return Err(bad(format!(
+                "`{name}` has shape {:?}, expected {:?}",
+                t.dims(),
+                var.dims()
+            )));
+        }
+        var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
+    }
+    let moments = candle_core::safetensors::load(
+        ckpt.join("optimizer.safetensors"),
+        &candle_core::Device::Cpu,
+    )?;
+    optimizer.load_state(&moments, opt_steps)?;
+    Ok(Some(RunState {
+        step,
+        micro_batches,
+    }))
+}

@@ -1,0 +1,190 @@
+//! The training loop: losses fall, a killed run resumes to the same weights, NaN stops a run.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::*;
+use mplug::tasks::caption;
+use mplug::train::optim::{MplugAdamW, OptimizerConfig};
+use mplug::train::schedule::CosineSchedule;
+use mplug::train::trainer::{train, TrainConfig};
+use mplug::train::Trainable;
+use mplug::{Checkpoint, Mplug, MplugConfig, Task};
+use std::path::{Path, PathBuf};
+
+struct Setup {
+    trainable: Trainable,
+    optimizer: MplugAdamW,
+    io: Io,
+}
+
+fn setup(dir: &Path) -> Setup {
+    let cfg = MplugConfig::from_file(file(dir, "config.json")).unwrap();
+    let ckpt = Checkpoint::load(file(dir, "caption.pth")).unwrap();
+    let trainable = Trainable::from_checkpoint(&cfg, &ckpt, Task::Caption, &Device::Cpu).unwrap();
+    let optimizer = MplugAdamW::new(
+        &trainable.named_vars(),
+        OptimizerConfig {
+            lr1: 1e-3,
+            lr2: 5e-4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    Setup {
+        trainable,
+        optimizer,
+        io: Io::load(dir, "caption_io.safetensors"),
+    }
+}
+
+/// Micro-batch `i`: image `i % 2` with its caption.
+fn loss_of(io: &Io) -> impl Fn(&Mplug, u64) -> mplug::Result<Tensor> + '_ {
+    move |model, i| {
+        let row = (i % 2) as usize;
+        let image = io.get("image").narrow(0, row, 1)?;
+        let ids = io.get("caption_ids").narrow(0, row, 1)?;
+        let mask = io.get("caption_mask").narrow(0, row, 1)?;
+        let embeds = model.encode_image(&image)?;
+        caption::loss(model, &embeds, &ids, &mask)
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("mplug-train-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&p).ok();
+    p
+}
+
+fn weights(t: &Trainable) -> Vec<(String, Vec<f32>)> {
+    t.named_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
+        .collect()
+}
+
+#[test]
+fn loss_falls_with_accumulation_clipping_and_schedule() {
+    let dir = &config_dirs()[0];
+    let mut s = setup(dir);
+    let config = TrainConfig {
+        steps: 25,
+        accumulate: 2,
+        clip_norm: Some(5.0),
+        schedule: Some(CosineSchedule {
+            warmup_steps: 3,
+            warmup_start: 0.1,
+            total_steps: 25,
+            min_scale: 0.1,
+        }),
+        ..Default::default()
+    };
+    let logs = train(
+        &s.trainable,
+        &mut s.optimizer,
+        &config,
+        loss_of(&s.io),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(logs.len(), 25);
+    let first = logs[0].loss;
+    let last = logs.last().unwrap().loss;
+    assert!(last < 0.5 * first, "loss went from {first} to {last}");
+    assert!(
+        logs[0].lr1 < logs[3].lr1,
+        "warm-up raises the learning rate"
+    );
+    assert!(logs
+        .iter()
+        .all(|l| l.grad_norm.is_finite() && l.grad_norm > 0.0));
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_weights() {
+    let dir = &config_dirs()[0];
+    let config = |out: &Path, steps: u64| TrainConfig {
+        steps,
+        accumulate: 2,
+        clip_norm: Some(1.0),
+        save_every: 2,
+        out_dir: Some(out.to_path_buf()),
+        schedule: Some(CosineSchedule {
+            warmup_steps: 2,
+            warmup_start: 0.2,
+            total_steps: 6,
+            min_scale: 0.0,
+        }),
+        ..Default::default()
+    };
+    let straight = tmp("straight");
+    let mut a = setup(dir);
+    train(
+        &a.trainable,
+        &mut a.optimizer,
+        &config(&straight, 6),
+        loss_of(&a.io),
+        |_| {},
+    )
+    .unwrap();
+
+    let killed = tmp("killed");
+    let mut b = setup(dir);
+    // Stop after 3 updates: the last checkpoint is at update 2, so update 3 is lost.
+    train(
+        &b.trainable,
+        &mut b.optimizer,
+        &config(&killed, 3),
+        loss_of(&b.io),
+        |_| {},
+    )
+    .unwrap();
+    std::fs::write(killed.join("latest"), "step-2\n").unwrap();
+    let mut c = setup(dir); // a new process: weights from the original checkpoint
+    let resumed = train(
+        &c.trainable,
+        &mut c.optimizer,
+        &config(&killed, 6),
+        loss_of(&c.io),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        resumed.first().map(|l| l.step),
+        Some(3),
+        "resumes after the last checkpoint"
+    );
+    assert_eq!(
+        weights(&c.trainable),
+        weights(&a.trainable),
+        "resumed weights differ"
+    );
+    let log = std::fs::read_to_string(straight.join("train_log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 6);
+    assert!(straight.join("step-6/model.safetensors").is_file());
+    std::fs::remove_dir_all(&straight).ok();
+    std::fs::remove_dir_all(&killed).ok();
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_naming_the_step() {
+    let dir = &config_dirs()[0];
+    let mut s = setup(dir);
+    let base = loss_of(&s.io);
+    let poisoned = |m: &Mplug, i: u64| -> mplug::Result<Tensor> {
+        let l = base(m, i)?;
+        Ok(if i == 4 { (l * f64::NAN)? } else { l })
+    };
+    let config = TrainConfig {
+        steps: 5,
+        accumulate: 2,
+        ..Default::default()
+    };
+    let err = train(&s.trainable, &mut s.optimizer, &config, poisoned, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("update 3") && err.contains("micro-batch 4"),
+        "{err}"
+    );
+}
