@@ -272,6 +272,11 @@ impl TextEncoder {
         })
     }
 
+    /// The word embedding matrix `(vocab, hidden)`.
+    pub fn word_embeddings(&self) -> &Tensor {
+        self.embeddings.word_embeddings()
+    }
+
     /// Encodes `ids (B, L)` with additive `mask (B, 1, 1, L)`: `(B, L, hidden)`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let mut h = self.embeddings.forward(ids, 0)?;

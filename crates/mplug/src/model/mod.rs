@@ -33,11 +33,20 @@ pub enum Task {
     Retrieval,
     /// Visual grounding: towers, fusion and a decoder over coordinate tokens.
     Grounding,
+    /// Pre-training (ITC, ITM, MLM, PrefixLM): every part, the ITC temperature and an MLM head
+    /// on the fusion encoder's text output.
+    Pretrain,
 }
 
 impl Task {
     /// Every task.
-    pub const ALL: [Task; 4] = [Task::Caption, Task::Vqa, Task::Retrieval, Task::Grounding];
+    pub const ALL: [Task; 5] = [
+        Task::Caption,
+        Task::Vqa,
+        Task::Retrieval,
+        Task::Grounding,
+        Task::Pretrain,
+    ];
 
     /// The task's name as the command line spells it.
     pub fn name(self) -> &'static str {
@@ -46,6 +55,7 @@ impl Task {
             Task::Vqa => "vqa",
             Task::Retrieval => "retrieval",
             Task::Grounding => "grounding",
+            Task::Pretrain => "pretrain",
         }
     }
 
@@ -56,7 +66,7 @@ impl Task {
             .find(|t| t.name() == name)
             .ok_or_else(|| {
                 Error::Config(format!(
-                    "unknown task `{name}` (expected caption, vqa, retrieval or grounding)"
+                    "unknown task `{name}` (expected caption, vqa, retrieval, grounding or pretrain)"
                 ))
             })
     }
@@ -81,6 +91,12 @@ impl Task {
 
     fn needs(self) -> Parts {
         match self {
+            Task::Pretrain => Parts {
+                text: true,
+                fusion: true,
+                decoder: true,
+                heads: true,
+            },
             Task::Caption => Parts {
                 text: false,
                 fusion: false,
@@ -134,6 +150,16 @@ pub struct RetrievalHeads {
     pub itm_head: Linear,
 }
 
+/// The pre-training model's extras.
+#[derive(Debug, Clone)]
+pub struct PretrainHeads {
+    /// ITC temperature (clamped to [0.001, 0.5] where used).
+    pub temp: Tensor,
+    /// `fusion_encoder.cls.predictions`: MLM head on the fused text, tied to the text
+    /// encoder's word embeddings.
+    pub mlm: bert::BertLmHead,
+}
+
 /// A loaded mPLUG model. Parts a task does not use are not loaded.
 #[derive(Debug, Clone)]
 pub struct Mplug {
@@ -151,6 +177,8 @@ pub struct Mplug {
     pub decoder: Option<TextDecoder>,
     /// Retrieval heads.
     pub heads: Option<RetrievalHeads>,
+    /// Pre-training extras: the ITC temperature and the MLM head.
+    pub pretrain: Option<PretrainHeads>,
     device: Device,
     dtype: DType,
 }
@@ -189,6 +217,17 @@ impl Mplug {
         } else {
             None
         };
+        let pretrain = match (task, &text_encoder) {
+            (Task::Pretrain, Some(te)) => Some(PretrainHeads {
+                temp: vb.get_with_hints(1, "temp", candle_nn::Init::Const(0.07))?,
+                mlm: bert::BertLmHead::new(
+                    b,
+                    te.word_embeddings(),
+                    vb.pp("fusion_encoder").pp("cls").pp("predictions"),
+                )?,
+            }),
+            _ => None,
+        };
         Ok(Self {
             config: config.clone(),
             task,
@@ -197,6 +236,7 @@ impl Mplug {
             fusion,
             decoder,
             heads,
+            pretrain,
             device: vb.device().clone(),
             dtype: vb.dtype(),
         })
@@ -302,6 +342,11 @@ impl Mplug {
     /// The decoder, or an error naming the missing part.
     pub fn decoder(&self) -> Result<&TextDecoder> {
         self.part(&self.decoder, "text decoder")
+    }
+
+    /// The pre-training extras, or an error naming the missing part.
+    pub fn pretrain_heads(&self) -> Result<&PretrainHeads> {
+        self.part(&self.pretrain, "pre-training heads")
     }
 
     /// The retrieval heads, or an error naming the missing part.

@@ -2,6 +2,7 @@
 
 pub mod caption;
 pub mod grounding;
+pub mod pretrain;
 pub mod retrieval;
 pub mod video;
 pub mod vqa;

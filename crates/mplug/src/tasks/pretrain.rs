@@ -1,0 +1,443 @@
+//! mPLUG's pre-training objectives (the paper's Section 3.3; the reference never released this
+//! code): image-text contrastive learning (ITC) with momentum encoders, feature queues and
+//! momentum distillation; image-text matching (ITM) with hard negatives sampled from the ITC
+//! similarities; masked language modeling (MLM) predicted from the fusion encoder's text output;
+//! and prefix language modeling (PrefixLM), where the decoder generates the rest of a caption
+//! from the image and its beginning.
+
+use super::shifted_token_ce;
+use crate::error::{Error, Result};
+use crate::model::{attention::log_softmax, l2_normalize, Mplug};
+use candle_core::{DType, IndexOp, Module, Tensor, D};
+use candle_nn::{VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+
+/// Weights of the four losses in the total (0 switches one off).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LossWeights {
+    /// Image-text contrastive.
+    pub itc: f64,
+    /// Image-text matching.
+    pub itm: f64,
+    /// Masked language modeling.
+    pub mlm: f64,
+    /// Prefix language modeling.
+    pub prefix_lm: f64,
+}
+
+impl Default for LossWeights {
+    fn default() -> Self {
+        LossWeights {
+            itc: 1.0,
+            itm: 1.0,
+            mlm: 1.0,
+            prefix_lm: 1.0,
+        }
+    }
+}
+
+/// The losses of one batch.
+#[derive(Debug, Clone)]
+pub struct PretrainLosses {
+    /// ITC loss (scalar), when switched on.
+    pub itc: Option<Tensor>,
+    /// ITM loss, when switched on.
+    pub itm: Option<Tensor>,
+    /// MLM loss, when switched on.
+    pub mlm: Option<Tensor>,
+    /// PrefixLM loss, when switched on.
+    pub prefix_lm: Option<Tensor>,
+    /// The weighted sum.
+    pub total: Tensor,
+}
+
+/// Momentum encoders and feature queues for ITC.
+pub struct Momentum {
+    /// The momentum copy of the model (its weights are an EMA of the trained ones).
+    pub model: Mplug,
+    varmap: VarMap,
+    /// EMA coefficient (0.995 in the reference).
+    pub momentum: f64,
+    image_queue: Tensor,
+    text_queue: Tensor,
+    ptr: usize,
+}
+
+impl std::fmt::Debug for Momentum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Momentum")
+            .field("momentum", &self.momentum)
+            .field("queue", &self.image_queue.dims())
+            .finish()
+    }
+}
+
+impl Momentum {
+    /// A momentum copy of `vars` (the trained model's named variables) with queues of
+    /// `queue_size` random normalized features.
+    pub fn new(
+        model: &Mplug,
+        vars: &[(String, candle_core::Var)],
+        queue_size: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let device = model.device().clone();
+        let varmap = VarMap::new();
+        let copy = Mplug::new(
+            &model.config,
+            model.task,
+            VarBuilder::from_varmap(&varmap, DType::F32, &device),
+        )?;
+        {
+            let data = varmap.data().lock().expect("varmap lock");
+            for (name, var) in vars {
+                if let Some(m) = data.get(name) {
+                    m.set(&var.as_tensor().detach())?;
+                }
+            }
+        }
+        let e = model.config.embed_dim;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut queue = |_: ()| -> Result<Tensor> {
+            let v: Vec<f32> = (0..e * queue_size)
+                .map(|_| rng.random::<f32>() - 0.5)
+                .collect();
+            let q = Tensor::from_vec(v, (queue_size, e), &device)?;
+            Ok(l2_normalize(&q)?.t()?.contiguous()?)
+        };
+        Ok(Momentum {
+            model: copy,
+            varmap,
+            momentum: 0.995,
+            image_queue: queue(())?,
+            text_queue: queue(())?,
+            ptr: 0,
+        })
+    }
+
+    /// `m = m * momentum + p * (1 - momentum)` for every variable.
+    pub fn update(&mut self, vars: &[(String, candle_core::Var)]) -> Result<()> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        for (name, var) in vars {
+            if let Some(m) = data.get(name) {
+                let next = ((m.as_tensor() * self.momentum)?
+                    + (var.as_tensor().detach() * (1.0 - self.momentum))?)?;
+                m.set(&next)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn enqueue(&mut self, image_feat: &Tensor, text_feat: &Tensor) -> Result<()> {
+        let (b, _) = image_feat.dims2()?;
+        let q = self.image_queue.dim(1)?;
+        if b > q {
+            return Ok(());
+        }
+        let start = if self.ptr + b > q { 0 } else { self.ptr };
+        let put = |queue: &Tensor, feat: &Tensor| -> Result<Tensor> {
+            let left = queue.narrow(1, 0, start)?;
+            let right = queue.narrow(1, start + b, q - start - b)?;
+            Ok(Tensor::cat(&[&left, &feat.t()?, &right], 1)?.contiguous()?)
+        };
+        self.image_queue = put(&self.image_queue, image_feat)?;
+        self.text_queue = put(&self.text_queue, text_feat)?;
+        self.ptr = (start + b) % q;
+        Ok(())
+    }
+}
+
+/// One pre-training batch: normalized images and their captions.
+#[derive(Debug, Clone)]
+pub struct PretrainBatch {
+    /// Images `(B, 3, R, R)`.
+    pub images: Tensor,
+    /// Caption ids `(B, L)` with `[CLS]`/`[SEP]`.
+    pub ids: Tensor,
+    /// Caption padding mask `(B, L)`.
+    pub mask: Tensor,
+}
+
+/// Special tokens MLM needs.
+#[derive(Debug, Clone, Copy)]
+pub struct MaskTokens {
+    /// `[MASK]`.
+    pub mask: u32,
+    /// `[CLS]`.
+    pub cls: u32,
+    /// `[SEP]`.
+    pub sep: u32,
+    /// `[PAD]`.
+    pub pad: u32,
+}
+
+impl Default for MaskTokens {
+    fn default() -> Self {
+        MaskTokens {
+            mask: 103,
+            cls: 101,
+            sep: 102,
+            pad: 0,
+        }
+    }
+}
+
+/// Computes the pre-training losses of a batch. `alpha` weighs the momentum distillation
+/// targets (the reference ramps it over the first epoch); `seed` drives masking, negative
+/// sampling and prefix split points, so that a batch's losses are a function of its inputs
+/// and the seed.
+pub fn losses(
+    model: &Mplug,
+    momentum: Option<&mut Momentum>,
+    batch: &PretrainBatch,
+    weights: &LossWeights,
+    alpha: f64,
+    tokens: &MaskTokens,
+    seed: u64,
+) -> Result<PretrainLosses> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let device = batch.images.device().clone();
+    let (b, l) = batch.ids.dims2()?;
+    if b < 2 {
+        return Err(Error::invalid(
+            "pre-training needs at least 2 image-text pairs per batch",
+        ));
+    }
+    let ids = batch.ids.to_dtype(DType::U32)?;
+    let mask = batch.mask.to_dtype(DType::U32)?;
+    let image_embeds = model.encode_image(&batch.images)?;
+    let text_embeds = model.encode_text(&ids, &mask)?;
+    let image_feat = model.image_feature(&image_embeds)?;
+    let text_feat = model.text_feature(&text_embeds)?;
+    let heads = model.pretrain_heads()?;
+    let temp = heads.temp.clamp(0.001f32, 0.5f32)?;
+
+    // ITC: in-batch positives on the diagonal, negatives from the batch and the queues.
+    let targets = Tensor::eye(b, DType::F32, &device)?;
+    let (image_all, text_all, targets_i2t, targets_t2i) = match momentum {
+        Some(m) => {
+            let ie = m.model.encode_image(&batch.images)?.detach();
+            let te = m.model.encode_text(&ids, &mask)?.detach();
+            let i_m = m.model.image_feature(&ie)?.detach();
+            let t_m = m.model.text_feature(&te)?.detach();
+            let image_all = Tensor::cat(&[&i_m.t()?, &m.image_queue], 1)?;
+            let text_all = Tensor::cat(&[&t_m.t()?, &m.text_queue], 1)?;
+            let q = m.image_queue.dim(1)?;
+            let hard = Tensor::cat(&[&targets, &Tensor::zeros((b, q), DType::F32, &device)?], 1)?;
+            let temp_d = temp.detach();
+            let soft_i2t = candle_nn::ops::softmax(
+                &i_m.matmul(&text_all)?.broadcast_div(&temp_d)?,
+                D::Minus1,
+            )?;
+            let soft_t2i = candle_nn::ops::softmax(
+                &t_m.matmul(&image_all)?.broadcast_div(&temp_d)?,
+                D::Minus1,
+            )?;
+            let mix = |soft: Tensor| -> Result<Tensor> {
+                Ok(((soft * alpha)? + (&hard * (1.0 - alpha))?)?)
+            };
+            let (ti, tt) = (mix(soft_i2t)?, mix(soft_t2i)?);
+            m.enqueue(&i_m, &t_m)?;
+            (image_all, text_all, ti, tt)
+        }
+        None => (
+            image_feat.t()?,
+            text_feat.t()?,
+            targets.clone(),
+            targets.clone(),
+        ),
+    };
+    let sim_i2t = image_feat.matmul(&text_all)?.broadcast_div(&temp)?;
+    let sim_t2i = text_feat.matmul(&image_all)?.broadcast_div(&temp)?;
+    let soft_ce = |sim: &Tensor, t: &Tensor| -> Result<Tensor> {
+        Ok((log_softmax(sim)? * t)?.sum(1)?.neg()?.mean_all()?)
+    };
+    let itc = if weights.itc > 0.0 {
+        Some(((soft_ce(&sim_i2t, &targets_i2t)? + soft_ce(&sim_t2i, &targets_t2i)?)? * 0.5)?)
+    } else {
+        None
+    };
+
+    // ITM: the positive pairs, plus one hard negative image per text and one hard negative
+    // text per image, drawn from the in-batch similarities with the positives excluded.
+    let itm = if weights.itm > 0.0 {
+        let (_, pos) = model.fuse(&text_embeds, &mask, &image_embeds)?;
+        let w_i2t = candle_nn::ops::softmax(&sim_i2t.narrow(1, 0, b)?.detach(), D::Minus1)?
+            .to_vec2::<f32>()?;
+        let w_t2i = candle_nn::ops::softmax(&sim_t2i.narrow(1, 0, b)?.detach(), D::Minus1)?
+            .to_vec2::<f32>()?;
+        let mut draw = |row: &[f32], skip: usize| -> u32 {
+            let total: f32 = row
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != skip)
+                .map(|(_, w)| w + 1e-5)
+                .sum();
+            let mut x = rng.random::<f32>() * total;
+            for (j, w) in row.iter().enumerate() {
+                if j == skip {
+                    continue;
+                }
+                x -= w + 1e-5;
+                if x <= 0.0 {
+                    return j as u32;
+                }
+            }
+            ((skip + 1) % row.len()) as u32
+        };
+        let neg_image: Vec<u32> = (0..b).map(|i| draw(&w_t2i[i], i)).collect();
+        let neg_text: Vec<u32> = (0..b).map(|i| draw(&w_i2t[i], i)).collect();
+        let neg_image = Tensor::from_vec(neg_image, b, &device)?;
+        let neg_text = Tensor::from_vec(neg_text, b, &device)?;
+        let text_all = Tensor::cat(&[&text_embeds, &text_embeds.index_select(&neg_text, 0)?], 0)?;
+        let mask_all = Tensor::cat(&[&mask, &mask.index_select(&neg_text, 0)?], 0)?;
+        let image_all = Tensor::cat(
+            &[&image_embeds.index_select(&neg_image, 0)?, &image_embeds],
+            0,
+        )?;
+        let (_, neg) = model.fuse(&text_all, &mask_all, &image_all)?;
+        let cls = Tensor::cat(&[&pos.i((.., 0))?, &neg.i((.., 0))?], 0)?;
+        let logits = model.heads()?.itm_head.forward(&cls)?;
+        let labels: Vec<u32> = (0..3 * b).map(|i| u32::from(i < b)).collect();
+        let labels = Tensor::from_vec(labels, 3 * b, &device)?;
+        Some(candle_nn::loss::cross_entropy(&logits, &labels)?)
+    } else {
+        None
+    };
+
+    let ids_v = ids.to_vec2::<u32>()?;
+    let mask_v = mask.to_vec2::<u32>()?;
+    let vocab = model.config.bert.vocab_size as u32;
+
+    // MLM: 15% of the real tokens (not [CLS]/[SEP]), 80% [MASK], 10% random, 10% kept.
+    let mlm = if weights.mlm > 0.0 {
+        let mut input = ids_v.clone();
+        let mut labels = vec![vec![0f32; l]; b];
+        let mut any = false;
+        for (r, row) in input.iter_mut().enumerate() {
+            for (c, t) in row.iter_mut().enumerate() {
+                let real =
+                    mask_v[r][c] == 1 && *t != tokens.cls && *t != tokens.sep && *t != tokens.pad;
+                if !real || rng.random::<f64>() >= 0.15 {
+                    continue;
+                }
+                labels[r][c] = 1.0;
+                any = true;
+                let u = rng.random::<f64>();
+                if u < 0.8 {
+                    *t = tokens.mask;
+                } else if u < 0.9 {
+                    *t = rng.random_range(0..vocab);
+                }
+            }
+        }
+        if any {
+            let input = Tensor::from_vec(input.concat(), (b, l), &device)?;
+            let text = model.encode_text(&input, &mask)?;
+            let (_, fused) = model.fuse(&text, &mask, &image_embeds)?;
+            let logits = heads.mlm.forward(&fused)?;
+            let logp = log_softmax(&logits.to_dtype(DType::F32)?)?;
+            let picked = logp
+                .gather(&ids.unsqueeze(D::Minus1)?, D::Minus1)?
+                .squeeze(D::Minus1)?;
+            let counted = Tensor::from_vec(labels.concat(), (b, l), &device)?;
+            Some(
+                ((picked * &counted)?.sum_all()?.neg()?
+                    / counted.sum_all()?.to_scalar::<f32>()? as f64)?,
+            )
+        } else {
+            Some(Tensor::zeros((), DType::F32, &device)?)
+        }
+    } else {
+        None
+    };
+
+    // PrefixLM: a caption of n real tokens is split after k in [1, n - 2]; [CLS] + the first
+    // k words are the prefix, [CLS] + the rest is what the decoder learns to generate.
+    let prefix_lm = if weights.prefix_lm > 0.0 {
+        let lens: Vec<usize> = mask_v
+            .iter()
+            .map(|r| r.iter().filter(|&&m| m == 1).count())
+            .collect();
+        let splits: Vec<usize> = lens
+            .iter()
+            .map(|&n| {
+                if n > 3 {
+                    rng.random_range(1..n - 2) + 1
+                } else {
+                    1
+                }
+            })
+            .collect();
+        let pl = splits.iter().copied().max().unwrap_or(1) + 1;
+        let tl = lens
+            .iter()
+            .zip(&splits)
+            .map(|(&n, &k)| n - k + 1)
+            .max()
+            .unwrap_or(2);
+        let mut p_ids = vec![vec![tokens.pad; pl]; b];
+        let mut p_mask = vec![vec![0u32; pl]; b];
+        let mut t_ids = vec![vec![tokens.pad; tl]; b];
+        let mut t_mask = vec![vec![0u32; tl]; b];
+        for r in 0..b {
+            let (n, k) = (lens[r], splits[r]);
+            for c in 0..k {
+                p_ids[r][c] = ids_v[r][c];
+                p_mask[r][c] = 1;
+            }
+            p_ids[r][k] = tokens.sep;
+            p_mask[r][k] = 1;
+            t_ids[r][0] = tokens.cls;
+            t_mask[r][0] = 1;
+            for c in k..n {
+                t_ids[r][c - k + 1] = ids_v[r][c];
+                t_mask[r][c - k + 1] = 1;
+            }
+        }
+        let to_t = |v: Vec<Vec<u32>>, w: usize| Tensor::from_vec(v.concat(), (b, w), &device);
+        let (p_ids, p_mask) = (to_t(p_ids, pl)?, to_t(p_mask, pl)?);
+        let (t_ids, t_mask) = (to_t(t_ids, tl)?, to_t(t_mask, tl)?);
+        let q = super::vqa::encode_question(model, &image_embeds, &p_ids, &p_mask)?;
+        let decoder = model.decoder()?;
+        let cross = decoder.cross_states(&q.states, Some(&q.mask))?;
+        let logits = decoder.forward(&t_ids, Some(&t_mask), &cross, None)?;
+        let (ce, counted) = shifted_token_ce(&logits, &t_ids, tokens.pad)?;
+        Some(ce.sum_all()?.broadcast_div(&counted.sum_all()?)?)
+    } else {
+        None
+    };
+
+    let mut total = Tensor::zeros((), DType::F32, &device)?;
+    for (loss, w) in [
+        (&itc, weights.itc),
+        (&itm, weights.itm),
+        (&mlm, weights.mlm),
+        (&prefix_lm, weights.prefix_lm),
+    ] {
+        if let Some(loss) = loss {
+            total = (total + (loss.reshape(())? * w)?)?;
+        }
+    }
+    Ok(PretrainLosses {
+        itc,
+        itm,
+        mlm,
+        prefix_lm,
+        total,
+    })
+}
+
+/// Scalar value of an optional loss (NaN when off), for logging.
+pub fn value(loss: &Option<Tensor>) -> f64 {
+    loss.as_ref()
+        .and_then(|t| {
+            t.to_dtype(DType::F64)
+                .ok()?
+                .reshape(())
+                .ok()?
+                .to_scalar::<f64>()
+                .ok()
+        })
+        .unwrap_or(f64::NAN)
+}
