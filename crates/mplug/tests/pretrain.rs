@@ -76,6 +76,7 @@ fn batch(step: u64, res: usize) -> PretrainBatch {
         images: Tensor::from_vec(px, (b, 3, res, res), &dev).unwrap(),
         ids: Tensor::from_vec(ids, (b, 7), &dev).unwrap(),
         mask: Tensor::ones((b, 7), DType::U32, &dev).unwrap(),
+        image_ids: None,
     }
 }
 
@@ -193,4 +194,34 @@ fn switched_off_losses_are_not_computed() {
     assert!(l.itc.is_some() && l.prefix_lm.is_some() && l.itm.is_none() && l.mlm.is_none());
     let total = l.total.to_scalar::<f32>().unwrap() as f64;
     assert!((total - value(&l.itc) - value(&l.prefix_lm)).abs() < 1e-4);
+}
+
+/// Retrieval fine-tuning: captions of the same image are all ITC positives.
+#[test]
+fn same_image_pairs_are_positives() {
+    use mplug::tasks::pretrain::positive_targets;
+    let t = positive_targets(&[7, 7, 8], &[7, 7, 8, -1, 7]);
+    assert_eq!(t[0], vec![1.0 / 3.0, 1.0 / 3.0, 0.0, 0.0, 1.0 / 3.0]);
+    assert_eq!(t[2], vec![0.0, 0.0, 1.0, 0.0, 0.0]);
+
+    let cfg = tiny();
+    let tr = Trainable::new(&cfg, Task::Pretrain, &Device::Cpu).unwrap();
+    let w = LossWeights {
+        itc: 1.0,
+        itm: 1.0,
+        mlm: 0.0,
+        prefix_lm: 0.0,
+    };
+    let mut b = batch(0, cfg.image_res);
+    let distinct = losses(&tr.model, None, &b, &w, 0.0, &MaskTokens::default(), 3).unwrap();
+    b.image_ids = Some(vec![7, 7, 8, 9]);
+    let shared = losses(&tr.model, None, &b, &w, 0.0, &MaskTokens::default(), 3).unwrap();
+    assert_ne!(
+        value(&shared.itc),
+        value(&distinct.itc),
+        "shared ids change the ITC targets"
+    );
+    assert!(value(&shared.itm).is_finite());
+    b.image_ids = Some(vec![1, 2]);
+    assert!(losses(&tr.model, None, &b, &w, 0.0, &MaskTokens::default(), 3).is_err());
 }

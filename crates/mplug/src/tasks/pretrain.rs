@@ -60,6 +60,8 @@ pub struct Momentum {
     pub momentum: f64,
     image_queue: Tensor,
     text_queue: Tensor,
+    /// Image id of each queued feature (-1: never a positive).
+    id_queue: Vec<i64>,
     ptr: usize,
 }
 
@@ -111,6 +113,7 @@ impl Momentum {
             momentum: 0.995,
             image_queue: queue(())?,
             text_queue: queue(())?,
+            id_queue: vec![-1; queue_size],
             ptr: 0,
         })
     }
@@ -128,7 +131,7 @@ impl Momentum {
         Ok(())
     }
 
-    fn enqueue(&mut self, image_feat: &Tensor, text_feat: &Tensor) -> Result<()> {
+    fn enqueue(&mut self, image_feat: &Tensor, text_feat: &Tensor, ids: &[i64]) -> Result<()> {
         let (b, _) = image_feat.dims2()?;
         let q = self.image_queue.dim(1)?;
         if b > q {
@@ -142,6 +145,7 @@ impl Momentum {
         };
         self.image_queue = put(&self.image_queue, image_feat)?;
         self.text_queue = put(&self.text_queue, text_feat)?;
+        self.id_queue[start..start + b].copy_from_slice(ids);
         self.ptr = (start + b) % q;
         Ok(())
     }
@@ -156,6 +160,9 @@ pub struct PretrainBatch {
     pub ids: Tensor,
     /// Caption padding mask `(B, L)`.
     pub mask: Tensor,
+    /// Image identities, for retrieval fine-tuning: pairs with the same id are all positives
+    /// for ITC and never drawn as ITM negatives (`None`: every pair is its own image).
+    pub image_ids: Option<Vec<u64>>,
 }
 
 /// Special tokens MLM needs.
@@ -180,6 +187,18 @@ impl Default for MaskTokens {
             pad: 0,
         }
     }
+}
+
+/// ITC targets: row `i` spreads probability 1 evenly over the columns holding its image id.
+pub fn positive_targets(rows: &[i64], cols: &[i64]) -> Vec<Vec<f32>> {
+    rows.iter()
+        .map(|&r| {
+            let n = cols.iter().filter(|&&c| c == r).count().max(1) as f32;
+            cols.iter()
+                .map(|&c| if c == r { 1.0 / n } else { 0.0 })
+                .collect()
+        })
+        .collect()
 }
 
 /// Computes the pre-training losses of a batch. `alpha` weighs the momentum distillation
@@ -213,7 +232,25 @@ pub fn losses(
     let temp = heads.temp.clamp(0.001f32, 0.5f32)?;
 
     // ITC: in-batch positives on the diagonal, negatives from the batch and the queues.
-    let targets = Tensor::eye(b, DType::F32, &device)?;
+    // Image identities: the batch's own, and -1 (never a positive) in the queue when none are given.
+    let (ids_b, queued): (Vec<i64>, Vec<i64>) = match &batch.image_ids {
+        Some(v) if v.len() == b => (
+            v.iter().map(|&x| x as i64).collect(),
+            v.iter().map(|&x| x as i64).collect(),
+        ),
+        Some(v) => {
+            return Err(Error::invalid(format!(
+                "{} image ids for a batch of {b}",
+                v.len()
+            )))
+        }
+        None => ((0..b as i64).collect(), vec![-1; b]),
+    };
+    let positives = |cols: &[i64]| -> Result<Tensor> {
+        let t = positive_targets(&ids_b, cols);
+        Ok(Tensor::from_vec(t.concat(), (b, cols.len()), &device)?)
+    };
+    let targets = positives(&ids_b)?;
     let (image_all, text_all, targets_i2t, targets_t2i) = match momentum {
         Some(m) => {
             let ie = m.model.encode_image(&batch.images)?.detach();
@@ -222,8 +259,8 @@ pub fn losses(
             let t_m = m.model.text_feature(&te)?.detach();
             let image_all = Tensor::cat(&[&i_m.t()?, &m.image_queue], 1)?;
             let text_all = Tensor::cat(&[&t_m.t()?, &m.text_queue], 1)?;
-            let q = m.image_queue.dim(1)?;
-            let hard = Tensor::cat(&[&targets, &Tensor::zeros((b, q), DType::F32, &device)?], 1)?;
+            let cols: Vec<i64> = ids_b.iter().chain(&m.id_queue).copied().collect();
+            let hard = positives(&cols)?;
             let temp_d = temp.detach();
             let soft_i2t = candle_nn::ops::softmax(
                 &i_m.matmul(&text_all)?.broadcast_div(&temp_d)?,
@@ -237,7 +274,7 @@ pub fn losses(
                 Ok(((soft * alpha)? + (&hard * (1.0 - alpha))?)?)
             };
             let (ti, tt) = (mix(soft_i2t)?, mix(soft_t2i)?);
-            m.enqueue(&i_m, &t_m)?;
+            m.enqueue(&i_m, &t_m, &queued)?;
             (image_all, text_all, ti, tt)
         }
         None => (
@@ -266,24 +303,29 @@ pub fn losses(
             .to_vec2::<f32>()?;
         let w_t2i = candle_nn::ops::softmax(&sim_t2i.narrow(1, 0, b)?.detach(), D::Minus1)?
             .to_vec2::<f32>()?;
+        // Pairs of the same image are never negatives; a batch of one image falls back to
+        // any other pair.
         let mut draw = |row: &[f32], skip: usize| -> u32 {
-            let total: f32 = row
-                .iter()
-                .enumerate()
-                .filter(|&(j, _)| j != skip)
-                .map(|(_, w)| w + 1e-5)
+            let allowed = |j: usize| j != skip && ids_b[j] != ids_b[skip];
+            let any = (0..row.len()).any(allowed);
+            let ok = |j: usize| if any { allowed(j) } else { j != skip };
+            let total: f32 = (0..row.len())
+                .filter(|&j| ok(j))
+                .map(|j| row[j] + 1e-5)
                 .sum();
             let mut x = rng.random::<f32>() * total;
+            let mut last = (skip + 1) % row.len();
             for (j, w) in row.iter().enumerate() {
-                if j == skip {
+                if !ok(j) {
                     continue;
                 }
+                last = j;
                 x -= w + 1e-5;
                 if x <= 0.0 {
                     return j as u32;
                 }
             }
-            ((skip + 1) % row.len()) as u32
+            last as u32
         };
         let neg_image: Vec<u32> = (0..b).map(|i| draw(&w_t2i[i], i)).collect();
         let neg_text: Vec<u32> = (0..b).map(|i| draw(&w_i2t[i], i)).collect();
