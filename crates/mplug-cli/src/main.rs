@@ -1,8 +1,12 @@
 //! The `mplug` command.
 
 mod bench;
+mod convert;
 mod demo;
+mod eval;
+mod info;
 mod model_args;
+mod serve;
 mod tasks;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +37,15 @@ enum Command {
     Retrieve(tasks::RetrieveArgs),
     /// Print speed figures of a released model size with random weights.
     Bench(bench::BenchArgs),
+    /// Evaluate on a benchmark's annotation file: predictions, metrics, result files.
+    Eval(eval::EvalArgs),
+    /// Write a model folder (config.json, model.safetensors, vocab.txt, README.md) from a
+    /// released checkpoint.
+    Convert(convert::ConvertArgs),
+    /// Print a model's configuration, task and parameter counts.
+    Info(info::InfoArgs),
+    /// Serve a model over HTTP (JSON API, metrics, OpenAPI document, web page).
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +61,10 @@ fn main() -> ExitCode {
         Command::Ground(a) => tasks::ground(a),
         Command::Retrieve(a) => tasks::retrieve(a),
         Command::Bench(a) => bench::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Info(a) => info::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

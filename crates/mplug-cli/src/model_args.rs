@@ -1,8 +1,9 @@
-//! Finding a model: a folder (`config.json` + checkpoint) or a checkpoint file with its
-//! configuration.
+//! Finding a model: a model folder (`config.json` with its task, `model.safetensors`,
+//! `vocab.txt`), a folder of per-task checkpoints, or a checkpoint file with its configuration.
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use candle_core::Device;
+use mplug::model_dir::{LoadedModel, ModelSource};
 use mplug::pipeline::Pipeline;
 use mplug::{MplugConfig, Task};
 use std::path::{Path, PathBuf};
@@ -10,11 +11,19 @@ use std::path::{Path, PathBuf};
 /// Where the model comes from.
 #[derive(Debug, clap::Args)]
 pub struct ModelArgs {
-    /// A model folder (config.json + model.safetensors / model.pth / <task>.pth) or a checkpoint
-    /// file (.pth or .safetensors).
+    /// A model folder (config.json + model.safetensors / model.pth / <task>.pth, vocab.txt when
+    /// present) or a checkpoint file (.pth or .safetensors).
     #[arg(long)]
     pub model: PathBuf,
-    /// The configuration (default: config.json beside the checkpoint).
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Where the configuration comes from when not from the model folder.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// The configuration: a config.json (golden or model-folder form) or the reference's task
+    /// YAML (its bert_config is read from beside it). Default: config.json beside the checkpoint.
     #[arg(long, conflicts_with = "preset")]
     pub config: Option<PathBuf>,
     /// A named configuration instead of a file: base or large.
@@ -22,59 +31,49 @@ pub struct ModelArgs {
     pub preset: Option<String>,
 }
 
-impl ModelArgs {
-    /// The configuration and checkpoint for `task`.
-    pub fn resolve(&self, task: Task) -> Result<(MplugConfig, PathBuf)> {
-        let (dir, checkpoint) = if self.model.is_dir() {
-            let dir = self.model.clone();
-            let candidates = [
-                "model.safetensors".to_string(),
-                "model.pth".to_string(),
-                format!("{}.safetensors", task.name()),
-                format!("{}.pth", task.name()),
-            ];
-            let ckpt = candidates
-                .iter()
-                .map(|c| dir.join(c))
-                .find(|p| p.is_file())
-                .with_context(|| {
-                    format!(
-                        "{} holds no checkpoint (looked for {})",
-                        dir.display(),
-                        candidates.join(", ")
-                    )
-                })?;
-            (dir, ckpt)
-        } else if self.model.is_file() {
-            let dir = self
-                .model
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default();
-            (dir, self.model.clone())
-        } else {
-            bail!("model {} does not exist", self.model.display());
-        };
-        let config = match (&self.config, &self.preset) {
-            (Some(c), _) => MplugConfig::from_file(c)?,
-            (None, Some(p)) => MplugConfig::preset(p)?,
-            (None, None) => {
-                let c = dir.join("config.json");
-                if !c.is_file() {
-                    bail!(
-                        "no config.json beside {}; pass --config FILE or --preset base|large",
-                        checkpoint.display()
-                    );
-                }
-                MplugConfig::from_file(c)?
-            }
-        };
-        Ok((config, checkpoint))
+impl ConfigArgs {
+    /// The configuration given on the command line, if any.
+    pub fn explicit(&self) -> Result<Option<MplugConfig>> {
+        match (&self.config, &self.preset) {
+            (Some(path), _) => Ok(Some(read_config(path)?)),
+            (None, Some(p)) => Ok(Some(MplugConfig::preset(p)?)),
+            (None, None) => Ok(None),
+        }
     }
+}
 
-    /// Loads the pipeline for `task` on the CPU.
+/// Reads a configuration file: the reference's YAML (`.yaml` / `.yml`) or a JSON
+/// configuration.
+pub fn read_config(path: &Path) -> Result<MplugConfig> {
+    let is_yaml = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+    Ok(if is_yaml {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        MplugConfig::from_reference_yaml(path, dir)?
+    } else {
+        MplugConfig::from_file(path)?
+    })
+}
+
+/// Locates the configuration, checkpoint and vocabulary of `model`.
+pub fn locate(model: &Path, config: &ConfigArgs, task: Option<Task>) -> Result<ModelSource> {
+    if !model.exists() {
+        anyhow::bail!("model {} does not exist", model.display());
+    }
+    Ok(ModelSource::locate(model, config.explicit()?, task)?)
+}
+
+/// Loads `model` for `task` (or the task its folder names or its keys show) on the CPU.
+pub fn load_model(model: &Path, config: &ConfigArgs, task: Option<Task>) -> Result<LoadedModel> {
+    // Library errors name the checkpoint file; no context needed.
+    Ok(locate(model, config, task)?.load(task, &Device::Cpu)?)
+}
+
+impl ModelArgs {
+    /// Loads the pipeline for `task` on the CPU; a model made for another task is refused.
     pub fn load(&self, task: Task) -> Result<Pipeline> {
-        let (config, checkpoint) = self.resolve(task)?;
-        Ok(Pipeline::load(&config, &checkpoint, task, &Device::Cpu)?)
+        Ok(load_model(&self.model, &self.config, Some(task))?.pipeline)
     }
 }

@@ -9,10 +9,12 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod input;
 pub mod metrics;
 pub mod model;
+pub mod model_dir;
 pub mod pipeline;
 pub mod tasks;
 pub mod train;

@@ -1,0 +1,120 @@
+//! The OpenAPI 3.0 document of the server, written by hand.
+
+use mplug::Task;
+use serde_json::{json, Value};
+
+fn error_responses() -> Value {
+    let err = json!({"description": "", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let with = |d: &str| {
+        let mut e = err.clone();
+        e["description"] = json!(d);
+        e
+    };
+    json!({
+        "400": with("Malformed body (JSON syntax, multipart framing)"),
+        "413": with("Body over the size limit"),
+        "422": with("Well-formed request the model cannot take: bad or oversized image, empty or too long text, wrong field, or an endpoint of another task than the loaded model's"),
+        "503": with("Too many requests in flight; retry later"),
+        "500": with("Model failure"),
+    })
+}
+
+/// A POST operation with a JSON body schema and the same fields as multipart.
+fn operation(summary: &str, task: Task, schema: &str, response: &str) -> Value {
+    let mut responses = error_responses();
+    responses["200"] = json!({
+        "description": "Result",
+        "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{response}")}}}
+    });
+    json!({
+        "post": {
+            "summary": summary,
+            "description": format!("Needs a {task} model (other models answer 422). JSON with images as base64 strings (or data: URLs), or multipart/form-data with image files as `image`/`images` parts and the other fields as text parts (`texts`, `answers` repeated)."),
+            "requestBody": {
+                "required": true,
+                "content": {
+                    "application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}},
+                    "multipart/form-data": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}
+                }
+            },
+            "responses": responses
+        }
+    })
+}
+
+/// The document; `task` is the loaded model's.
+pub fn document(task: Task) -> Value {
+    let decode = json!({
+        "beam": {"type": "integer", "minimum": 1, "maximum": 16, "description": "Beam size (1: greedy)"},
+        "min_len": {"type": "integer", "minimum": 0},
+        "max_len": {"type": "integer", "minimum": 1, "maximum": 64},
+        "n_best": {"type": "integer", "minimum": 1, "description": "Hypotheses returned (at most beam)"}
+    });
+    let image = json!({"type": "string", "format": "byte", "description": "Encoded image (png, jpeg, webp, gif, bmp, tiff), base64"});
+    let mut caption_props = decode.clone();
+    caption_props["image"] = image.clone();
+    let mut vqa_props = decode;
+    vqa_props["image"] = image.clone();
+    vqa_props["question"] = json!({"type": "string"});
+    vqa_props["answers"] = json!({"type": "array", "items": {"type": "string"}, "description": "Rank these candidates instead of generating"});
+    vqa_props["k"] = json!({"type": "integer", "minimum": 1, "default": 5, "description": "Ranked answers returned"});
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "mplug serve",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": format!("mPLUG vision-language model over HTTP. This server runs a {task} model.")
+        },
+        "paths": {
+            "/v1/caption": operation("Caption an image", Task::Caption, "CaptionRequest", "CaptionResponse"),
+            "/v1/vqa": operation("Answer a question about an image, free-form or from a list", Task::Vqa, "VqaRequest", "VqaResponse"),
+            "/v1/ground": operation("Find the box an expression refers to", Task::Grounding, "GroundRequest", "GroundResponse"),
+            "/v1/retrieve": operation("Rank texts for images and images for texts (ITC top k re-scored by ITM)", Task::Retrieval, "RetrieveRequest", "RetrieveResponse"),
+            "/v1/embed": operation("L2-normalized ITC features of images and texts", Task::Retrieval, "EmbedRequest", "EmbedResponse"),
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Up", "content": {"application/json": {"schema": {"type": "object", "properties": {"status": {"type": "string"}, "task": {"type": "string"}}}}}}}}},
+            "/v1/info": {"get": {"summary": "The loaded model: task, configuration, limits", "responses": {"200": {"description": "Model information", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics: requests by endpoint and status, latency histograms, in-flight requests, batching", "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.0", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/": {"get": {"summary": "A web page to try the model", "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}}
+        },
+        "components": {
+            "schemas": {
+                "Error": {"type": "object", "required": ["error", "status"], "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}},
+                "CaptionRequest": {"type": "object", "required": ["image"], "additionalProperties": false, "properties": caption_props},
+                "CaptionResponse": {"type": "object", "properties": {"captions": {"type": "array", "items": {"type": "object", "properties": {"caption": {"type": "string"}, "score": {"type": "number"}}}}}},
+                "VqaRequest": {"type": "object", "required": ["image", "question"], "additionalProperties": false, "properties": vqa_props},
+                "VqaResponse": {"type": "object", "properties": {
+                    "question": {"type": "string"},
+                    "ranked": {"type": "boolean"},
+                    "answers": {"type": "array", "items": {"type": "object", "properties": {
+                        "answer": {"type": "string"},
+                        "score": {"type": "number", "description": "Generated: length-penalized log-probability"},
+                        "prob": {"type": "number", "description": "Ranked: probability among the re-ranked candidates"},
+                        "index": {"type": "integer", "description": "Ranked: position in `answers`"}}}}}},
+                "GroundRequest": {"type": "object", "required": ["image", "expression"], "additionalProperties": false, "properties": {"image": image, "expression": {"type": "string"}}},
+                "GroundResponse": {"type": "object", "properties": {
+                    "expression": {"type": "string"},
+                    "box_xyxy": {"type": "array", "items": {"type": "number"}, "description": "x0, y0, x1, y1 in pixels of the original image"},
+                    "box_cxcywh_fraction": {"type": "array", "items": {"type": "number"}, "description": "Centre and size as fractions of the padded square the model saw"},
+                    "image_width": {"type": "integer"}, "image_height": {"type": "integer"}}},
+                "RetrieveRequest": {"type": "object", "required": ["images", "texts"], "additionalProperties": false, "properties": {
+                    "images": {"type": "array", "items": image.clone()},
+                    "image": image.clone(),
+                    "texts": {"type": "array", "items": {"type": "string"}},
+                    "k": {"type": "integer", "minimum": 1, "default": 16, "description": "ITC candidates re-scored by ITM"}}},
+                "RetrieveResponse": {"type": "object", "properties": {
+                    "images": {"type": "integer"},
+                    "image_to_text": {"type": "array", "items": {"type": "object", "properties": {"image": {"type": "integer"}, "texts": {"type": "array", "items": {"type": "object", "properties": {"index": {"type": "integer"}, "text": {"type": "string"}, "score": {"type": "number"}}}}}}},
+                    "text_to_image": {"type": "array", "items": {"type": "object", "properties": {"text": {"type": "integer"}, "images": {"type": "array", "items": {"type": "object", "properties": {"image": {"type": "integer"}, "score": {"type": "number"}}}}}}}}},
+                "EmbedRequest": {"type": "object", "additionalProperties": false, "properties": {
+                    "images": {"type": "array", "items": image.clone()},
+                    "image": image,
+                    "texts": {"type": "array", "items": {"type": "string"}}}},
+                "EmbedResponse": {"type": "object", "properties": {
+                    "dim": {"type": "integer"},
+                    "image_embeddings": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+                    "text_embeddings": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}}
+            }
+        }
+    })
+}

@@ -1,0 +1,398 @@
+//! The `mplug` binary end to end on the golden tiny checkpoints: `convert` and `info`, every
+//! task subcommand on model folders and on checkpoints, and the errors of bad inputs.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn ckpt(task: &str) -> PathBuf {
+    tiny16().join(format!("{task}.pth"))
+}
+
+fn config() -> PathBuf {
+    tiny16().join("config.json")
+}
+
+/// Converts a golden checkpoint into `dir/<task>` (task named, or detected when `None`).
+fn convert(dir: &Path, task: &str, name_task: bool, extra: &[&str]) -> PathBuf {
+    let out = dir.join(task);
+    let (c, k) = (ckpt(task), config());
+    let mut args = vec!["convert", s(&c), s(&out), "--config", s(&k)];
+    if name_task {
+        args.extend(["--task", task]);
+    }
+    args.extend(extra);
+    let o = mplug_ok(&args);
+    assert_eq!(o.stdout.trim(), s(&out));
+    assert!(o.stderr.contains(&format!("{task} model")), "{}", o.stderr);
+    for f in ["config.json", "model.safetensors", "vocab.txt", "README.md"] {
+        assert!(out.join(f).is_file(), "{} lacks {f}", out.display());
+    }
+    out
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn caption_folder_matches_checkpoint() {
+    let dir = scratch("caption");
+    let folder = convert(&dir, "caption", true, &[]);
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(card["task"], "caption");
+    assert_eq!(card["image_res"], 64);
+    assert_eq!(
+        std::fs::read_to_string(folder.join("vocab.txt"))
+            .unwrap()
+            .lines()
+            .count(),
+        1024
+    );
+    let readme = std::fs::read_to_string(folder.join("README.md")).unwrap();
+    assert!(readme.contains("caption"), "{readme}");
+
+    let (img1, img2) = (image("camera.png"), image("rocket.jpg"));
+    let from_folder = mplug_ok(&["caption", "--model", s(&folder), s(&img1), s(&img2)]);
+    let (c, k) = (ckpt("caption"), config());
+    let from_ckpt = mplug_ok(&[
+        "caption",
+        "--model",
+        s(&c),
+        "--config",
+        s(&k),
+        s(&img1),
+        s(&img2),
+    ]);
+    assert_eq!(from_folder.stdout, from_ckpt.stdout);
+    assert_eq!(from_folder.stdout.lines().count(), 2);
+
+    let j = mplug_ok(&[
+        "caption",
+        "--model",
+        s(&folder),
+        "--json",
+        "--beam",
+        "3",
+        "--n-best",
+        "2",
+        s(&img1),
+    ]);
+    let rows = json_lines(&j.stdout);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["captions"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn info_prints_configuration_and_parameter_counts() {
+    let dir = scratch("info");
+    let folder = convert(&dir, "retrieval", false, &[]);
+    let o = mplug_ok(&["info", s(&folder)]);
+    assert!(o.stdout.contains("retrieval (config.json)"), "{}", o.stdout);
+    for part in [
+        "visual",
+        "text encoder",
+        "fusion",
+        "decoder",
+        "heads",
+        "total",
+    ] {
+        assert!(o.stdout.contains(part), "no {part} in {}", o.stdout);
+    }
+    let j = mplug_ok(&["info", s(&folder), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+    assert_eq!(v["task"], "retrieval");
+    assert_eq!(v["config"]["embed_dim"], 32);
+    let p = &v["parameters"];
+    assert!(p["visual"].as_u64().unwrap() > 0);
+    assert!(p["text_encoder"].as_u64().unwrap() > 0);
+    assert!(p["fusion"].as_u64().unwrap() > 0);
+    assert!(p["heads"].as_u64().unwrap() > 0);
+    // A retrieval model has no decoder.
+    assert_eq!(p["decoder"], 0);
+    let parts: u64 = [
+        "visual",
+        "text_encoder",
+        "fusion",
+        "decoder",
+        "heads",
+        "other",
+    ]
+    .iter()
+    .map(|k| p[k].as_u64().unwrap())
+    .sum();
+    assert_eq!(v["parameters_total"].as_u64().unwrap(), parts);
+
+    // A bare checkpoint: the task is detected from its keys.
+    let (c, k) = (ckpt("grounding"), config());
+    let o = mplug_ok(&["info", s(&c), "--config", s(&k)]);
+    assert!(
+        o.stdout.contains("grounding (detected from the keys)"),
+        "{}",
+        o.stdout
+    );
+}
+
+#[test]
+fn vqa_folder_in_f16_answers_and_ranks() {
+    let dir = scratch("vqa");
+    let folder = convert(&dir, "vqa", false, &["--dtype", "f16"]);
+    let j = mplug_ok(&["info", s(&folder), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+    assert_eq!(v["task"], "vqa");
+    assert!(v["dtypes"]["f16"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["dtypes"].get("f32").is_none(), "{v}");
+
+    let img = image("chelsea.png");
+    let o = mplug_ok(&[
+        "vqa",
+        "--model",
+        s(&folder),
+        "--json",
+        s(&img),
+        "what is this?",
+    ]);
+    let rows = json_lines(&o.stdout);
+    assert_eq!(rows[0]["question"], "what is this?");
+    assert!(!rows[0]["answers"].as_array().unwrap().is_empty());
+
+    let answers = dir.join("answers.txt");
+    std::fs::write(&answers, "a cat\na dog\nnothing\n").unwrap();
+    let o = mplug_ok(&[
+        "vqa",
+        "--model",
+        s(&folder),
+        "--answers",
+        s(&answers),
+        "--k",
+        "2",
+        "--json",
+        s(&img),
+        "what animal is it?",
+    ]);
+    let rows = json_lines(&o.stdout);
+    let ranked = rows[0]["answers"].as_array().unwrap();
+    assert_eq!(ranked.len(), 2);
+    let total: f64 = ranked.iter().map(|r| r["prob"].as_f64().unwrap()).sum();
+    assert!(total > 0.0 && total <= 1.0 + 1e-4, "{total}");
+}
+
+#[test]
+fn ground_and_retrieve_on_folders_match_checkpoints() {
+    let dir = scratch("ground-retrieve");
+    let k = config();
+    let img = image("coffee_rgba.png");
+
+    let g = convert(&dir, "grounding", false, &[]);
+    let from_folder = mplug_ok(&["ground", "--model", s(&g), "--json", s(&img), "the cup"]);
+    let c = ckpt("grounding");
+    let from_ckpt = mplug_ok(&[
+        "ground",
+        "--model",
+        s(&c),
+        "--config",
+        s(&k),
+        "--json",
+        s(&img),
+        "the cup",
+    ]);
+    assert_eq!(from_folder.stdout, from_ckpt.stdout);
+    let v = &json_lines(&from_folder.stdout)[0];
+    let b: Vec<f64> = v["box_xyxy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert!(b[0] <= b[2] && b[1] <= b[3], "{b:?}");
+
+    let r = convert(&dir, "retrieval", true, &[]);
+    let (i1, i2) = (image("camera.png"), image("rocket.jpg"));
+    let args = |m: &Path| -> Vec<String> {
+        [
+            "retrieve",
+            "--model",
+            s(m),
+            "--json",
+            "--k",
+            "2",
+            "--text",
+            "a camera",
+            "--text",
+            "a rocket",
+            "--text",
+            "coffee",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .chain([s(&i1).to_string(), s(&i2).to_string()])
+        .collect()
+    };
+    let fa = args(&r);
+    let from_folder = mplug_ok(&fa.iter().map(String::as_str).collect::<Vec<_>>());
+    let c = ckpt("retrieval");
+    let mut ca = args(&c);
+    ca.extend(["--config".to_string(), s(&k).to_string()]);
+    let from_ckpt = mplug_ok(&ca.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(from_folder.stdout, from_ckpt.stdout);
+    let rows = json_lines(&from_folder.stdout);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["texts"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn golden_folder_and_demo_run() {
+    // The golden folder holds per-task checkpoints beside a config.json.
+    let img = image("camera.png");
+    let o = mplug_ok(&["caption", "--model", s(&tiny16()), s(&img)]);
+    assert_eq!(o.stdout.lines().count(), 1);
+    let o = mplug_ok(&["demo"]);
+    for section in ["== caption", "== vqa", "== retrieval", "== grounding"] {
+        assert!(o.stdout.contains(section), "{}", o.stdout);
+    }
+}
+
+#[test]
+fn bench_runs_with_minimal_settings() {
+    let o = mplug_ok(&[
+        "bench",
+        "--runs",
+        "1",
+        "--batch-size",
+        "1",
+        "--beam",
+        "1",
+        "--max-len",
+        "2",
+        "--vqa-len",
+        "2",
+    ]);
+    assert!(!o.stdout.trim().is_empty(), "{}", o.stderr);
+}
+
+#[test]
+fn convert_refuses_to_overwrite_and_wrong_tasks() {
+    let dir = scratch("convert-errors");
+    let folder = convert(&dir, "caption", true, &[]);
+    let (c, k) = (ckpt("caption"), config());
+    mplug_fails(
+        &["convert", s(&c), s(&folder), "--config", s(&k)],
+        "--force",
+    );
+    let o = mplug_ok(&[
+        "convert",
+        s(&c),
+        s(&folder),
+        "--config",
+        s(&k),
+        "--task",
+        "caption",
+        "--force",
+    ]);
+    assert_eq!(o.code, 0);
+    // A grounding checkpoint is not a VQA model.
+    let g = ckpt("grounding");
+    let out = dir.join("g-as-vqa");
+    mplug_fails(
+        &[
+            "convert",
+            s(&g),
+            s(&out),
+            "--config",
+            s(&k),
+            "--task",
+            "vqa",
+        ],
+        "grounding",
+    );
+    // No configuration anywhere.
+    let lonely = dir.join("lonely.pth");
+    std::fs::copy(&c, &lonely).unwrap();
+    mplug_fails(&["convert", s(&lonely), s(&dir.join("x"))], "--preset");
+}
+
+#[test]
+fn bad_inputs_fail_with_one_line() {
+    let dir = scratch("bad-inputs");
+    let k = config();
+    let corrupt = dir.join("corrupt.png");
+    std::fs::write(&corrupt, b"\x89PNG\r\n\x1a\nthis is not really a png").unwrap();
+    let c = ckpt("caption");
+    mplug_fails(
+        &["caption", "--model", s(&c), "--config", s(&k), s(&corrupt)],
+        "corrupt.png",
+    );
+    // A missing image.
+    let missing = dir.join("missing.jpg");
+    mplug_fails(
+        &["caption", "--model", s(&c), "--config", s(&k), s(&missing)],
+        "missing.jpg",
+    );
+    // A missing model.
+    let nowhere = dir.join("nowhere.pth");
+    let img = image("camera.png");
+    mplug_fails(
+        &[
+            "caption",
+            "--model",
+            s(&nowhere),
+            "--config",
+            s(&k),
+            s(&img),
+        ],
+        "does not exist",
+    );
+    // Another task's checkpoint.
+    let g = ckpt("grounding");
+    mplug_fails(
+        &["vqa", "--model", s(&g), "--config", s(&k), s(&img), "what?"],
+        "is a grounding model",
+    );
+    mplug_fails(
+        &[
+            "ground",
+            "--model",
+            s(&c),
+            "--config",
+            s(&k),
+            s(&img),
+            "the cup",
+        ],
+        "caption",
+    );
+    let r = ckpt("retrieval");
+    mplug_fails(
+        &["caption", "--model", s(&r), "--config", s(&k), s(&img)],
+        "is a retrieval model",
+    );
+    // A model folder made for another task.
+    let folder = convert(&dir, "grounding", false, &[]);
+    mplug_fails(
+        &["vqa", "--model", s(&folder), s(&img), "what?"],
+        "is a grounding model",
+    );
+    // A file that is not a checkpoint.
+    mplug_fails(
+        &[
+            "caption",
+            "--model",
+            s(&corrupt),
+            "--config",
+            s(&k),
+            s(&img),
+        ],
+        "not a checkpoint",
+    );
+    // Usage errors are clap's (exit 2).
+    assert_eq!(mplug(&["caption"]).code, 2);
+    assert_eq!(mplug(&["convert", "--dtype", "f8", "a", "b"]).code, 2);
+}

@@ -1,0 +1,315 @@
+//! `mplug eval` as a user runs it: every benchmark on a small annotation set made here, with the
+//! golden tiny checkpoints; the files written, resuming, and the errors of bad inputs.
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn golden() -> PathBuf {
+    match std::env::var_os("MPLUG_GOLDEN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden"),
+    }
+}
+
+fn images() -> PathBuf {
+    golden().join("io/images")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("eval_cli")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write(path: &Path, text: &str) -> PathBuf {
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// `mplug eval <task> --model <tiny checkpoint> --config <tiny config> <ann> <root> --output
+/// <out>` with fast decoding, plus `extra`.
+fn eval(task: &str, model: &str, ann: &Path, root: &Path, out: &Path, extra: &[&str]) -> Run {
+    let tiny = golden().join("tiny16");
+    let o = Command::new(env!("CARGO_BIN_EXE_mplug"))
+        .arg("eval")
+        .arg(task)
+        .arg("--model")
+        .arg(tiny.join(format!("{model}.pth")))
+        .arg("--config")
+        .arg(tiny.join("config.json"))
+        .arg(ann)
+        .arg(root)
+        .arg("--output")
+        .arg(out)
+        .args([
+            "--batch-size",
+            "2",
+            "--beam",
+            "2",
+            "--max-len",
+            "5",
+            "--json",
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn ok(r: Run) -> Value {
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
+}
+
+fn predictions(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("predictions.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn assert_keys(v: &Value, keys: &[&str]) {
+    for k in keys {
+        assert!(v.get(*k).is_some(), "no `{k}` in {v}");
+    }
+}
+
+#[test]
+fn caption_writes_files_and_resumes() {
+    let dir = scratch("caption");
+    let ann = write(
+        &dir.join("test.json"),
+        r#"[{"image": "camera.png", "caption": ["a man with a camera"]},
+            {"image": "chelsea.png", "caption": ["a cat"]},
+            {"image": "rocket.jpg", "caption": ["a rocket"]}]"#,
+    );
+    let out = dir.join("out");
+    let m = ok(eval("caption", "caption", &ann, &images(), &out, &[]));
+    assert_keys(&m, &["Bleu_4", "CIDEr", "ROUGE_L"]);
+    assert_eq!(predictions(&out).len(), 3);
+    assert_keys(
+        &serde_json::from_str::<Value>(&std::fs::read_to_string(out.join("metrics.json")).unwrap())
+            .unwrap(),
+        &["CIDEr"],
+    );
+    assert!(out.join("caption_result.json").is_file());
+
+    // Cut the file in the middle of its last line, as a killed run leaves it.
+    let text = std::fs::read_to_string(out.join("predictions.jsonl")).unwrap();
+    std::fs::write(out.join("predictions.jsonl"), &text[..text.len() - 10]).unwrap();
+    let r = eval("caption", "caption", &ann, &images(), &out, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("3 predictions (2 from an earlier run)"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(predictions(&out).len(), 3);
+    assert_eq!(
+        std::fs::read_to_string(out.join("predictions.jsonl")).unwrap(),
+        text
+    );
+
+    // The plain output: one `name<TAB>value` line per metric.
+    let tiny = golden().join("tiny16");
+    let o = Command::new(env!("CARGO_BIN_EXE_mplug"))
+        .args(["eval", "caption", "--model"])
+        .arg(tiny.join("caption.pth"))
+        .arg("--config")
+        .arg(tiny.join("config.json"))
+        .arg(&ann)
+        .arg(images())
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.lines().any(|l| l.starts_with("CIDEr\t")), "{stdout}");
+}
+
+#[test]
+fn every_other_task_runs() {
+    let dir = scratch("tasks");
+
+    // VQA, ranking the answers of a plain text list.
+    let ann = write(
+        &dir.join("vqa.json"),
+        r#"[{"question_id": 1, "image": "camera.png", "question": "what is this?", "answer": ["camera"]},
+            {"question_id": 2, "image": "chelsea.png", "question": "is it a cat?", "answer": ["yes"]}]"#,
+    );
+    let answers = write(&dir.join("answers.txt"), "camera\nyes\nno\n");
+    let out = dir.join("vqa");
+    let m = ok(eval(
+        "vqa",
+        "vqa",
+        &ann,
+        &images(),
+        &out,
+        &["--answers", answers.to_str().unwrap(), "--k", "2"],
+    ));
+    assert_keys(&m, &["overall", "per_answer_type"]);
+    let result: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("vqa_result.json")).unwrap())
+            .unwrap();
+    assert_eq!(result.as_array().unwrap().len(), 2);
+    assert_eq!(result[0]["question_id"], json!(1));
+
+    // Retrieval.
+    let ann = write(
+        &dir.join("retrieval.json"),
+        r#"[{"image": "camera.png", "caption": ["a man", "a camera"]},
+            {"image": "rocket.jpg", "caption": ["a rocket"]}]"#,
+    );
+    let out = dir.join("retrieval");
+    let m = ok(eval("retrieval", "retrieval", &ann, &images(), &out, &[]));
+    assert_keys(&m, &["txt_r1", "img_r1", "r_mean"]);
+    assert_eq!(predictions(&out).len(), 2 + 3);
+
+    // Grounding with xyxy boxes.
+    let ann = write(
+        &dir.join("grounding.json"),
+        r#"[{"image": "chelsea.png", "text": "the cat", "bbox": [100, 50, 300, 250]}]"#,
+    );
+    let out = dir.join("grounding");
+    let m = ok(eval(
+        "grounding",
+        "grounding",
+        &ann,
+        &images(),
+        &out,
+        &["--box-format", "xyxy"],
+    ));
+    assert_keys(&m, &["accuracy", "mean_iou"]);
+    assert_eq!(
+        predictions(&out)[0]["target"],
+        json!([100.0, 50.0, 300.0, 250.0])
+    );
+
+    // Video tasks on folders of frames.
+    let videos = dir.join("videos");
+    for (name, shade) in [("v1", 30u8), ("v2", 200u8)] {
+        let clip = videos.join(name);
+        std::fs::create_dir_all(&clip).unwrap();
+        for i in 0..3u8 {
+            let data: Vec<u8> = (0..40 * 30)
+                .flat_map(|_| [shade, 20 * i, 255 - shade])
+                .collect();
+            mplug::input::RgbImage::from_raw(40, 30, data)
+                .unwrap()
+                .save(clip.join(format!("{i:03}.png")))
+                .unwrap();
+        }
+    }
+    let ann = write(
+        &dir.join("videoqa.jsonl"),
+        "{\"video_id\": \"v1\", \"question\": \"what color?\", \"answer\": \"blue\"}\n\
+         {\"video_id\": \"v2\", \"question\": \"what color?\", \"answer\": \"red\"}\n",
+    );
+    let labels = write(&dir.join("ans2label.json"), r#"{"red": 0, "blue": 1}"#);
+    let out = dir.join("videoqa");
+    let m = ok(eval(
+        "videoqa",
+        "vqa",
+        &ann,
+        &videos,
+        &out,
+        &["--answers", labels.to_str().unwrap(), "--frames", "2"],
+    ));
+    assert_keys(&m, &["accuracy"]);
+    assert_eq!(predictions(&out).len(), 2);
+
+    let ann = write(
+        &dir.join("msrvtt.jsonl"),
+        "{\"clip_name\": \"v1\", \"caption\": \"a blue screen\"}\n\
+         {\"clip_name\": \"v2\", \"caption\": \"a red screen\"}\n",
+    );
+    let out = dir.join("videoretrieval");
+    let m = ok(eval(
+        "videoretrieval",
+        "retrieval",
+        &ann,
+        &videos,
+        &out,
+        &["--frames", "2"],
+    ));
+    assert_keys(&m, &["vid_r1", "vid_mdR"]);
+    assert_eq!(predictions(&out).len(), 4);
+}
+
+#[test]
+fn bad_inputs_fail_with_one_clear_line() {
+    let dir = scratch("errors");
+    let ann = write(
+        &dir.join("bad.json"),
+        r#"[{"image": "camera.png", "caption": "a"}, {"image": ["x"], "caption": "b"}]"#,
+    );
+    let r = eval("caption", "caption", &ann, &images(), &dir.join("out"), &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let line = r.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.starts_with("error: ") && line.contains("bad.json") && line.contains("entry 1"),
+        "{line}"
+    );
+
+    let ann = write(
+        &dir.join("ok.json"),
+        r#"[{"image": "camera.png", "caption": "a"}]"#,
+    );
+    let r = eval(
+        "caption",
+        "caption",
+        &ann,
+        &images(),
+        &dir.join("out2"),
+        &["--answers", "x.txt"],
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("--answers"), "{}", r.stderr);
+
+    let r = eval(
+        "caption",
+        "caption",
+        &dir.join("none.json"),
+        &images(),
+        &dir.join("out3"),
+        &[],
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("none.json"), "{}", r.stderr);
+
+    // A model of another task.
+    let r = eval(
+        "caption",
+        "grounding",
+        &ann,
+        &images(),
+        &dir.join("out4"),
+        &[],
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.starts_with("error: "), "{}", r.stderr);
+
+    // An unknown benchmark is a usage error.
+    let o = Command::new(env!("CARGO_BIN_EXE_mplug"))
+        .args(["eval", "nocaps", "--model", "m.pth", "a.json", "."])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
