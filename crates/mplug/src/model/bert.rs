@@ -3,10 +3,10 @@
 
 use super::attention::{attend, merge_heads, split_heads};
 use super::cache::LayerKv;
-use super::ops::{layer_norm, LayerNorm};
+use super::ops::{layer_norm, linear, LayerNorm, Linear};
 use crate::config::BertConfig;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
+use candle_nn::{embedding, Embedding, VarBuilder};
 
 /// `embeddings`: word + token type (0) + absolute position, then LayerNorm.
 #[derive(Debug, Clone)]

@@ -19,7 +19,8 @@ use crate::checkpoint::Checkpoint;
 use crate::config::MplugConfig;
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use ops::{linear, Linear};
 use std::fmt;
 
 /// The tasks mPLUG is fine-tuned for; each needs its own parts of the model.

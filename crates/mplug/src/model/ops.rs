@@ -48,3 +48,50 @@ pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
     let bias = vb.get_with_hints(size, "bias", candle_nn::Init::Const(0.0))?;
     Ok(LayerNorm::new(weight, bias, eps))
 }
+
+/// A linear layer `x W^T + b` that folds every leading dimension into one matrix product.
+///
+/// candle's `Linear` multiplies a `(B, L, in)` input batch by batch, which for decoding
+/// (`L = 1`, a handful of beams) means several matrix-vector products instead of one
+/// matrix product.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// A layer from its `(out, in)` weight and optional `(out,)` bias.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    /// The `(out, in)` weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let inner = *dims
+            .last()
+            .ok_or_else(|| candle_core::Error::Msg("linear on a scalar".into()))?;
+        let rows = x.elem_count() / inner.max(1);
+        let y = x.reshape((rows, inner))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims.to_vec();
+        *out.last_mut().expect("non-empty") = self.weight.dim(0)?;
+        y.reshape(out)
+    }
+}
+
+/// Reads `weight (out, in)` and `bias (out,)`, initialized as candle's `linear` does.
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    let l = candle_nn::linear(in_dim, out_dim, vb)?;
+    Ok(Linear::new(l.weight().clone(), l.bias().cloned()))
+}

@@ -4,10 +4,10 @@
 //! `visn_fc` the tokens are then projected to the text width and normalized.
 
 use super::attention::{attend, merge_heads, split_heads};
-use super::ops::{layer_norm, LayerNorm};
+use super::ops::{layer_norm, linear, LayerNorm, Linear};
 use crate::config::MplugConfig;
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{conv2d_no_bias, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{conv2d_no_bias, Conv2d, Conv2dConfig, VarBuilder};
 
 /// CLIP's LayerNorm epsilon (PyTorch's default).
 const CLIP_LN_EPS: f64 = 1e-5;
