@@ -15,8 +15,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// Buffers and training-only state that inference does not read; never reported as unused.
-const NON_PARAMETERS: &[&str] = &[
+/// Buffers and training-only state a checkpoint may hold besides parameters (the last segment
+/// of their key); inference does not read them and they are never reported as unused.
+pub const NON_PARAMETERS: &[&str] = &[
     "position_ids",
     "prefix_ids",
     "target_ids",

@@ -35,17 +35,7 @@ pub const CARD_FILE: &str = "README.md";
 
 /// Buffers and training state a checkpoint may hold besides parameters (the last segment of
 /// their key). They are not counted as parameters.
-const BUFFERS: &[&str] = &[
-    "position_ids",
-    "prefix_ids",
-    "target_ids",
-    "bbox_prob_mask",
-    "temp",
-    "image_queue",
-    "text_queue",
-    "idx_queue",
-    "queue_ptr",
-];
+const BUFFERS: &[&str] = crate::checkpoint::NON_PARAMETERS;
 
 /// Training-only state that a model folder leaves out (retrieval's feature queues).
 const TRAINING_STATE: &[&str] = &["image_queue", "text_queue", "idx_queue", "queue_ptr"];

@@ -2,6 +2,8 @@
 //! made here (images from the golden fixtures, clips written as GIFs and frame folders), the
 //! files it writes, resuming, and the errors of malformed inputs.
 
+mod common;
+
 use candle_core::Device;
 use image::{Rgba, RgbaImage};
 use mplug::eval::{self, BoxFormat, EvalError, EvalOptions, EvalTask, NoProgress, Progress};
@@ -11,10 +13,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
 fn golden() -> PathBuf {
-    match std::env::var_os("MPLUG_GOLDEN_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden"),
-    }
+    common::golden_dir()
 }
 
 fn tiny() -> PathBuf {

@@ -1,6 +1,8 @@
 //! Image pipeline parity with the reference (`io/preprocess.json` + `preprocess_io.safetensors`),
 //! decoding of every supported format, the grounding letterbox, and decoding errors.
 
+mod common;
+
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
@@ -13,13 +15,7 @@ use mplug::input::{
 use serde_json::Value;
 
 fn golden_dir() -> PathBuf {
-    match std::env::var("MPLUG_GOLDEN_DIR") {
-        Ok(dir) => PathBuf::from(dir),
-        Err(_) => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fixtures/golden"
-        )),
-    }
+    common::golden_dir()
 }
 
 fn read_json(path: &Path) -> Value {

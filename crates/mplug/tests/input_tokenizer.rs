@@ -1,5 +1,7 @@
 //! Tokenizer parity with the reference (`io/tokenizer.json` of the golden set) and its errors.
 
+mod common;
+
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
@@ -9,13 +11,7 @@ use serde_json::Value;
 const VOCAB_MD5: &str = "64800d5d8528ce344256daf115d4965e";
 
 fn golden_dir() -> PathBuf {
-    match std::env::var("MPLUG_GOLDEN_DIR") {
-        Ok(dir) => PathBuf::from(dir),
-        Err(_) => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fixtures/golden"
-        )),
-    }
+    common::golden_dir()
 }
 
 fn golden() -> Value {

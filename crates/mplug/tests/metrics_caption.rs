@@ -1,6 +1,8 @@
 //! Caption metrics (PTB tokenization, BLEU, ROUGE-L, CIDEr-D) against the
 //! golden pycocoevalcap outputs, plus hand-checked small cases.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -13,14 +15,7 @@ use serde_json::Value;
 const TOL: f64 = 1e-6;
 
 fn golden_dir() -> PathBuf {
-    std::env::var_os("MPLUG_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../tests/fixtures/golden"
-            ))
-        })
+    common::golden_dir()
 }
 
 fn golden() -> Value {

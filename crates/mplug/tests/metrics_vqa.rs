@@ -1,7 +1,7 @@
 //! VQA accuracy against the golden official-evaluator outputs, plus
 //! hand-checked normalization, leave-one-out and video-QA accuracy cases.
 
-use std::path::PathBuf;
+mod common;
 
 use mplug::metrics::vqa::{process_digit_article, process_punctuation};
 use mplug::metrics::{
@@ -13,14 +13,7 @@ use serde_json::Value;
 const TOL: f64 = 1e-6;
 
 fn golden() -> Value {
-    let dir = std::env::var_os("MPLUG_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../tests/fixtures/golden"
-            ))
-        });
+    let dir = common::golden_dir();
     let path = dir.join("io/metrics.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("golden file {} is required: {e}", path.display()));
