@@ -35,6 +35,8 @@ enum Command {
     Ground(tasks::GroundArgs),
     /// Rank texts for images by ITC similarity re-scored with ITM.
     Retrieve(tasks::RetrieveArgs),
+    /// Zero-shot video: caption, qa, retrieve on clips.
+    Video(tasks::VideoArgs),
     /// Print speed figures of a released model size with random weights.
     Bench(bench::BenchArgs),
     /// Evaluate on a benchmark's annotation file: predictions, metrics, result files.
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Vqa(a) => tasks::vqa(a),
         Command::Ground(a) => tasks::ground(a),
         Command::Retrieve(a) => tasks::retrieve(a),
+        Command::Video(a) => tasks::video(a),
         Command::Bench(a) => bench::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Convert(a) => convert::run(a),

@@ -7,10 +7,10 @@ use crate::error::{Error, Result};
 use crate::generate::BeamConfig;
 use crate::input::{
     EncodeOptions, GroundingPreprocessor, ImageConfig, ImagePreprocessor, LetterboxConfig,
-    Tokenizer,
+    Tokenizer, VideoConfig, VideoPreprocessor,
 };
 use crate::model::{Mplug, Task};
-use crate::tasks::{caption, grounding, retrieval, vqa};
+use crate::tasks::{caption, grounding, retrieval, video, vqa};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
 
@@ -60,6 +60,24 @@ pub fn truncated_vocab(n: usize) -> Result<Tokenizer> {
         text.as_bytes(),
         Path::new("<embedded, first entries>"),
     )?)
+}
+
+/// What the model looks at.
+#[derive(Debug, Clone, Copy)]
+pub enum Visual<'a> {
+    /// Normalized images `(N, 3, R, R)`.
+    Images(&'a Tensor),
+    /// Normalized clips `(N, F, 3, R, R)`.
+    Clips(&'a Tensor),
+}
+
+impl Visual<'_> {
+    /// Number of images or clips.
+    pub fn count(&self) -> Result<usize> {
+        Ok(match self {
+            Visual::Images(t) | Visual::Clips(t) => t.dim(0)?,
+        })
+    }
 }
 
 /// A model with the input processing its task needs.
@@ -157,16 +175,42 @@ impl Pipeline {
 
     /// Captions of images `(N, 3, R, R)`.
     pub fn caption(&self, images: &Tensor, beam: &BeamConfig) -> Result<Vec<Vec<Generated>>> {
-        let embeds = self.model.encode_image(images)?;
+        self.caption_visual(Visual::Images(images), beam)
+    }
+
+    /// Captions of images or clips (a clip's frame tokens are concatenated, as the reference's
+    /// video captioning does).
+    pub fn caption_visual(&self, visual: Visual, beam: &BeamConfig) -> Result<Vec<Vec<Generated>>> {
+        let embeds = self.visual_tokens(visual)?;
         Ok(self.generated(caption::generate(&self.model, &embeds, beam)?))
+    }
+
+    /// Visual tokens: `(N, Li, H)` for images, `(N, F * Li, H)` for clips of `F` frames.
+    pub fn visual_tokens(&self, visual: Visual) -> Result<Tensor> {
+        match visual {
+            Visual::Images(t) => self.model.encode_image(t),
+            Visual::Clips(t) => video::encode_frames(&self.model, t),
+        }
+    }
+
+    /// Decodes clips (animated GIFs, folders of frames, or video files through ffmpeg) into
+    /// `(N, frames, 3, R, R)`, `frames` sampled uniformly as the reference does.
+    pub fn load_clips<P: AsRef<Path>>(&self, paths: &[P], frames: usize) -> Result<Tensor> {
+        let res = self.model.config.image_res as u32;
+        let pre = VideoPreprocessor::new(VideoConfig::new(frames, res))?;
+        let clips = paths
+            .iter()
+            .map(|p| Ok(pre.load(p, self.model.device())?.frames))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&clips, 0)?)
     }
 
     fn question_states(
         &self,
-        images: &Tensor,
+        visual: Visual,
         questions: &[impl AsRef<str>],
     ) -> Result<vqa::QuestionStates> {
-        let n = images.dim(0)?;
+        let n = visual.count()?;
         if questions.len() != n {
             return Err(Error::invalid(format!(
                 "{} questions for {n} images",
@@ -174,7 +218,7 @@ impl Pipeline {
             )));
         }
         let (ids, mask) = self.encode(questions)?;
-        let embeds = self.model.encode_image(images)?;
+        let embeds = self.visual_tokens(visual)?;
         vqa::encode_question(&self.model, &embeds, &ids, &mask)
     }
 
@@ -185,7 +229,17 @@ impl Pipeline {
         questions: &[impl AsRef<str>],
         beam: &BeamConfig,
     ) -> Result<Vec<Vec<Generated>>> {
-        let q = self.question_states(images, questions)?;
+        self.answer_visual(Visual::Images(images), questions, beam)
+    }
+
+    /// Free-form answers, one question per image or clip.
+    pub fn answer_visual(
+        &self,
+        visual: Visual,
+        questions: &[impl AsRef<str>],
+        beam: &BeamConfig,
+    ) -> Result<Vec<Vec<Generated>>> {
+        let q = self.question_states(visual, questions)?;
         Ok(self.generated(vqa::generate(&self.model, &q, beam)?))
     }
 
@@ -197,7 +251,18 @@ impl Pipeline {
         answers: &[impl AsRef<str>],
         k: usize,
     ) -> Result<Vec<Vec<RankedText>>> {
-        let q = self.question_states(images, questions)?;
+        self.rank_answers_visual(Visual::Images(images), questions, answers, k)
+    }
+
+    /// Ranks a closed list of answers for each (image or clip, question), best `k` first.
+    pub fn rank_answers_visual(
+        &self,
+        visual: Visual,
+        questions: &[impl AsRef<str>],
+        answers: &[impl AsRef<str>],
+        k: usize,
+    ) -> Result<Vec<Vec<RankedText>>> {
+        let q = self.question_states(visual, questions)?;
         let enc = self.tokenizer.encode_answers(answers)?;
         let (ids, mask) = enc.to_tensors(self.model.device())?;
         let ranked = vqa::rank_answers(&self.model, &q, &ids, &mask, k.min(answers.len()))?;
@@ -253,16 +318,31 @@ impl Pipeline {
         texts: &[impl AsRef<str>],
         k: usize,
     ) -> Result<(retrieval::ScoreMatrix, retrieval::ScoreMatrix)> {
+        self.retrieve_visual(Visual::Images(images), texts, k)
+    }
+
+    /// Retrieval scores between images or clips and texts, as the reference evaluates each:
+    /// ITM for images, ITM + ITC similarity for clips (whose ITC feature is the normalized mean
+    /// of the frames' projected [CLS]).
+    pub fn retrieve_visual(
+        &self,
+        visual: Visual,
+        texts: &[impl AsRef<str>],
+        k: usize,
+    ) -> Result<(retrieval::ScoreMatrix, retrieval::ScoreMatrix)> {
         let (ids, mask) = self.encode(texts)?;
-        let image_side = retrieval::encode_images(&self.model, images)?;
+        let (image_side, rescore) = match visual {
+            Visual::Images(t) => (
+                retrieval::encode_images(&self.model, t)?,
+                retrieval::Rescore::Itm,
+            ),
+            Visual::Clips(t) => (
+                video::encode_videos(&self.model, t)?,
+                retrieval::Rescore::ItmPlusSimilarity,
+            ),
+        };
         let text_side = retrieval::encode_texts(&self.model, &ids, &mask)?;
-        let k = k.min(texts.len()).min(images.dim(0)?);
-        retrieval::rerank(
-            &self.model,
-            &image_side,
-            &text_side,
-            k,
-            retrieval::Rescore::Itm,
-        )
+        let k = k.min(texts.len()).min(visual.count()?);
+        retrieval::rerank(&self.model, &image_side, &text_side, k, rescore)
     }
 }

@@ -1,0 +1,167 @@
+//! `mplug video caption|qa|retrieve` on clips the test writes, and `mplug ground --draw`.
+
+mod common;
+
+use common::*;
+use image::codecs::gif::GifEncoder;
+use image::{Delay, Frame, Rgba, RgbaImage};
+use std::path::{Path, PathBuf};
+
+/// An animated GIF of `n` frames of a square moving across a coloured background.
+fn clip(dir: &Path, name: &str, n: u32, colour: [u8; 3]) -> PathBuf {
+    let path = dir.join(name);
+    let file = std::fs::File::create(&path).unwrap();
+    let mut enc = GifEncoder::new(file);
+    for i in 0..n {
+        let mut img = RgbaImage::from_pixel(48, 40, Rgba([colour[0], colour[1], colour[2], 255]));
+        for y in 10..22 {
+            for x in (4 + 8 * i)..(16 + 8 * i) {
+                img.put_pixel(x.min(47), y, Rgba([255, 255, 255, 255]));
+            }
+        }
+        enc.encode_frame(Frame::from_parts(
+            img,
+            0,
+            0,
+            Delay::from_numer_denom_ms(100, 1),
+        ))
+        .unwrap();
+    }
+    path
+}
+
+fn lines(out: &Output) -> Vec<String> {
+    out.stdout.lines().map(String::from).collect()
+}
+
+#[test]
+fn video_subcommands_run_on_gif_clips() {
+    let dir = scratch("video-cli");
+    let a = clip(&dir, "a.gif", 4, [200, 30, 30]);
+    let b = clip(&dir, "b.gif", 3, [30, 30, 200]);
+    let model = tiny16();
+    let m = model.to_str().unwrap();
+    let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
+
+    let out = mplug_ok(&[
+        "video",
+        "caption",
+        "--model",
+        m,
+        "--frames",
+        "3",
+        "--beam",
+        "2",
+        "--min-len",
+        "1",
+        "--max-len",
+        "4",
+        "--json",
+        a_s,
+        b_s,
+    ]);
+    let got = lines(&out);
+    assert_eq!(got.len(), 2, "{got:?}");
+    for line in &got {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["captions"][0]["caption"].is_string(), "{line}");
+    }
+
+    let out = mplug_ok(&[
+        "video",
+        "qa",
+        "--model",
+        m,
+        "--frames",
+        "3",
+        "--beam",
+        "2",
+        "--max-len",
+        "3",
+        a_s,
+        "what moves?",
+    ]);
+    assert_eq!(lines(&out).len(), 1);
+    let answers = dir.join("answers.txt");
+    std::fs::write(&answers, "a square\nnothing\nthe cat\n").unwrap();
+    let out = mplug_ok(&[
+        "video",
+        "qa",
+        "--model",
+        m,
+        "--frames",
+        "3",
+        "--answers",
+        answers.to_str().unwrap(),
+        "--k",
+        "2",
+        a_s,
+        "what moves?",
+    ]);
+    assert_eq!(lines(&out).len(), 2);
+
+    let out = mplug_ok(&[
+        "video",
+        "retrieve",
+        "--model",
+        m,
+        "--frames",
+        "3",
+        "--k",
+        "1",
+        "--json",
+        "--text",
+        "a red clip",
+        "--text",
+        "a blue clip",
+        a_s,
+        b_s,
+    ]);
+    let got = lines(&out);
+    assert_eq!(got.len(), 2);
+    for line in &got {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let texts = v["texts"].as_array().unwrap();
+        assert_eq!(texts.len(), 2);
+        // Outside the top k the reference's evaluation scores -100.
+        assert!(
+            texts.iter().any(|t| t["score"].as_f64() == Some(-100.0)),
+            "{line}"
+        );
+    }
+
+    mplug_fails(
+        &[
+            "video",
+            "caption",
+            "--model",
+            m,
+            dir.join("absent.gif").to_str().unwrap(),
+        ],
+        "absent.gif",
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn ground_draws_the_box() {
+    let dir = scratch("ground-draw");
+    let out_png = dir.join("boxed.png");
+    let model = tiny16();
+    let img = image("chelsea.png");
+    mplug_ok(&[
+        "ground",
+        "--model",
+        model.to_str().unwrap(),
+        "--draw",
+        out_png.to_str().unwrap(),
+        img.to_str().unwrap(),
+        "the cat",
+    ]);
+    let drawn = image::open(&out_png).unwrap().to_rgb8();
+    let original = image::open(&img).unwrap().to_rgb8();
+    assert_eq!(drawn.dimensions(), original.dimensions());
+    let red = drawn.pixels().filter(|p| p.0 == [255, 0, 0]).count();
+    assert!(red > 10, "no box drawn ({red} red pixels)");
+    std::fs::remove_dir_all(&dir).ok();
+}
