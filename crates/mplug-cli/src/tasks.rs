@@ -24,16 +24,46 @@ pub struct DecodeArgs {
     /// Decode without the key/value cache, as the reference does (slower, same result).
     #[arg(long)]
     pub no_cache: bool,
+    /// Greedy decoding (beam size 1).
+    #[arg(long, conflicts_with = "sample")]
+    pub greedy: bool,
+    /// Sample one sequence instead of searching (uses --top-k, --top-p, --temperature, --seed).
+    #[arg(long)]
+    pub sample: bool,
+    /// Sampling: keep the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Sampling: keep the most likely tokens until their probability exceeds p.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Sampling: temperature.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Sampling: seed of the draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 impl DecodeArgs {
     fn config(&self) -> BeamConfig {
+        let sampling = self.sample.then_some(mplug::generate::Sampling {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+        });
+        let beam_size = if self.greedy || sampling.is_some() {
+            1
+        } else {
+            self.beam
+        };
         BeamConfig {
-            beam_size: self.beam,
+            beam_size,
             min_length: self.min_len,
             max_length: self.max_len,
-            n_best: self.n_best.min(self.beam),
+            n_best: self.n_best.min(beam_size),
             use_cache: !self.no_cache,
+            sampling,
             ..Default::default()
         }
     }

@@ -165,3 +165,41 @@ fn ground_draws_the_box() {
     assert!(red > 10, "no box drawn ({red} red pixels)");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn sampling_is_repeatable_with_a_seed_and_greedy_is_beam_one() {
+    let model = tiny16();
+    let m = model.to_str().unwrap();
+    let img = image("rocket.jpg");
+    let i = img.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["caption", "--model", m, "--min-len", "1", "--max-len", "6"];
+        args.extend_from_slice(extra);
+        args.push(i);
+        mplug_ok(&args).stdout
+    };
+    let a = run(&[
+        "--sample",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--temperature",
+        "1.5",
+        "--seed",
+        "11",
+    ]);
+    let b = run(&[
+        "--sample",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--temperature",
+        "1.5",
+        "--seed",
+        "11",
+    ]);
+    assert_eq!(a, b);
+    assert_eq!(run(&["--greedy"]), run(&["--beam", "1"]));
+}

@@ -38,6 +38,23 @@ pub struct BeamConfig {
     pub n_best: usize,
     /// Cache keys and values between steps.
     pub use_cache: bool,
+    /// Sample instead of searching (one sequence per input, as the reference's `do_sample`).
+    pub sampling: Option<Sampling>,
+}
+
+/// The reference's sampling: log-probabilities divided by `temperature`, filtered to the
+/// `top_k` best and to the smallest set whose probability exceeds `top_p`, then one token drawn;
+/// no length penalty. Draws come from a generator seeded with `seed`, so a seed repeats a result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Divides the log-probabilities (1: unchanged).
+    pub temperature: f64,
+    /// Keep the `top_k` most likely tokens (0: all).
+    pub top_k: usize,
+    /// Keep the most likely tokens until their probability exceeds `top_p` (1: all).
+    pub top_p: f64,
+    /// Seed of the draws.
+    pub seed: u64,
 }
 
 impl Default for BeamConfig {
@@ -53,6 +70,7 @@ impl Default for BeamConfig {
             eos: 102,
             n_best: 1,
             use_cache: true,
+            sampling: None,
         }
     }
 }
@@ -69,6 +87,18 @@ impl BeamConfig {
     }
 
     fn validate(&self, vocab: usize) -> Result<()> {
+        if let Some(s) = &self.sampling {
+            if self.beam_size != 1 {
+                return Err(Error::invalid(
+                    "sampling draws one sequence: use beam size 1",
+                ));
+            }
+            if !(s.temperature > 0.0) || !(s.top_p > 0.0 && s.top_p <= 1.0) {
+                return Err(Error::invalid(
+                    "sampling needs temperature > 0 and 0 < top_p <= 1",
+                ));
+            }
+        }
         if self.beam_size == 0 || self.max_length == 0 {
             return Err(Error::invalid(
                 "beam size and max length must be at least 1",
@@ -126,6 +156,9 @@ pub fn beam_search(
         })
         .collect();
     let mut finished: Vec<Vec<(f32, Vec<u32>)>> = vec![Vec::new(); batch];
+    let mut rng = cfg
+        .sampling
+        .map(|s| <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(s.seed));
     let mut results: Vec<Vec<Hypothesis>> = vec![Vec::new(); batch];
 
     for step in 0..cfg.max_length {
@@ -141,7 +174,10 @@ pub fn beam_search(
         let last = logits.narrow(1, len - 1, 1)?.squeeze(1)?;
         let log_probs = log_softmax(&last.to_dtype(candle_core::DType::F32)?)?.to_vec2::<f32>()?;
 
-        let penalty = (((5.0 + (step + 1) as f64) / 6.0).powf(cfg.length_penalty_alpha)) as f32;
+        let penalty = match cfg.sampling {
+            Some(_) => 1.0,
+            None => (((5.0 + (step + 1) as f64) / 6.0).powf(cfg.length_penalty_alpha)) as f32,
+        };
         let mut next_seqs = Vec::with_capacity(seqs.len());
         let mut next_running = Vec::with_capacity(seqs.len());
         let mut sources: Vec<u32> = Vec::with_capacity(seqs.len());
@@ -149,14 +185,20 @@ pub fn beam_search(
         let mut keep_positions: Vec<u32> = Vec::new();
         for (i, &input) in inputs.iter().enumerate() {
             let rows = i * beam..(i + 1) * beam;
-            let picks = top_candidates(
-                &log_probs[rows.clone()],
-                &running[rows],
-                beam,
-                penalty,
-                step < cfg.min_length,
-                cfg.eos,
-            );
+            let ban_eos = step < cfg.min_length;
+            let picks = match (&cfg.sampling, rng.as_mut()) {
+                (Some(s), Some(rng)) => {
+                    vec![sample(&log_probs[i], running[i], s, ban_eos, cfg.eos, rng)]
+                }
+                _ => top_candidates(
+                    &log_probs[rows.clone()],
+                    &running[rows],
+                    beam,
+                    penalty,
+                    ban_eos,
+                    cfg.eos,
+                ),
+            };
             let top_done = picks[0].token == cfg.eos || step + 1 == cfg.max_length;
             let mut group = Vec::with_capacity(beam);
             for p in &picks {
@@ -260,6 +302,71 @@ fn top_candidates(
     best
 }
 
+/// One drawn continuation of a single sequence, scored by its running log-probability plus
+/// the filtered log-probability of the drawn token (the reference's `do_sample` arithmetic).
+fn sample(
+    log_probs: &[f32],
+    running: f32,
+    s: &Sampling,
+    ban_eos: bool,
+    eos: u32,
+    rng: &mut impl rand::Rng,
+) -> Candidate {
+    let mut scores: Vec<f32> = log_probs
+        .iter()
+        .enumerate()
+        .map(|(t, &lp)| if ban_eos && t as u32 == eos { -1e20 } else { lp } / s.temperature as f32)
+        .collect();
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    if s.top_k > 0 && s.top_k < scores.len() {
+        let kth = scores[order[s.top_k - 1]];
+        for v in scores.iter_mut() {
+            if *v < kth {
+                *v = f32::NEG_INFINITY;
+            }
+        }
+    }
+    if s.top_p < 1.0 {
+        let max = scores[order[0]];
+        let total: f32 = scores.iter().map(|v| (v - max).exp()).sum();
+        let mut cumulative = 0.0;
+        let mut keep = true;
+        for &t in &order {
+            // A token is removed once the mass before it already exceeds top_p (the first is kept).
+            let p = (scores[t] - max).exp() / total;
+            if !keep {
+                scores[t] = f32::NEG_INFINITY;
+            }
+            cumulative += p;
+            if cumulative > s.top_p as f32 {
+                keep = false;
+            }
+        }
+    }
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weights: Vec<f32> = scores.iter().map(|v| (v - max).exp()).collect();
+    let total: f32 = weights.iter().sum();
+    let mut x = rng.random::<f32>() * total;
+    let mut token = order[0];
+    for (t, w) in weights.iter().enumerate() {
+        if *w <= 0.0 {
+            continue;
+        }
+        token = t;
+        x -= w;
+        if x <= 0.0 {
+            break;
+        }
+    }
+    let log_total = total.ln() + max;
+    Candidate {
+        beam: 0,
+        token: token as u32,
+        score: running + scores[token] - log_total,
+    }
+}
+
 fn ids_tensor(seqs: &[Vec<u32>], device: &Device) -> Result<Tensor> {
     let len = seqs.first().map_or(0, Vec::len);
     let flat: Vec<u32> = seqs.iter().flatten().copied().collect();
@@ -284,6 +391,55 @@ mod tests {
             vec![(0, 0), (1, 0), (1, 2)]
         );
         assert!((c[0].score + 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn sampling_respects_top_k_and_the_seed() {
+        use rand::SeedableRng;
+        let lp: Vec<f32> = [0.5f32, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
+        let s = Sampling {
+            temperature: 1.0,
+            top_k: 2,
+            top_p: 1.0,
+            seed: 1,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let draws: Vec<u32> = (0..200)
+            .map(|_| sample(&lp, 0.0, &s, false, 9, &mut rng).token)
+            .collect();
+        assert!(draws.iter().all(|&t| t < 2), "only the top 2 tokens");
+        assert!(draws.contains(&0) && draws.contains(&1));
+        let mut a = rand::rngs::StdRng::seed_from_u64(5);
+        let mut b = rand::rngs::StdRng::seed_from_u64(5);
+        assert_eq!(
+            sample(&lp, 0.0, &s, false, 9, &mut a).token,
+            sample(&lp, 0.0, &s, false, 9, &mut b).token
+        );
+        // top_p 0.4 keeps just the first token (its mass, 0.5, already exceeds 0.4).
+        let p = Sampling {
+            top_k: 0,
+            top_p: 0.4,
+            ..s
+        };
+        let c = sample(&lp, -1.0, &p, false, 9, &mut a);
+        assert_eq!(c.token, 0);
+        assert!(
+            (c.score + 1.0).abs() < 1e-6,
+            "filtered log-prob of the only kept token is 0"
+        );
+        // top_p 0.7 keeps the first two (0.5 does not exceed 0.7, 0.8 does).
+        let p = Sampling {
+            top_k: 0,
+            top_p: 0.7,
+            ..s
+        };
+        let draws: Vec<u32> = (0..200)
+            .map(|_| sample(&lp, 0.0, &p, false, 9, &mut a).token)
+            .collect();
+        assert!(draws.iter().all(|&t| t < 2) && draws.contains(&1));
+        // The end token is banned below the minimum length.
+        let eos = sample(&lp, 0.0, &Sampling { top_k: 1, ..s }, true, 0, &mut a);
+        assert_eq!(eos.token, 1);
     }
 
     #[test]

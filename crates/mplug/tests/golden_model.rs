@@ -28,6 +28,7 @@ fn beam_config(json: &serde_json::Value, n_best: usize, use_cache: bool) -> Beam
         eos: g["eos"].as_u64().unwrap() as u32,
         n_best,
         use_cache,
+        sampling: None,
     }
 }
 
