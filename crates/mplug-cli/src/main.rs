@@ -8,6 +8,7 @@ mod info;
 mod model_args;
 mod serve;
 mod tasks;
+mod train_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -48,6 +49,10 @@ enum Command {
     Info(info::InfoArgs),
     /// Serve a model over HTTP (JSON API, metrics, OpenAPI document, web page).
     Serve(serve::ServeArgs),
+    /// Pre-train on image-text pairs (ITC, ITM, MLM, PrefixLM).
+    Pretrain(train_cmd::PretrainArgs),
+    /// Fine-tune a model for a task on its annotation file.
+    Finetune(train_cmd::FinetuneArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +73,8 @@ fn main() -> ExitCode {
         Command::Convert(a) => convert::run(a),
         Command::Info(a) => info::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Pretrain(a) => train_cmd::pretrain(a),
+        Command::Finetune(a) => train_cmd::finetune(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

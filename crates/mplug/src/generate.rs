@@ -93,7 +93,8 @@ impl BeamConfig {
                     "sampling draws one sequence: use beam size 1",
                 ));
             }
-            if !(s.temperature > 0.0) || !(s.top_p > 0.0 && s.top_p <= 1.0) {
+            let valid = s.temperature > 0.0 && s.top_p > 0.0 && s.top_p <= 1.0;
+            if !valid {
                 return Err(Error::invalid(
                     "sampling needs temperature > 0 and 0 < top_p <= 1",
                 ));

@@ -1,0 +1,644 @@
+//! `mplug pretrain` and `mplug finetune <task>`: training on the reference's annotation files
+//! with the library's trainer (accumulation, clipping, cosine schedule with warm-up, JSONL log,
+//! atomic checkpoints in `OUT/step-N` with `OUT/latest`, `--resume`), a progress bar on
+//! stderr, and the trained weights written as a model folder `OUT/model`.
+
+use crate::model_args::{locate, ConfigArgs};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use mplug::checkpoint::Checkpoint;
+use mplug::data::loader::derive_seed;
+use mplug::data::{AugmentConfig, Batch, Dataset, Loader, LoaderConfig};
+use mplug::eval::BoxFormat;
+use mplug::input::Tokenizer;
+use mplug::model_dir::{default_vocab, is_buffer, write_folder, ModelCard};
+use mplug::tasks::grounding::GroundingTokens;
+use mplug::tasks::pretrain::{self, LossWeights, MaskTokens, Momentum, PretrainBatch};
+use mplug::tasks::{caption, grounding, vqa};
+use mplug::train::optim::{MplugAdamW, OptimizerConfig};
+use mplug::train::schedule::CosineSchedule;
+use mplug::train::trainer::{train, StepLog, TrainConfig};
+use mplug::train::Trainable;
+use mplug::{Mplug, MplugConfig, Task};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Options every training command shares.
+#[derive(Debug, clap::Args)]
+pub struct TrainOpts {
+    /// Annotation file (JSON array or JSON Lines, in the reference's format for the task).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Folder the annotation's image paths are relative to.
+    #[arg(long)]
+    pub image_root: PathBuf,
+    /// Output folder: checkpoints (step-N, latest), train_log.jsonl and, at the end, model/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Optimizer updates.
+    #[arg(long, default_value_t = 1000)]
+    pub steps: u64,
+    /// Samples per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Micro-batches per update (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    pub accumulate: u64,
+    /// Learning rate outside the visual encoder.
+    #[arg(long, default_value_t = 1e-5)]
+    pub lr1: f64,
+    /// Learning rate of the visual encoder.
+    #[arg(long, default_value_t = 2e-6)]
+    pub lr2: f64,
+    /// Weight decay (not applied to biases and LayerNorm weights).
+    #[arg(long, default_value_t = 0.02)]
+    pub weight_decay: f64,
+    /// Updates of linear warm-up before the cosine decay.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: u64,
+    /// Learning-rate multiplier at the end of the cosine decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_lr_scale: f64,
+    /// Write a checkpoint every this many updates (and at the end).
+    #[arg(long, default_value_t = 500)]
+    pub save_every: u64,
+    /// Clip the global gradient norm to this value.
+    #[arg(long)]
+    pub clip: Option<f64>,
+    /// Seed of data order, augmentations and sampling.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Threads decoding and augmenting images.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Most text tokens, [CLS] and [SEP] included.
+    #[arg(long, default_value_t = 30)]
+    pub max_len: usize,
+    /// Turn the train augmentations off (a plain bicubic resize, as at test time).
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// `mplug pretrain`.
+#[derive(Debug, clap::Args)]
+pub struct PretrainArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Start from this mPLUG checkpoint (default: random initialization).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    #[command(flatten)]
+    pub train: TrainOpts,
+    /// Weight of the image-text contrastive loss (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub itc: f64,
+    /// Weight of the image-text matching loss (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub itm: f64,
+    /// Weight of the masked language modeling loss (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub mlm: f64,
+    /// Weight of the prefix language modeling loss (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub prefix_lm: f64,
+    /// ITC feature queue length (0: no momentum encoders, queues or distillation).
+    #[arg(long, default_value_t = 65536)]
+    pub queue_size: usize,
+    /// Distillation weight, ramped from 0 over the first epoch.
+    #[arg(long, default_value_t = 0.4)]
+    pub alpha: f64,
+}
+
+/// `mplug finetune <task>`.
+#[derive(Debug, clap::Args)]
+pub struct FinetuneArgs {
+    #[command(subcommand)]
+    pub task: FinetuneTask,
+}
+
+/// The task to fine-tune.
+#[derive(Debug, clap::Subcommand)]
+pub enum FinetuneTask {
+    /// Captioning (decoder cross-entropy); data `[{image, caption}]` or Karpathy's file.
+    Caption(CaptionFinetune),
+    /// VQA (weighted answer loss); data `[{image, question, answer: [...]}]`.
+    Vqa(CommonFinetune),
+    /// Retrieval (ITC + ITM, captions of one image all positives); data `[{image, caption}]`.
+    Retrieval(RetrievalFinetune),
+    /// Grounding (weighted coordinate loss); data `[{image, text, bbox}]` or the split tuples.
+    Grounding(GroundingFinetune),
+}
+
+/// Model and training options of a fine-tuning run.
+#[derive(Debug, clap::Args)]
+pub struct CommonFinetune {
+    /// The model to start from: a model folder or a checkpoint file.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(flatten)]
+    pub train: TrainOpts,
+}
+
+/// `mplug finetune caption`.
+#[derive(Debug, clap::Args)]
+pub struct CaptionFinetune {
+    #[command(flatten)]
+    pub common: CommonFinetune,
+    /// Text put before every caption (the reference's `prompt`).
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    /// Read Karpathy's dataset_coco.json and keep this split (e.g. train).
+    #[arg(long)]
+    pub split: Option<String>,
+}
+
+/// `mplug finetune retrieval`.
+#[derive(Debug, clap::Args)]
+pub struct RetrievalFinetune {
+    #[command(flatten)]
+    pub common: CommonFinetune,
+    /// ITC feature queue length (0: no momentum encoders, queues or distillation).
+    #[arg(long, default_value_t = 65536)]
+    pub queue_size: usize,
+    /// Distillation weight, ramped from 0 over the first epoch.
+    #[arg(long, default_value_t = 0.4)]
+    pub alpha: f64,
+}
+
+/// `mplug finetune grounding`.
+#[derive(Debug, clap::Args)]
+pub struct GroundingFinetune {
+    #[command(flatten)]
+    pub common: CommonFinetune,
+    /// How the file writes boxes: xywh (RefCOCO) or xyxy.
+    #[arg(long, default_value = "xywh")]
+    pub box_format: String,
+}
+
+/// Runs `mplug pretrain`.
+pub fn pretrain(a: &PretrainArgs) -> Result<()> {
+    let cfg = a
+        .config
+        .explicit()?
+        .context("pretrain needs --config or --preset")?;
+    let device = Device::Cpu;
+    let t = &a.train;
+    check_out(t)?;
+    let trainable = match &a.init {
+        Some(path) => {
+            let ckpt = Checkpoint::load(path)?;
+            Trainable::from_checkpoint(&cfg, &ckpt, Task::Pretrain, &device)?
+        }
+        None => Trainable::new(&cfg, Task::Pretrain, &device)?,
+    };
+    let tokenizer = tokenizer_for(&cfg)?;
+    let dataset = Dataset::pretrain(&t.data)?;
+    let loader = make_loader(
+        dataset,
+        t,
+        &cfg,
+        tokenizer.clone(),
+        AugmentConfig::pretrain(),
+        "",
+    )?;
+    let weights = LossWeights {
+        itc: a.itc,
+        itm: a.itm,
+        mlm: a.mlm,
+        prefix_lm: a.prefix_lm,
+    };
+    contrastive_run(
+        &trainable,
+        &loader,
+        t,
+        weights,
+        a.queue_size,
+        a.alpha,
+        mask_tokens(&tokenizer),
+        true,
+    )?;
+    finish(
+        &trainable,
+        &cfg,
+        Task::Pretrain,
+        default_vocab(&cfg),
+        None,
+        t,
+    )
+}
+
+/// Runs `mplug finetune <task>`.
+pub fn finetune(a: &FinetuneArgs) -> Result<()> {
+    let (common, task) = match &a.task {
+        FinetuneTask::Caption(c) => (&c.common, Task::Caption),
+        FinetuneTask::Vqa(c) => (c, Task::Vqa),
+        FinetuneTask::Retrieval(c) => (&c.common, Task::Retrieval),
+        FinetuneTask::Grounding(c) => (&c.common, Task::Grounding),
+    };
+    let t = &common.train;
+    check_out(t)?;
+    let device = Device::Cpu;
+    let source = locate(&common.model, &common.config, Some(task))?;
+    let cfg = source.config.clone();
+    let ckpt = Checkpoint::load(&source.checkpoint)?;
+    // Retrieval fine-tuning runs the pre-training ITC/ITM losses, which need the ITC
+    // temperature and the pre-training model's parts.
+    let trainable = if task == Task::Retrieval {
+        Trainable::from_checkpoint(&cfg, &ckpt, Task::Pretrain, &device).with_context(|| {
+            format!(
+                "finetune retrieval starts from a pre-training checkpoint (e.g. the model folder \
+                 `mplug pretrain` writes); {} does not have its parts",
+                source.checkpoint.display()
+            )
+        })?
+    } else {
+        Trainable::from_checkpoint(&cfg, &ckpt, task, &device)?
+    };
+    let tokenizer = source
+        .tokenizer()?
+        .with_max_positions(cfg.bert.max_position_embeddings);
+    let vocab = match &source.vocab {
+        Some(p) => std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
+        None => default_vocab(&cfg),
+    };
+    let aug = AugmentConfig::finetune();
+    match &a.task {
+        FinetuneTask::Caption(c) => {
+            let data = Dataset::caption(&t.data, c.split.as_deref())?;
+            let loader = make_loader(data, t, &cfg, tokenizer, aug, &c.prompt)?;
+            simple_run(&trainable, &loader, t, |model, b| {
+                let embeds = model.encode_image(&b.images)?;
+                caption::loss(model, &embeds, &b.ids, &b.mask)
+            })?;
+        }
+        FinetuneTask::Vqa(_) => {
+            let data = Dataset::vqa(&t.data)?;
+            let loader = make_loader(data, t, &cfg, tokenizer, aug, "")?;
+            simple_run(&trainable, &loader, t, |model, b| {
+                let embeds = model.encode_image(&b.images)?;
+                let q = vqa::encode_question(model, &embeds, &b.ids, &b.mask)?;
+                let missing = || mplug::Error::invalid("a VQA batch without answers");
+                vqa::loss(
+                    model,
+                    &q,
+                    b.answer_ids.as_ref().ok_or_else(missing)?,
+                    b.answer_mask.as_ref().ok_or_else(missing)?,
+                    &b.answer_counts,
+                    b.answer_weights.as_ref().ok_or_else(missing)?,
+                )
+            })?;
+        }
+        FinetuneTask::Retrieval(c) => {
+            let data = Dataset::retrieval(&t.data)?;
+            let loader = make_loader(data, t, &cfg, tokenizer.clone(), aug, "")?;
+            let weights = LossWeights {
+                itc: 1.0,
+                itm: 1.0,
+                mlm: 0.0,
+                prefix_lm: 0.0,
+            };
+            contrastive_run(
+                &trainable,
+                &loader,
+                t,
+                weights,
+                c.queue_size,
+                c.alpha,
+                mask_tokens(&tokenizer),
+                false,
+            )?;
+        }
+        FinetuneTask::Grounding(g) => {
+            let format = BoxFormat::parse(&g.box_format).with_context(|| {
+                format!("--box-format {:?}: expected xywh or xyxy", g.box_format)
+            })?;
+            let tokens = GroundingTokens::from_checkpoint(&ckpt)?;
+            let data = Dataset::grounding(&t.data, format)?;
+            let loader = make_loader(data, t, &cfg, tokenizer, aug, "")?;
+            simple_run(&trainable, &loader, t, |model, b| {
+                let embeds = model.encode_image(&b.images)?;
+                let targets = b
+                    .targets
+                    .as_ref()
+                    .ok_or_else(|| mplug::Error::invalid("a grounding batch without boxes"))?;
+                grounding::loss(model, &embeds, &b.ids, &b.mask, targets, &tokens)
+            })?;
+        }
+    }
+    finish(&trainable, &cfg, task, vocab, Some(&ckpt), t)
+}
+
+/// Refuses to mix runs: an output folder with a checkpoint needs `--resume`, and `--resume`
+/// needs one.
+fn check_out(t: &TrainOpts) -> Result<()> {
+    let has_run = t.out.join("latest").is_file();
+    if has_run && !t.resume {
+        bail!(
+            "{} already holds a training run; pass --resume to continue it or choose another --out",
+            t.out.display()
+        );
+    }
+    if t.resume && !has_run {
+        bail!(
+            "--resume: {} holds no checkpoint (no `latest` file)",
+            t.out.display()
+        );
+    }
+    if t.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    Ok(())
+}
+
+/// The embedded BERT uncased vocabulary, or its first entries for a smaller model vocabulary.
+fn tokenizer_for(cfg: &MplugConfig) -> Result<Tokenizer> {
+    let vocab = default_vocab(cfg);
+    Ok(
+        Tokenizer::from_vocab_bytes(vocab.as_bytes(), Path::new("<embedded>"))?
+            .with_max_positions(cfg.bert.max_position_embeddings),
+    )
+}
+
+fn mask_tokens(tok: &Tokenizer) -> MaskTokens {
+    MaskTokens {
+        mask: tok.token_to_id("[MASK]").unwrap_or(103),
+        cls: tok.cls_id(),
+        sep: tok.sep_id(),
+        pad: tok.pad_id(),
+    }
+}
+
+fn make_loader(
+    data: Dataset,
+    t: &TrainOpts,
+    cfg: &MplugConfig,
+    tokenizer: Tokenizer,
+    augment: AugmentConfig,
+    prompt: &str,
+) -> Result<Loader> {
+    eprintln!("{} training samples from {}", data.len(), t.data.display());
+    let config = LoaderConfig {
+        batch_size: t.batch_size,
+        seed: t.seed,
+        resolution: cfg.image_res as u32,
+        max_text_len: t.max_len.min(cfg.bert.max_position_embeddings),
+        augment: (!t.no_augment).then_some(augment),
+        workers: t.workers.max(1),
+        prompt: prompt.to_string(),
+    };
+    Ok(Loader::new(
+        data,
+        &t.image_root,
+        tokenizer,
+        config,
+        &Device::Cpu,
+    )?)
+}
+
+fn train_config(t: &TrainOpts) -> TrainConfig {
+    TrainConfig {
+        steps: t.steps,
+        accumulate: t.accumulate.max(1),
+        clip_norm: t.clip,
+        schedule: Some(CosineSchedule {
+            warmup_steps: t.warmup,
+            warmup_start: if t.warmup > 0 { 0.0 } else { 1.0 },
+            total_steps: t.steps,
+            min_scale: t.min_lr_scale,
+        }),
+        save_every: t.save_every.max(1),
+        out_dir: Some(t.out.clone()),
+        batch_size: t.batch_size,
+    }
+}
+
+fn optimizer(trainable: &Trainable, t: &TrainOpts) -> Result<MplugAdamW> {
+    Ok(MplugAdamW::new(
+        &trainable.named_vars(),
+        OptimizerConfig {
+            lr1: t.lr1,
+            lr2: t.lr2,
+            weight_decay: t.weight_decay,
+            ..Default::default()
+        },
+    )?)
+}
+
+fn progress(t: &TrainOpts) -> ProgressBar {
+    let bar = ProgressBar::new(t.steps);
+    bar.set_style(
+        ProgressStyle::with_template("train [{bar:30}] {pos}/{len} {msg} ({eta} left)")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn step_message(log: &StepLog) -> String {
+    format!(
+        "loss {:.4} lr {:.2e} {:.1} samples/s",
+        log.loss, log.lr1, log.samples_per_s
+    )
+}
+
+fn report(logs: &[StepLog], t: &TrainOpts) {
+    match logs.last() {
+        Some(last) => eprintln!(
+            "trained to update {} of {}: {}",
+            last.step,
+            t.steps,
+            step_message(last)
+        ),
+        None => eprintln!(
+            "nothing to train: the run in {} is complete",
+            t.out.display()
+        ),
+    }
+}
+
+/// A fine-tuning run whose loss is a function of the model and the batch.
+fn simple_run(
+    trainable: &Trainable,
+    loader: &Loader,
+    t: &TrainOpts,
+    loss: impl Fn(&Mplug, &Batch) -> mplug::Result<Tensor>,
+) -> Result<()> {
+    let mut opt = optimizer(trainable, t)?;
+    let bar = progress(t);
+    let logs = train(
+        trainable,
+        &mut opt,
+        &train_config(t),
+        |model, i| {
+            let b = loader.batch(i)?;
+            loss(model, &b)
+        },
+        |log| {
+            bar.set_position(log.step);
+            bar.set_message(step_message(log));
+        },
+    )?;
+    bar.finish_and_clear();
+    report(&logs, t);
+    Ok(())
+}
+
+/// A run of the pre-training objectives (pre-training, or retrieval fine-tuning with image
+/// ids): each loss is logged to `OUT/losses.jsonl` per update, averaged over micro-batches.
+#[allow(clippy::too_many_arguments)]
+fn contrastive_run(
+    trainable: &Trainable,
+    loader: &Loader,
+    t: &TrainOpts,
+    weights: LossWeights,
+    queue_size: usize,
+    alpha: f64,
+    tokens: MaskTokens,
+    pretraining: bool,
+) -> Result<()> {
+    if t.batch_size < 2 {
+        bail!("--batch-size must be at least 2 for the contrastive and matching losses");
+    }
+    let vars = trainable.named_vars();
+    let mut momentum = if queue_size > 0 && weights.itc > 0.0 {
+        if t.resume {
+            eprintln!(
+                "note: momentum encoders and queues are not checkpointed; they restart from the \
+                 resumed weights"
+            );
+        }
+        Some(Momentum::new(&trainable.model, &vars, queue_size, t.seed)?)
+    } else {
+        None
+    };
+    let mut opt = optimizer(trainable, t)?;
+    let bar = progress(t);
+    let path = t.out.join("losses.jsonl");
+    std::fs::create_dir_all(&t.out).with_context(|| t.out.display().to_string())?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| path.display().to_string())?;
+    let sums: RefCell<([f64; 4], u64)> = RefCell::new(([0.0; 4], 0));
+    let epoch_batches = loader.batches_per_epoch().max(1) as f64;
+    let mut write_err: Option<anyhow::Error> = None;
+    let logs = train(
+        trainable,
+        &mut opt,
+        &train_config(t),
+        |model, i| {
+            let b = loader.batch(i)?;
+            if let Some(m) = momentum.as_mut() {
+                m.update(&vars)?;
+            }
+            let a = alpha * (i as f64 / epoch_batches).min(1.0);
+            let batch = PretrainBatch {
+                images: b.images,
+                ids: b.ids,
+                mask: b.mask,
+                image_ids: (!pretraining).then_some(b.image_ids),
+            };
+            let l = pretrain::losses(
+                model,
+                momentum.as_mut(),
+                &batch,
+                &weights,
+                a,
+                &tokens,
+                derive_seed(t.seed, 3, i),
+            )?;
+            let mut s = sums.borrow_mut();
+            for (k, v) in [&l.itc, &l.itm, &l.mlm, &l.prefix_lm].iter().enumerate() {
+                s.0[k] += pretrain::value(v);
+            }
+            s.1 += 1;
+            Ok(l.total)
+        },
+        |log| {
+            let (sum, n) = std::mem::take(&mut *sums.borrow_mut());
+            let n = n.max(1) as f64;
+            let line = serde_json::json!({
+                "step": log.step,
+                "loss": log.loss,
+                "itc": (weights.itc > 0.0).then_some(sum[0] / n),
+                "itm": (weights.itm > 0.0).then_some(sum[1] / n),
+                "mlm": (weights.mlm > 0.0).then_some(sum[2] / n),
+                "prefix_lm": (weights.prefix_lm > 0.0).then_some(sum[3] / n),
+                "lr1": log.lr1,
+                "lr2": log.lr2,
+            });
+            if let Err(e) = writeln!(file, "{line}") {
+                write_err.get_or_insert(anyhow::anyhow!("{}: {e}", path.display()));
+            }
+            bar.set_position(log.step);
+            bar.set_message(format!(
+                "{} (itc {:.3} itm {:.3} mlm {:.3} prefix {:.3})",
+                step_message(log),
+                sum[0] / n,
+                sum[1] / n,
+                sum[2] / n,
+                sum[3] / n
+            ));
+        },
+    )?;
+    bar.finish_and_clear();
+    if let Some(e) = write_err {
+        return Err(e);
+    }
+    report(&logs, t);
+    Ok(())
+}
+
+/// Writes the trained weights as a model folder `OUT/model` (config.json with the task,
+/// model.safetensors, vocab.txt, README.md), with the source checkpoint's buffers.
+fn finish(
+    trainable: &Trainable,
+    cfg: &MplugConfig,
+    task: Task,
+    vocab: String,
+    source: Option<&Checkpoint>,
+    t: &TrainOpts,
+) -> Result<()> {
+    let mut tensors: HashMap<String, Tensor> = trainable
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().clone()))
+        .collect();
+    if let Some(ckpt) = source {
+        for key in ckpt.keys() {
+            if is_buffer(key) && !tensors.contains_key(key) {
+                if let Some(v) = ckpt.get(key) {
+                    tensors.insert(key.to_string(), v.clone());
+                }
+            }
+        }
+    }
+    let dir = t.out.join("model");
+    let card = ModelCard {
+        config: cfg.clone(),
+        task: Some(task),
+    };
+    let readme = format!(
+        "# mPLUG {} model\n\nTrained by `mplug {}` for {} updates on {}.\n",
+        task.name(),
+        if task == Task::Pretrain {
+            "pretrain".to_string()
+        } else {
+            format!("finetune {}", task.name())
+        },
+        t.steps,
+        t.data.display()
+    );
+    write_folder(&dir, &card, &tensors, &vocab, &readme)?;
+    println!("{}", dir.display());
+    Ok(())
+}

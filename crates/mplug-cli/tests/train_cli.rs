@@ -1,0 +1,282 @@
+//! `mplug finetune` and `mplug pretrain` end to end: a short caption fine-tuning run from the
+//! golden tiny checkpoint that writes checkpoints, a resumed run, the result loaded by
+//! `mplug caption`; and a short pre-training run from scratch on generated images whose
+//! per-objective log holds the four losses.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// A 24-bit BMP of `w x h` pixels from `f(x, y) -> [r, g, b]` (the decoder reads BMP; no image
+/// encoder is needed in this crate).
+fn write_bmp(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) {
+    let row = (w * 3).div_ceil(4) * 4;
+    let size = 54 + row * h;
+    let mut b = Vec::with_capacity(size as usize);
+    b.extend_from_slice(b"BM");
+    b.extend_from_slice(&size.to_le_bytes());
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&54u32.to_le_bytes());
+    b.extend_from_slice(&40u32.to_le_bytes());
+    b.extend_from_slice(&(w as i32).to_le_bytes());
+    b.extend_from_slice(&(h as i32).to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&24u16.to_le_bytes());
+    b.extend_from_slice(&[0; 24]);
+    for y in (0..h).rev() {
+        let start = b.len();
+        for x in 0..w {
+            let [r, g, bl] = f(x, y);
+            b.extend_from_slice(&[bl, g, r]);
+        }
+        b.resize(start + row as usize, 0);
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+fn finetune_caption(out: &Path, ann: &Path, steps: &str, extra: &[&str]) -> Output {
+    let (c, k, img) = (
+        tiny16().join("caption.pth"),
+        tiny16().join("config.json"),
+        images_dir(),
+    );
+    let mut args = vec![
+        "finetune",
+        "caption",
+        "--model",
+        s(&c),
+        "--config",
+        s(&k),
+        "--data",
+        s(ann),
+        "--image-root",
+        s(&img),
+        "--out",
+        s(out),
+        "--steps",
+        steps,
+        "--batch-size",
+        "2",
+        "--save-every",
+        "1",
+        "--lr1",
+        "1e-4",
+        "--lr2",
+        "1e-4",
+        "--workers",
+        "2",
+    ];
+    args.extend(extra);
+    mplug(&args)
+}
+
+#[test]
+fn finetune_caption_checkpoints_resumes_and_loads() {
+    let dir = scratch("train-caption");
+    let ann = dir.join("captions.json");
+    std::fs::write(
+        &ann,
+        r#"[{"image": "camera.png", "caption": "a man with a camera"},
+            {"image": "chelsea.png", "caption": ["a cat", "a small cat on the left"]},
+            {"image": "rocket.jpg", "caption": "a rocket on its pad"}]"#,
+    )
+    .unwrap();
+    let out = dir.join("run");
+    let first = finetune_caption(&out, &ann, "2", &[]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(
+        std::fs::read_to_string(out.join("latest")).unwrap().trim(),
+        "step-2"
+    );
+    for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
+        assert!(out.join("step-2").join(f).is_file(), "step-2 lacks {f}");
+    }
+    assert_eq!(lines(&out.join("train_log.jsonl")).len(), 2);
+
+    // The same folder again without --resume is refused; with it the run continues.
+    let refused = finetune_caption(&out, &ann, "3", &[]);
+    assert_eq!(refused.code, 1);
+    assert!(refused.stderr.contains("--resume"), "{}", refused.stderr);
+    let resumed = finetune_caption(&out, &ann, "3", &["--resume"]);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    assert_eq!(
+        std::fs::read_to_string(out.join("latest")).unwrap().trim(),
+        "step-3"
+    );
+    let log = lines(&out.join("train_log.jsonl"));
+    let steps: Vec<u64> = log.iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [1, 2, 3]);
+    assert!(log.iter().all(|l| l["loss"].as_f64().unwrap().is_finite()));
+
+    // The trained weights load as a model folder and as a checkpoint with its config.
+    let model = out.join("model");
+    assert_eq!(resumed.stdout.trim(), s(&model));
+    let img = image("camera.png");
+    let a = mplug_ok(&["caption", "--model", s(&model), "--max-len", "5", s(&img)]);
+    let (w, k) = (
+        model.join("model.safetensors"),
+        tiny16().join("config.json"),
+    );
+    let b = mplug_ok(&[
+        "caption",
+        "--model",
+        s(&w),
+        "--config",
+        s(&k),
+        "--max-len",
+        "5",
+        s(&img),
+    ]);
+    assert_eq!(a.stdout, b.stdout);
+    assert_eq!(a.stdout.lines().count(), 1);
+}
+
+#[test]
+fn finetune_names_a_bad_annotation() {
+    let dir = scratch("train-bad");
+    let ann = dir.join("bad.json");
+    std::fs::write(&ann, r#"[{"image": "camera.png"}]"#).unwrap();
+    let o = finetune_caption(&dir.join("run"), &ann, "1", &[]);
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr.contains("bad.json") && o.stderr.contains("entry 0"),
+        "{}",
+        o.stderr
+    );
+    let missing = dir.join("missing-image.json");
+    std::fs::write(
+        &missing,
+        r#"[{"image": "nope.png", "caption": "x"}, {"image": "nope.png", "caption": "y"}]"#,
+    )
+    .unwrap();
+    let o = finetune_caption(&dir.join("run2"), &missing, "1", &[]);
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("nope.png"), "{}", o.stderr);
+}
+
+const TINY: &str = r#"{"image_res": 32,
+  "vision": {"patch_size": 8, "width": 48, "layers": 2, "heads": 4},
+  "vision_width": 48, "embed_dim": 32,
+  "bert": {"hidden_size": 48, "num_attention_heads": 4, "intermediate_size": 96,
+    "num_hidden_layers": 3, "text_encoder_layers": 2, "fusion_layers": 3,
+    "text_decode_layers": 2, "stride_layer": 2, "encoder_width": 48, "vocab_size": 1024,
+    "max_position_embeddings": 32, "layer_norm_eps": 1e-12, "type_vocab_size": 2,
+    "hidden_act": "gelu", "pad_token_id": 0}}"#;
+
+fn scenes(dir: &Path) -> PathBuf {
+    let root = dir.join("images");
+    std::fs::create_dir_all(&root).unwrap();
+    let colours = [
+        ("red", [220, 20, 20]),
+        ("green", [20, 200, 20]),
+        ("blue", [20, 20, 220]),
+    ];
+    let mut entries = Vec::new();
+    for (name, c) in colours {
+        for half in ["left", "right"] {
+            let file = format!("{name}_{half}.bmp");
+            write_bmp(&root.join(&file), 40, 36, |x, _| {
+                if (x < 20) == (half == "left") {
+                    c
+                } else {
+                    [90, 90, 90]
+                }
+            });
+            entries.push(serde_json::json!({
+                "image": file,
+                "caption": [format!("a {name} block on the {half}"), format!("{name} {half}")],
+            }));
+        }
+    }
+    let ann = dir.join("pairs.json");
+    std::fs::write(&ann, serde_json::to_string(&entries).unwrap()).unwrap();
+    ann
+}
+
+#[test]
+fn pretrain_from_scratch_logs_each_loss() {
+    let dir = scratch("train-pretrain");
+    let ann = scenes(&dir);
+    let cfg = dir.join("tiny.json");
+    std::fs::write(&cfg, TINY).unwrap();
+    let out = dir.join("run");
+    let root = dir.join("images");
+    let o = mplug(&[
+        "pretrain",
+        "--config",
+        s(&cfg),
+        "--data",
+        s(&ann),
+        "--image-root",
+        s(&root),
+        "--out",
+        s(&out),
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--queue-size",
+        "16",
+        "--lr1",
+        "1e-3",
+        "--lr2",
+        "1e-3",
+        "--warmup",
+        "1",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let log = lines(&out.join("losses.jsonl"));
+    assert_eq!(log.len(), 3);
+    for l in &log {
+        for k in ["itc", "itm", "mlm", "prefix_lm", "loss"] {
+            let v = l[k]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{k} missing in {l}"));
+            // MLM is 0 when no token of a short caption was drawn for masking.
+            assert!(v.is_finite() && v >= 0.0, "{k} = {v} in {l}");
+        }
+    }
+    assert_eq!(lines(&out.join("train_log.jsonl")).len(), 3);
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(card["task"], "pretrain");
+
+    // A switched-off objective is not computed and logs null.
+    let out2 = dir.join("run-itc-off");
+    let o = mplug(&[
+        "pretrain",
+        "--config",
+        s(&cfg),
+        "--data",
+        s(&ann),
+        "--image-root",
+        s(&root),
+        "--out",
+        s(&out2),
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--queue-size",
+        "0",
+        "--itc",
+        "0",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let l = &lines(&out2.join("losses.jsonl"))[0];
+    assert!(l["itc"].is_null() && l["mlm"].as_f64().is_some(), "{l}");
+}

@@ -1,0 +1,362 @@
+//! Deterministic batches: batch `i` is a function of the seed and `i`. Sample position
+//! `p = i * batch_size + k` lies in epoch `p / n` (n samples); each epoch visits the samples in
+//! a permutation drawn from `(seed, epoch)`, and each visit's augmentation (and, for
+//! pre-training, its caption) from `(seed, p)`. Images are decoded and augmented in worker
+//! threads.
+
+use super::augment::{hflip, rand_augment, random_resized_crop, swap_left_right, AugmentConfig};
+use super::{DataError, DataTask, Dataset, Result};
+use crate::input::{
+    DecodeOptions, EncodeOptions, GroundingPreprocessor, ImageConfig, ImagePreprocessor,
+    LetterboxConfig, Tokenizer,
+};
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::path::PathBuf;
+
+/// Options of a [`Loader`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoaderConfig {
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// Seed of the sample order and the augmentations.
+    pub seed: u64,
+    /// Image side in pixels (the model's `image_res`).
+    pub resolution: u32,
+    /// Most text tokens, `[CLS]` and `[SEP]` included.
+    pub max_text_len: usize,
+    /// Train-time augmentations (`None`: the test transform, a bicubic resize).
+    pub augment: Option<AugmentConfig>,
+    /// Threads decoding images (at least 1).
+    pub workers: usize,
+    /// Text put before each caption (caption fine-tuning; the reference's `prompt`).
+    pub prompt: String,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        LoaderConfig {
+            batch_size: 8,
+            seed: 42,
+            resolution: 384,
+            max_text_len: 30,
+            augment: Some(AugmentConfig::finetune()),
+            workers: 4,
+            prompt: String::new(),
+        }
+    }
+}
+
+/// One batch, ready for the task's loss.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// The batch index.
+    pub index: u64,
+    /// Dataset indices of its samples.
+    pub samples: Vec<usize>,
+    /// Normalized images `(B, 3, R, R)`.
+    pub images: Tensor,
+    /// The texts after augmentation (caption with prompt, question or expression).
+    pub texts: Vec<String>,
+    /// Text ids `(B, L)` with `[CLS]`/`[SEP]`.
+    pub ids: Tensor,
+    /// Text padding mask `(B, L)`.
+    pub mask: Tensor,
+    /// VQA: answer ids `(sum k, La)`, each answer followed by `[SEP]`.
+    pub answer_ids: Option<Tensor>,
+    /// VQA: answer padding mask.
+    pub answer_mask: Option<Tensor>,
+    /// VQA: answers per question.
+    pub answer_counts: Vec<usize>,
+    /// VQA: answer weights `(sum k,)`.
+    pub answer_weights: Option<Tensor>,
+    /// Grounding: target boxes `(B, 4)` as `(cx, cy, w, h)` fractions of the letterboxed canvas.
+    pub targets: Option<Tensor>,
+    /// Image ids of the samples (retrieval positives).
+    pub image_ids: Vec<u64>,
+}
+
+/// Batches of a dataset.
+#[derive(Debug)]
+pub struct Loader {
+    dataset: Dataset,
+    image_root: PathBuf,
+    tokenizer: Tokenizer,
+    config: LoaderConfig,
+    images: ImagePreprocessor,
+    letterbox: GroundingPreprocessor,
+    device: Device,
+}
+
+/// SplitMix64: a well-mixed 64-bit value of `x`.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A seed derived from `seed`, a stream tag and a counter.
+pub fn derive_seed(seed: u64, stream: u64, n: u64) -> u64 {
+    mix(mix(mix(seed) ^ stream) ^ n)
+}
+
+const ORDER: u64 = 1;
+const AUGMENT: u64 = 2;
+
+/// What one worker produced for one sample.
+struct Item {
+    pixels: Vec<f32>,
+    text: String,
+    target: Option<[f32; 4]>,
+}
+
+impl Loader {
+    /// A loader over `dataset`, images under `image_root`, texts tokenized by `tokenizer`.
+    pub fn new(
+        dataset: Dataset,
+        image_root: impl Into<PathBuf>,
+        tokenizer: Tokenizer,
+        config: LoaderConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        if config.batch_size == 0 {
+            return Err(DataError::Options(
+                "the batch size must be at least 1".into(),
+            ));
+        }
+        if config.max_text_len < 3 {
+            return Err(DataError::Options(format!(
+                "a text length of {} leaves no room for a token between [CLS] and [SEP]",
+                config.max_text_len
+            )));
+        }
+        let bad = |e: crate::input::InputError| DataError::Options(e.to_string());
+        let images = ImagePreprocessor::new(ImageConfig::new(config.resolution)).map_err(bad)?;
+        let letterbox =
+            GroundingPreprocessor::new(LetterboxConfig::new(config.resolution)).map_err(bad)?;
+        Ok(Loader {
+            dataset,
+            image_root: image_root.into(),
+            tokenizer,
+            config,
+            images,
+            letterbox,
+            device: device.clone(),
+        })
+    }
+
+    /// The dataset.
+    pub fn dataset(&self) -> &Dataset {
+        &self.dataset
+    }
+
+    /// The options.
+    pub fn config(&self) -> &LoaderConfig {
+        &self.config
+    }
+
+    /// Batches per pass over the data (the last one may run into the next epoch).
+    pub fn batches_per_epoch(&self) -> u64 {
+        (self.dataset.len() as u64).div_ceil(self.config.batch_size as u64)
+    }
+
+    /// The permutation of epoch `epoch`.
+    fn order(&self, epoch: u64) -> Vec<usize> {
+        let n = self.dataset.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut rng = StdRng::seed_from_u64(derive_seed(self.config.seed, ORDER, epoch));
+        for i in (1..n).rev() {
+            let j = rng.random_range(0..=i);
+            order.swap(i, j);
+        }
+        order
+    }
+
+    /// Dataset indices of batch `index`, each with its global sample position.
+    pub fn sample_positions(&self, index: u64) -> Vec<(usize, u64)> {
+        let n = self.dataset.len() as u64;
+        let b = self.config.batch_size as u64;
+        let mut out = Vec::with_capacity(b as usize);
+        let mut cached: Option<(u64, Vec<usize>)> = None;
+        for k in 0..b {
+            let p = index * b + k;
+            let epoch = p / n;
+            if cached.as_ref().map(|c| c.0) != Some(epoch) {
+                cached = Some((epoch, self.order(epoch)));
+            }
+            let order = &cached.as_ref().expect("set above").1;
+            out.push((order[(p % n) as usize], p));
+        }
+        out
+    }
+
+    /// One sample visit: decode, augment, normalize.
+    fn item(&self, index: usize, position: u64) -> Result<Item> {
+        let s = &self.dataset.samples[index];
+        let path = self.image_root.join(&s.image);
+        let img_err = |msg: String| DataError::Image {
+            index,
+            path: path.clone(),
+            msg,
+        };
+        let mut rng = StdRng::seed_from_u64(derive_seed(self.config.seed, AUGMENT, position));
+        let mut text = if s.texts.len() > 1 {
+            s.texts[rng.random_range(0..s.texts.len())].clone()
+        } else {
+            s.texts.first().cloned().unwrap_or_default()
+        };
+        let img = DecodeOptions::default()
+            .load(&path)
+            .map_err(|e| img_err(e.to_string()))?;
+        let res = self.config.resolution;
+        if self.dataset.task == DataTask::Grounding {
+            // The letterbox keeps the whole image (and box); only the flip applies.
+            let mut img = img;
+            let mut bbox = s.bbox.unwrap_or([0.0; 4]);
+            if self.config.augment.as_ref().is_some_and(|a| a.flip) && rng.random::<f64>() < 0.5 {
+                img = hflip(&img);
+                text = swap_left_right(&text);
+                let w = f64::from(img.width());
+                bbox = [w - bbox[2], bbox[1], w - bbox[0], bbox[3]];
+            }
+            let (pixels, info) = self
+                .letterbox
+                .pixels(&img)
+                .map_err(|e| img_err(e.to_string()))?;
+            let target = info.box_from_original(bbox.map(|v| v as f32));
+            return Ok(Item {
+                pixels,
+                text,
+                target: Some(target),
+            });
+        }
+        let img = match &self.config.augment {
+            Some(a) => {
+                let mut img = random_resized_crop(&img, res, a.scale, a.ratio, &mut rng)
+                    .map_err(|e| img_err(e.to_string()))?;
+                if a.flip && rng.random::<f64>() < 0.5 {
+                    img = hflip(&img);
+                }
+                rand_augment(img, a.ops, a.magnitude, &mut rng)
+            }
+            None => img,
+        };
+        let pixels = self
+            .images
+            .pixels(&img)
+            .map_err(|e| img_err(e.to_string()))?;
+        if self.dataset.task == DataTask::Caption && !self.config.prompt.is_empty() {
+            text = format!("{}{text}", self.config.prompt);
+        }
+        Ok(Item {
+            pixels,
+            text,
+            target: None,
+        })
+    }
+
+    /// Batch `index`: the same index gives the same batch, bit for bit.
+    pub fn batch(&self, index: u64) -> Result<Batch> {
+        let positions = self.sample_positions(index);
+        let workers = self.config.workers.clamp(1, positions.len());
+        let chunk = positions.len().div_ceil(workers);
+        let items: Vec<Result<Item>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = positions
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|&(i, p)| self.item(i, p))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        vec![Err(DataError::Options(
+                            "an image worker thread panicked".into(),
+                        ))]
+                    })
+                })
+                .collect()
+        });
+        let items = items.into_iter().collect::<Result<Vec<Item>>>()?;
+        let samples: Vec<usize> = positions.iter().map(|&(i, _)| i).collect();
+        let b = items.len();
+        let r = self.config.resolution as usize;
+        let mut pixels = Vec::with_capacity(b * 3 * r * r);
+        for it in &items {
+            pixels.extend_from_slice(&it.pixels);
+        }
+        let images = Tensor::from_vec(pixels, (b, 3, r, r), &self.device)?;
+        let texts: Vec<String> = items.iter().map(|it| it.text.clone()).collect();
+        let text_err = |msg: String| DataError::Text {
+            batch: index,
+            samples: samples.clone(),
+            msg,
+        };
+        let enc = self
+            .tokenizer
+            .encode_batch(
+                &texts,
+                &EncodeOptions::longest().truncate(self.config.max_text_len),
+            )
+            .map_err(|e| text_err(e.to_string()))?;
+        let (ids, mask) = enc
+            .to_tensors(&self.device)
+            .map_err(|e| text_err(e.to_string()))?;
+        let mut batch = Batch {
+            index,
+            image_ids: samples
+                .iter()
+                .map(|&i| self.dataset.samples[i].image_id)
+                .collect(),
+            samples: samples.clone(),
+            images,
+            texts,
+            ids,
+            mask,
+            answer_ids: None,
+            answer_mask: None,
+            answer_counts: Vec::new(),
+            answer_weights: None,
+            targets: None,
+        };
+        match self.dataset.task {
+            DataTask::Vqa => {
+                let mut answers = Vec::new();
+                let mut weights = Vec::new();
+                for &i in &batch.samples {
+                    let s = &self.dataset.samples[i];
+                    answers.extend(s.answers.iter().cloned());
+                    weights.extend(s.weights.iter().copied());
+                    batch.answer_counts.push(s.answers.len());
+                }
+                let enc = self
+                    .tokenizer
+                    .encode_answers(&answers)
+                    .map_err(|e| text_err(e.to_string()))?;
+                let (a_ids, a_mask) = enc
+                    .to_tensors(&self.device)
+                    .map_err(|e| text_err(e.to_string()))?;
+                let n = weights.len();
+                batch.answer_ids = Some(a_ids);
+                batch.answer_mask = Some(a_mask);
+                batch.answer_weights = Some(Tensor::from_vec(weights, n, &self.device)?);
+            }
+            DataTask::Grounding => {
+                let t: Vec<f32> = items
+                    .iter()
+                    .flat_map(|it| it.target.unwrap_or([0.0; 4]))
+                    .collect();
+                batch.targets = Some(Tensor::from_vec(t, (b, 4), &self.device)?);
+            }
+            _ => {}
+        }
+        Ok(batch)
+    }
+}
