@@ -249,19 +249,9 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
     let source = locate(&common.model, &common.config, Some(task))?;
     let cfg = source.config.clone();
     let ckpt = Checkpoint::load(&source.checkpoint)?;
-    // Retrieval fine-tuning runs the pre-training ITC/ITM losses, which need the ITC
-    // temperature and the pre-training model's parts.
-    let trainable = if task == Task::Retrieval {
-        Trainable::from_checkpoint(&cfg, &ckpt, Task::Pretrain, &device).with_context(|| {
-            format!(
-                "finetune retrieval starts from a pre-training checkpoint (e.g. the model folder \
-                 `mplug pretrain` writes); {} does not have its parts",
-                source.checkpoint.display()
-            )
-        })?
-    } else {
-        Trainable::from_checkpoint(&cfg, &ckpt, task, &device)?
-    };
+    // Retrieval fine-tuning runs the ITC and ITM objectives of pre-training on the retrieval
+    // model's own parts (projections, ITM head, temperature).
+    let trainable = Trainable::from_checkpoint(&cfg, &ckpt, task, &device)?;
     let tokenizer = source
         .tokenizer()?
         .with_max_positions(cfg.bert.max_position_embeddings);

@@ -225,3 +225,53 @@ fn same_image_pairs_are_positives() {
     b.image_ids = Some(vec![1, 2]);
     assert!(losses(&tr.model, None, &b, &w, 0.0, &MaskTokens::default(), 3).is_err());
 }
+
+/// Retrieval fine-tuning starts from a released retrieval checkpoint: ITC (with its stored
+/// temperature) and ITM need only the retrieval model's parts, and both fall.
+#[test]
+fn retrieval_checkpoints_fine_tune_with_itc_and_itm() {
+    use mplug::Checkpoint;
+    let golden =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/tiny16");
+    let cfg = MplugConfig::from_file(golden.join("config.json")).unwrap();
+    let ckpt = Checkpoint::load(golden.join("retrieval.pth")).unwrap();
+    let t = Trainable::from_checkpoint(&cfg, &ckpt, Task::Retrieval, &Device::Cpu).unwrap();
+    let vars = t.named_vars();
+    assert!(
+        vars.iter().any(|(n, _)| n == "temp"),
+        "the stored temperature is trainable"
+    );
+    let io = candle_core::safetensors::load(golden.join("retrieval_io.safetensors"), &Device::Cpu)
+        .unwrap();
+    let images = io["images"].clone();
+    let n = images.dim(0).unwrap();
+    let b = PretrainBatch {
+        images,
+        ids: io["text_ids"].narrow(0, 0, n).unwrap(),
+        mask: io["text_mask"].narrow(0, 0, n).unwrap(),
+        image_ids: None,
+    };
+    let mut opt = MplugAdamW::new(
+        &vars,
+        OptimizerConfig {
+            lr1: 1e-3,
+            lr2: 1e-3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let w = LossWeights {
+        itc: 1.0,
+        itm: 1.0,
+        mlm: 0.0,
+        prefix_lm: 0.0,
+    };
+    let mut itc = Vec::new();
+    for step in 0..30 {
+        let l = losses(&t.model, None, &b, &w, 0.0, &MaskTokens::default(), step).unwrap();
+        assert!(l.mlm.is_none() && l.prefix_lm.is_none());
+        itc.push(value(&l.itc));
+        opt.step(&l.total.backward().unwrap()).unwrap();
+    }
+    assert!(itc[29] < 0.5 * itc[0], "ITC {} -> {}", itc[0], itc[29]);
+}

@@ -149,13 +149,14 @@ pub struct RetrievalHeads {
     pub text_proj: Linear,
     /// `itm_head`: fused [CLS] -> (no match, match) logits.
     pub itm_head: Linear,
+    /// `temp`: the ITC temperature, shape `(1,)` (0.07 when the checkpoint has none; clamped to
+    /// [0.001, 0.5] where training uses it).
+    pub temp: Tensor,
 }
 
-/// The pre-training model's extras.
+/// The pre-training model's extras (its ITC temperature is in [`RetrievalHeads`]).
 #[derive(Debug, Clone)]
 pub struct PretrainHeads {
-    /// ITC temperature (clamped to [0.001, 0.5] where used).
-    pub temp: Tensor,
     /// `fusion_encoder.cls.predictions`: MLM head on the fused text, tied to the text
     /// encoder's word embeddings.
     pub mlm: bert::BertLmHead,
@@ -178,7 +179,7 @@ pub struct Mplug {
     pub decoder: Option<TextDecoder>,
     /// Retrieval heads.
     pub heads: Option<RetrievalHeads>,
-    /// Pre-training extras: the ITC temperature and the MLM head.
+    /// Pre-training extras: the MLM head.
     pub pretrain: Option<PretrainHeads>,
     device: Device,
     dtype: DType,
@@ -210,17 +211,25 @@ impl Mplug {
             .then(|| TextDecoder::new(b, vb.pp("text_decoder")))
             .transpose()?;
         let heads = if parts.heads {
+            // Released checkpoints store the temperature as a scalar; fresh variables start at the
+            // reference's 0.07; a checkpoint without one gets a constant 0.07.
+            let temp = if vb.contains_tensor("temp") {
+                vb.get_unchecked("temp")?.reshape(1)?
+            } else {
+                vb.get_with_hints(1, "temp", candle_nn::Init::Const(0.07))
+                    .or_else(|_| Tensor::new(&[0.07f32], vb.device())?.to_dtype(vb.dtype()))?
+            };
             Some(RetrievalHeads {
                 vision_proj: linear(b.hidden_size, config.embed_dim, vb.pp("vision_proj"))?,
                 text_proj: linear(b.hidden_size, config.embed_dim, vb.pp("text_proj"))?,
                 itm_head: linear(b.hidden_size, 2, vb.pp("itm_head"))?,
+                temp,
             })
         } else {
             None
         };
         let pretrain = match (task, &text_encoder) {
             (Task::Pretrain, Some(te)) => Some(PretrainHeads {
-                temp: vb.get_with_hints(1, "temp", candle_nn::Init::Const(0.07))?,
                 mlm: bert::BertLmHead::new(
                     b,
                     te.word_embeddings(),

@@ -201,7 +201,9 @@ pub fn positive_targets(rows: &[i64], cols: &[i64]) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// Computes the pre-training losses of a batch. `alpha` weighs the momentum distillation
+/// Computes the pre-training losses of a batch. ITC and ITM need only the retrieval parts (a
+/// retrieval model fine-tunes with them); MLM needs the pre-training MLM head and PrefixLM the
+/// decoder. `alpha` weighs the momentum distillation
 /// targets (the reference ramps it over the first epoch); `seed` drives masking, negative
 /// sampling and prefix split points, so that a batch's losses are a function of its inputs
 /// and the seed.
@@ -228,8 +230,7 @@ pub fn losses(
     let text_embeds = model.encode_text(&ids, &mask)?;
     let image_feat = model.image_feature(&image_embeds)?;
     let text_feat = model.text_feature(&text_embeds)?;
-    let heads = model.pretrain_heads()?;
-    let temp = heads.temp.clamp(0.001f32, 0.5f32)?;
+    let temp = model.heads()?.temp.clamp(0.001f32, 0.5f32)?;
 
     // ITC: in-batch positives on the diagonal, negatives from the batch and the queues.
     // Image identities: the batch's own, and -1 (never a positive) in the queue when none are given.
@@ -377,7 +378,7 @@ pub fn losses(
             let input = Tensor::from_vec(input.concat(), (b, l), &device)?;
             let text = model.encode_text(&input, &mask)?;
             let (_, fused) = model.fuse(&text, &mask, &image_embeds)?;
-            let logits = heads.mlm.forward(&fused)?;
+            let logits = model.pretrain_heads()?.mlm.forward(&fused)?;
             let logp = log_softmax(&logits.to_dtype(DType::F32)?)?;
             let picked = logp
                 .gather(&ids.unsqueeze(D::Minus1)?, D::Minus1)?
