@@ -4,6 +4,7 @@ mod bench;
 mod convert;
 mod demo;
 mod eval;
+mod index_cmd;
 mod info;
 mod model_args;
 mod serve;
@@ -36,6 +37,10 @@ enum Command {
     Ground(tasks::GroundArgs),
     /// Rank texts for images by ITC similarity re-scored with ITM.
     Retrieve(tasks::RetrieveArgs),
+    /// Index a folder of images for text search (ITC features on disk; updates incrementally).
+    Index(index_cmd::IndexArgs),
+    /// Search an image index: ITC top k re-ranked by ITM.
+    Search(index_cmd::SearchArgs),
     /// Zero-shot video: caption, qa, retrieve on clips.
     Video(tasks::VideoArgs),
     /// Print speed figures of a released model size with random weights.
@@ -67,6 +72,8 @@ fn main() -> ExitCode {
         Command::Vqa(a) => tasks::vqa(a),
         Command::Ground(a) => tasks::ground(a),
         Command::Retrieve(a) => tasks::retrieve(a),
+        Command::Index(a) => index_cmd::index(a),
+        Command::Search(a) => index_cmd::search(a),
         Command::Video(a) => tasks::video(a),
         Command::Bench(a) => bench::run(a),
         Command::Eval(a) => eval::run(a),

@@ -79,9 +79,97 @@ pub struct CaptionArgs {
     /// Print one JSON object per image.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    batch: BatchArgs,
     /// Image files.
     #[arg(required = true)]
     images: Vec<PathBuf>,
+}
+
+/// Batching and output options of subcommands that take many images.
+#[derive(Debug, clap::Args)]
+pub struct BatchArgs {
+    /// Images processed per batch (a progress bar shows on a terminal when there are several).
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Write one JSON object per image to this file (JSON lines) instead of printing results.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+/// Where per-image results go: stdout, or a JSON lines file.
+struct Sink {
+    file: Option<(PathBuf, std::io::BufWriter<std::fs::File>)>,
+}
+
+impl Sink {
+    fn new(output: Option<&std::path::Path>) -> Result<Self> {
+        let file = match output {
+            Some(path) => {
+                let f = std::fs::File::create(path)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                Some((path.to_path_buf(), std::io::BufWriter::new(f)))
+            }
+            None => None,
+        };
+        Ok(Self { file })
+    }
+
+    /// Writes `value` as a line to the file, or prints `text()` (or `value` when `json`).
+    fn emit(
+        &mut self,
+        json: bool,
+        value: &serde_json::Value,
+        text: impl FnOnce() -> String,
+    ) -> Result<()> {
+        use std::io::Write;
+        match &mut self.file {
+            Some((path, f)) => writeln!(f, "{value}")
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display())),
+            None if json => {
+                println!("{value}");
+                Ok(())
+            }
+            None => {
+                print!("{}", text());
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        use std::io::Write;
+        if let Some((path, mut f)) = self.file {
+            f.flush()
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// A progress bar over `n` images on stderr, drawn when stderr is a terminal and there is
+/// more than one batch.
+fn batch_bar(n: usize, batch_size: usize) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if n <= batch_size || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(n as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "[{bar:30}] {pos}/{len} images ({per_sec}, {eta} left)",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+impl BatchArgs {
+    fn size(&self) -> Result<usize> {
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        Ok(self.batch_size)
+    }
 }
 
 /// `mplug vqa`.
@@ -204,6 +292,8 @@ pub struct RetrieveArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    batch: BatchArgs,
     /// Texts to rank (repeat the option).
     #[arg(long = "text", required = true)]
     texts: Vec<String>,
@@ -213,25 +303,27 @@ pub struct RetrieveArgs {
 }
 
 pub fn caption(a: &CaptionArgs) -> Result<()> {
+    let size = a.batch.size()?;
     let p = a.model.load(Task::Caption)?;
-    for (path, hyps) in a
-        .images
-        .iter()
-        .zip(p.caption(&p.load_images(&a.images)?, &a.decode.config())?)
-    {
-        if a.json {
+    let mut sink = Sink::new(a.batch.output.as_deref())?;
+    let bar = batch_bar(a.images.len(), size);
+    for chunk in a.images.chunks(size) {
+        let captions = p.caption(&p.load_images(chunk)?, &a.decode.config())?;
+        for (path, hyps) in chunk.iter().zip(captions) {
             let h: Vec<_> = hyps
                 .iter()
                 .map(|h| json!({"caption": h.text, "score": h.score}))
                 .collect();
-            println!("{}", json!({"image": path, "captions": h}));
-        } else {
-            for h in hyps {
-                println!("{}\t{}", path.display(), h.text);
-            }
+            sink.emit(a.json, &json!({"image": path, "captions": h}), || {
+                hyps.iter()
+                    .map(|h| format!("{}\t{}\n", path.display(), h.text))
+                    .collect()
+            })?;
         }
+        bar.inc(chunk.len() as u64);
     }
-    Ok(())
+    bar.finish_and_clear();
+    sink.finish()
 }
 
 pub fn vqa(a: &VqaArgs) -> Result<()> {
@@ -295,25 +387,34 @@ pub fn ground(a: &GroundArgs) -> Result<()> {
 }
 
 pub fn retrieve(a: &RetrieveArgs) -> Result<()> {
+    let size = a.batch.size()?;
     let p = a.model.load(Task::Retrieval)?;
-    let images = p.load_images(&a.images)?;
-    let (i2t, _) = p.retrieve(&images, &a.texts, a.k)?;
-    for (path, row) in a.images.iter().zip(&i2t) {
-        let mut order: Vec<usize> = (0..row.len()).collect();
-        order.sort_by(|&x, &y| row[y].total_cmp(&row[x]));
-        if a.json {
+    // Texts are encoded once; each image's top k texts (k at most the number of texts) are
+    // re-scored by ITM, so the rows do not depend on the batch size.
+    let texts = mplug::index::encode_texts(&p, &a.texts)?;
+    let mut sink = Sink::new(a.batch.output.as_deref())?;
+    let bar = batch_bar(a.images.len(), size);
+    for chunk in a.images.chunks(size) {
+        let side = mplug::tasks::retrieval::encode_images(p.model(), &p.load_images(chunk)?)?;
+        let i2t = mplug::index::rank_texts(&p, &side, &texts, a.k)?;
+        for (path, row) in chunk.iter().zip(&i2t) {
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            order.sort_by(|&x, &y| row[y].total_cmp(&row[x]));
             let r: Vec<_> = order
                 .iter()
                 .map(|&j| json!({"text": a.texts[j], "score": row[j]}))
                 .collect();
-            println!("{}", json!({"image": path, "texts": r}));
-        } else {
-            for j in order {
-                println!("{}\t{:.4}\t{}", path.display(), row[j], a.texts[j]);
-            }
+            sink.emit(a.json, &json!({"image": path, "texts": r}), || {
+                order
+                    .iter()
+                    .map(|&j| format!("{}\t{:.4}\t{}\n", path.display(), row[j], a.texts[j]))
+                    .collect()
+            })?;
         }
+        bar.inc(chunk.len() as u64);
     }
-    Ok(())
+    bar.finish_and_clear();
+    sink.finish()
 }
 
 /// Draws a 3-pixel red rectangle `(x0, y0, x1, y1)` (pixels) on an image.

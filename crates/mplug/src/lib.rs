@@ -12,6 +12,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod generate;
+pub mod index;
 pub mod input;
 pub mod metrics;
 pub mod model;
