@@ -2,6 +2,7 @@
 
 use crate::model_args::ModelArgs;
 use anyhow::{bail, Result};
+use mplug::pipeline::Visual;
 use mplug::{BeamConfig, Task};
 use serde_json::json;
 use std::path::PathBuf;
@@ -172,6 +173,17 @@ impl BatchArgs {
     }
 }
 
+/// Closed-list answering options shared by `vqa` and `video qa`.
+#[derive(Debug, clap::Args)]
+pub struct RankArgs {
+    /// Rank the answers of this file (one per line) instead of generating.
+    #[arg(long)]
+    answers: Option<PathBuf>,
+    /// Answers kept when ranking.
+    #[arg(long, default_value_t = 5)]
+    k: usize,
+}
+
 /// `mplug vqa`.
 #[derive(Debug, clap::Args)]
 pub struct VqaArgs {
@@ -179,12 +191,8 @@ pub struct VqaArgs {
     model: ModelArgs,
     #[command(flatten)]
     decode: DecodeArgs,
-    /// Rank the answers of this file (one per line) instead of generating.
-    #[arg(long)]
-    answers: Option<PathBuf>,
-    /// Answers kept when ranking.
-    #[arg(long, default_value_t = 5)]
-    k: usize,
+    #[command(flatten)]
+    rank: RankArgs,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -242,12 +250,8 @@ enum VideoCommand {
         model: ModelArgs,
         #[command(flatten)]
         decode: DecodeArgs,
-        /// Rank the answers of this file (one per line) instead of generating.
-        #[arg(long)]
-        answers: Option<PathBuf>,
-        /// Answers kept when ranking.
-        #[arg(long, default_value_t = 5)]
-        k: usize,
+        #[command(flatten)]
+        rank: RankArgs,
         /// Frames sampled per clip.
         #[arg(long, default_value_t = 16)]
         frames: usize,
@@ -329,34 +333,56 @@ pub fn caption(a: &CaptionArgs) -> Result<()> {
 pub fn vqa(a: &VqaArgs) -> Result<()> {
     let p = a.model.load(Task::Vqa)?;
     let images = p.load_images(std::slice::from_ref(&a.image))?;
-    let questions = [a.question.as_str()];
-    if let Some(file) = &a.answers {
-        let answers = answers_file(file)?;
-        let ranked = p
-            .rank_answers(&images, &questions, &answers, a.k)?
-            .remove(0);
-        if a.json {
-            let r: Vec<_> = ranked
-                .iter()
-                .map(|r| json!({"answer": r.text, "prob": r.prob}))
-                .collect();
-            println!("{}", json!({"question": a.question, "answers": r}));
-        } else {
-            for r in ranked {
-                println!("{:.4}\t{}", r.prob, r.text);
-            }
+    answer(
+        &p,
+        Visual::Images(&images),
+        &a.question,
+        &a.rank,
+        &a.decode,
+        a.json,
+    )
+}
+
+/// Answers one question about one image or clip: ranked from `--answers`, or generated.
+fn answer(
+    p: &mplug::pipeline::Pipeline,
+    visual: Visual,
+    question: &str,
+    rank: &RankArgs,
+    decode: &DecodeArgs,
+    json: bool,
+) -> Result<()> {
+    let questions = [question];
+    let rows: Vec<(String, f32)> = match &rank.answers {
+        Some(file) => {
+            let list = answers_file(file)?;
+            p.rank_answers_visual(visual, &questions, &list, rank.k)?
+                .remove(0)
+                .into_iter()
+                .map(|r| (r.text, r.prob))
+                .collect()
         }
+        None => p
+            .answer_visual(visual, &questions, &decode.config())?
+            .remove(0)
+            .into_iter()
+            .map(|h| (h.text, h.score))
+            .collect(),
+    };
+    let ranked = rank.answers.is_some();
+    if json {
+        let key = if ranked { "prob" } else { "score" };
+        let r: Vec<_> = rows
+            .iter()
+            .map(|(t, v)| json!({"answer": t, key: v}))
+            .collect();
+        println!("{}", json!({"question": question, "answers": r}));
     } else {
-        let hyps = p.answer(&images, &questions, &a.decode.config())?.remove(0);
-        if a.json {
-            let h: Vec<_> = hyps
-                .iter()
-                .map(|h| json!({"answer": h.text, "score": h.score}))
-                .collect();
-            println!("{}", json!({"question": a.question, "answers": h}));
-        } else {
-            for h in hyps {
-                println!("{}", h.text);
+        for (text, v) in rows {
+            if ranked {
+                println!("{v:.4}\t{text}");
+            } else {
+                println!("{text}");
             }
         }
     }
@@ -465,7 +491,6 @@ fn answers_file(file: &std::path::Path) -> Result<Vec<String>> {
 }
 
 pub fn video(a: &VideoArgs) -> Result<()> {
-    use mplug::pipeline::Visual;
     match &a.command {
         VideoCommand::Caption {
             model,
@@ -496,8 +521,7 @@ pub fn video(a: &VideoArgs) -> Result<()> {
         VideoCommand::Qa {
             model,
             decode,
-            answers,
-            k,
+            rank,
             frames,
             json,
             clip,
@@ -505,31 +529,7 @@ pub fn video(a: &VideoArgs) -> Result<()> {
         } => {
             let p = model.load(Task::Vqa)?;
             let t = p.load_clips(std::slice::from_ref(clip), *frames)?;
-            let questions = [question.as_str()];
-            if let Some(file) = answers {
-                let list = answers_file(file)?;
-                let ranked = p
-                    .rank_answers_visual(Visual::Clips(&t), &questions, &list, *k)?
-                    .remove(0);
-                for r in ranked {
-                    if *json {
-                        println!("{}", json!({"answer": r.text, "prob": r.prob}));
-                    } else {
-                        println!("{:.4}\t{}", r.prob, r.text);
-                    }
-                }
-            } else {
-                for h in p
-                    .answer_visual(Visual::Clips(&t), &questions, &decode.config())?
-                    .remove(0)
-                {
-                    if *json {
-                        println!("{}", json!({"answer": h.text, "score": h.score}));
-                    } else {
-                        println!("{}", h.text);
-                    }
-                }
-            }
+            answer(&p, Visual::Clips(&t), question, rank, decode, *json)?;
         }
         VideoCommand::Retrieve {
             model,
