@@ -197,7 +197,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
             let ckpt = Checkpoint::load(path)?;
             Trainable::from_checkpoint(&cfg, &ckpt, Task::Pretrain, &device)?
         }
-        None => Trainable::new(&cfg, Task::Pretrain, &device)?,
+        None => Trainable::new_seeded(&cfg, Task::Pretrain, &device, t.seed)?,
     };
     let tokenizer = tokenizer_for(&cfg)?;
     let dataset = Dataset::pretrain(&t.data)?;

@@ -42,6 +42,45 @@ impl Trainable {
         Ok(Self { model, varmap })
     }
 
+    /// A freshly initialized model whose weights depend only on `seed`: each variable keeps the
+    /// mean and spread of candle's initialization but is redrawn from a seeded normal
+    /// distribution (candle's CPU generator cannot be seeded), visiting variables by name.
+    /// Constant variables (LayerNorm weights and biases) stay as they are.
+    pub fn new_seeded(
+        config: &MplugConfig,
+        task: Task,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        use rand::{Rng, SeedableRng};
+        let t = Self::new(config, task, device)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for (_, var) in t.named_vars() {
+            let n = var.elem_count();
+            let mean = var.as_tensor().mean_all()?.to_scalar::<f32>()?;
+            let var_sq = var
+                .as_tensor()
+                .affine(1.0, -(mean as f64))?
+                .sqr()?
+                .mean_all()?
+                .to_scalar::<f32>()?;
+            let std = var_sq.sqrt();
+            if !(std > 0.0) {
+                continue;
+            }
+            // Box-Muller pairs.
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    let u1: f32 = rng.random::<f32>().max(f32::MIN_POSITIVE);
+                    let u2: f32 = rng.random();
+                    mean + std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+                })
+                .collect();
+            var.set(&candle_core::Tensor::from_vec(values, var.dims(), device)?)?;
+        }
+        Ok(t)
+    }
+
     /// The model for `task` with its weights from a checkpoint, as trainable variables.
     pub fn from_checkpoint(
         config: &MplugConfig,
