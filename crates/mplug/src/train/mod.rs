@@ -65,7 +65,7 @@ impl Trainable {
                 .mean_all()?
                 .to_scalar::<f32>()?;
             let std = var_sq.sqrt();
-            if !(std > 0.0) {
+            if std.is_nan() || std <= 0.0 {
                 continue;
             }
             // Box-Muller pairs.
