@@ -82,7 +82,8 @@ pub struct CaptionArgs {
     json: bool,
     #[command(flatten)]
     batch: BatchArgs,
-    /// Image files.
+    /// Image files, folders of images (searched recursively), or list files (`.txt`, one path
+    /// per line, relative to the list).
     #[arg(required = true)]
     images: Vec<PathBuf>,
 }
@@ -301,7 +302,8 @@ pub struct RetrieveArgs {
     /// Texts to rank (repeat the option).
     #[arg(long = "text", required = true)]
     texts: Vec<String>,
-    /// Image files.
+    /// Image files, folders of images (searched recursively), or list files (`.txt`, one path
+    /// per line, relative to the list).
     #[arg(required = true)]
     images: Vec<PathBuf>,
 }
@@ -309,9 +311,10 @@ pub struct RetrieveArgs {
 pub fn caption(a: &CaptionArgs) -> Result<()> {
     let size = a.batch.size()?;
     let p = a.model.load(Task::Caption)?;
+    let images = expand_images(&a.images)?;
     let mut sink = Sink::new(a.batch.output.as_deref())?;
-    let bar = batch_bar(a.images.len(), size);
-    for chunk in a.images.chunks(size) {
+    let bar = batch_bar(images.len(), size);
+    for chunk in images.chunks(size) {
         let captions = p.caption(&p.load_images(chunk)?, &a.decode.config())?;
         for (path, hyps) in chunk.iter().zip(captions) {
             let h: Vec<_> = hyps
@@ -418,9 +421,10 @@ pub fn retrieve(a: &RetrieveArgs) -> Result<()> {
     // Texts are encoded once; each image's top k texts (k at most the number of texts) are
     // re-scored by ITM, so the rows do not depend on the batch size.
     let texts = mplug::index::encode_texts(&p, &a.texts)?;
+    let images = expand_images(&a.images)?;
     let mut sink = Sink::new(a.batch.output.as_deref())?;
-    let bar = batch_bar(a.images.len(), size);
-    for chunk in a.images.chunks(size) {
+    let bar = batch_bar(images.len(), size);
+    for chunk in images.chunks(size) {
         let side = mplug::tasks::retrieval::encode_images(p.model(), &p.load_images(chunk)?)?;
         let i2t = mplug::index::rank_texts(&p, &side, &texts, a.k)?;
         for (path, row) in chunk.iter().zip(&i2t) {
@@ -560,4 +564,37 @@ pub fn video(a: &VideoArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Expands the image arguments: a folder gives its image files (recursively, sorted, hidden
+/// entries skipped, as `mplug index` reads folders), a `.txt` / `.lst` file gives the paths it
+/// lists (one per line, relative to the list's folder), anything else is taken as an image file.
+fn expand_images(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for a in args {
+        let ext = a.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if a.is_dir() {
+            let files = mplug::index::image_files(a)?;
+            if files.is_empty() {
+                bail!("folder {} holds no images", a.display());
+            }
+            out.extend(files.into_iter().map(|(_, path)| path));
+        } else if ext == "txt" || ext == "lst" {
+            let text =
+                std::fs::read_to_string(a).map_err(|e| anyhow::anyhow!("{}: {e}", a.display()))?;
+            let base = a
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default();
+            out.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(|l| base.join(l)),
+            );
+        } else {
+            out.push(a.clone());
+        }
+    }
+    Ok(out)
 }

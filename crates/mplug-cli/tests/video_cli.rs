@@ -193,3 +193,54 @@ fn sampling_is_repeatable_with_a_seed_and_greedy_is_beam_one() {
     assert_eq!(a, b);
     assert_eq!(run(&["--greedy"]), run(&["--beam", "1"]));
 }
+
+#[test]
+fn caption_takes_folders_and_list_files() {
+    let dir = scratch("caption-inputs");
+    let photos = dir.join("photos");
+    std::fs::create_dir_all(photos.join("nested")).unwrap();
+    std::fs::copy(image("rocket.jpg"), photos.join("b.jpg")).unwrap();
+    std::fs::copy(image("camera.png"), photos.join("nested/a.png")).unwrap();
+    std::fs::write(photos.join("notes.md"), "not an image").unwrap();
+    let list = dir.join("list.txt");
+    std::fs::write(&list, "photos/b.jpg\n\nphotos/nested/a.png\n").unwrap();
+    let model = tiny16();
+    let m = model.to_str().unwrap();
+    let from_dir = mplug_ok(&[
+        "caption",
+        "--model",
+        m,
+        "--max-len",
+        "4",
+        photos.to_str().unwrap(),
+    ])
+    .stdout;
+    let from_list = mplug_ok(&[
+        "caption",
+        "--model",
+        m,
+        "--max-len",
+        "4",
+        list.to_str().unwrap(),
+    ])
+    .stdout;
+    assert_eq!(from_dir.lines().count(), 2, "{from_dir}");
+    assert_eq!(from_list.lines().count(), 2, "{from_list}");
+    let texts = |s: &str| -> Vec<String> {
+        s.lines()
+            .map(|l| l.split('\t').nth(1).unwrap_or("").to_string())
+            .collect()
+    };
+    let mut a = texts(&from_dir);
+    let mut b = texts(&from_list);
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    mplug_fails(
+        &["caption", "--model", m, empty.to_str().unwrap()],
+        "holds no images",
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

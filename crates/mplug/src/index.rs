@@ -283,7 +283,7 @@ fn shard_file(shard: u32) -> String {
 /// Image files under `root`, sorted, as `(relative path, absolute path)`. Hidden files and
 /// folders (names starting with `.`, such as the default index folder) are left out;
 /// symbolic links to folders are not followed.
-fn image_files(root: &Path) -> Result<Vec<(String, PathBuf)>> {
+pub fn image_files(root: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     let mut stack = vec![(String::new(), root.to_path_buf())];
     while let Some((rel, dir)) = stack.pop() {
