@@ -18,7 +18,7 @@ use mplug::tasks::pretrain::{self, LossWeights, MaskTokens, Momentum, PretrainBa
 use mplug::tasks::{caption, grounding, vqa};
 use mplug::train::optim::{MplugAdamW, OptimizerConfig};
 use mplug::train::schedule::CosineSchedule;
-use mplug::train::trainer::{train, StepLog, TrainConfig};
+use mplug::train::trainer::{train, train_with_state, StepLog, TrainConfig};
 use mplug::train::Trainable;
 use mplug::{Mplug, MplugConfig, Task};
 use std::cell::RefCell;
@@ -498,14 +498,14 @@ fn contrastive_run(
         bail!("--batch-size must be at least 2 for the contrastive and matching losses");
     }
     let vars = trainable.named_vars();
-    let mut momentum = if queue_size > 0 && weights.itc > 0.0 {
-        if t.resume {
-            eprintln!(
-                "note: momentum encoders and queues are not checkpointed; they restart from the \
-                 resumed weights"
-            );
-        }
-        Some(Momentum::new(&trainable.model, &vars, queue_size, t.seed)?)
+    // Momentum encoders and queues are saved into every checkpoint and restored on resume.
+    let momentum = if queue_size > 0 && weights.itc > 0.0 {
+        Some(RefCell::new(Momentum::new(
+            &trainable.model,
+            &vars,
+            queue_size,
+            t.seed,
+        )?))
     } else {
         None
     };
@@ -521,13 +521,17 @@ fn contrastive_run(
     let sums: RefCell<([f64; 4], u64)> = RefCell::new(([0.0; 4], 0));
     let epoch_batches = loader.batches_per_epoch().max(1) as f64;
     let mut write_err: Option<anyhow::Error> = None;
-    let logs = train(
+    let logs = train_with_state(
         trainable,
         &mut opt,
         &train_config(t),
+        momentum
+            .as_ref()
+            .map(|m| m as &dyn mplug::train::trainer::ExtraState),
         |model, i| {
             let b = loader.batch(i)?;
-            if let Some(m) = momentum.as_mut() {
+            let mut guard = momentum.as_ref().map(|m| m.borrow_mut());
+            if let Some(m) = guard.as_mut() {
                 m.update(&vars)?;
             }
             let a = alpha * (i as f64 / epoch_batches).min(1.0);
@@ -539,7 +543,7 @@ fn contrastive_run(
             };
             let l = pretrain::losses(
                 model,
-                momentum.as_mut(),
+                guard.as_deref_mut(),
                 &batch,
                 &weights,
                 a,

@@ -277,3 +277,84 @@ fn retrieval_checkpoints_fine_tune_with_itc_and_itm() {
     }
     assert!(itc[29] < 0.5 * itc[0], "ITC {} -> {}", itc[0], itc[29]);
 }
+
+/// A pre-training run with momentum encoders and queues, killed after its last checkpoint and
+/// resumed in a new process, ends with the same weights as an uninterrupted run.
+#[test]
+fn a_killed_pretraining_run_resumes_to_the_same_weights() {
+    use mplug::train::trainer::{train_with_state, ExtraState, TrainConfig};
+    use std::cell::RefCell;
+    let cfg = tiny();
+    let w = LossWeights::default();
+    let run = |out: &std::path::Path, steps: u64| -> Vec<(String, Vec<f32>)> {
+        // A new process each time: weights from the same seed, fresh momentum and optimizer.
+        let t = Trainable::new_seeded(&cfg, Task::Pretrain, &Device::Cpu, 5).unwrap();
+        let vars = t.named_vars();
+        let m = RefCell::new(Momentum::new(&t.model, &vars, 8, 3).unwrap());
+        let mut opt = MplugAdamW::new(
+            &vars,
+            OptimizerConfig {
+                lr1: 1e-3,
+                lr2: 1e-3,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let config = TrainConfig {
+            steps,
+            save_every: 2,
+            out_dir: Some(out.to_path_buf()),
+            batch_size: 4,
+            ..Default::default()
+        };
+        train_with_state(
+            &t,
+            &mut opt,
+            &config,
+            Some(&m as &dyn ExtraState),
+            |model, i| {
+                let mut g = m.borrow_mut();
+                g.update(&vars)?;
+                Ok(losses(
+                    model,
+                    Some(&mut g),
+                    &batch(i, cfg.image_res),
+                    &w,
+                    0.2,
+                    &MaskTokens::default(),
+                    i,
+                )?
+                .total)
+            },
+            |_| {},
+        )
+        .unwrap();
+        vars.iter()
+            .map(|(n, v)| {
+                (
+                    n.clone(),
+                    v.as_tensor().flatten_all().unwrap().to_vec1().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let base = std::env::temp_dir().join(format!("mplug-pretrain-resume-{}", std::process::id()));
+    let (straight, killed) = (base.join("straight"), base.join("killed"));
+    let want = run(&straight, 5);
+    run(&killed, 3);
+    // Killed after update 3: the last checkpoint is update 2.
+    std::fs::write(killed.join("latest"), "step-2\n").unwrap();
+    assert!(killed.join("step-2/momentum.safetensors").is_file());
+    let got = run(&killed, 5);
+    let differ: Vec<&str> = got
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| a != b)
+        .map(|(a, _)| a.0.as_str())
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "resumed pre-training weights differ: {differ:?}"
+    );
+    std::fs::remove_dir_all(&base).ok();
+}

@@ -131,6 +131,67 @@ impl Momentum {
         Ok(())
     }
 
+    /// Writes the momentum weights and the queues to `momentum.safetensors` in `dir`.
+    pub fn save(&self, dir: &std::path::Path) -> Result<()> {
+        let mut tensors: std::collections::HashMap<String, Tensor> = self
+            .varmap
+            .data()
+            .lock()
+            .expect("varmap lock")
+            .iter()
+            .map(|(k, v)| (format!("model.{k}"), v.as_tensor().clone()))
+            .collect();
+        let dev = self.image_queue.device();
+        tensors.insert("image_queue".into(), self.image_queue.clone());
+        tensors.insert("text_queue".into(), self.text_queue.clone());
+        let ids = Tensor::from_vec(self.id_queue.clone(), self.id_queue.len(), dev)?;
+        tensors.insert("id_queue".into(), ids);
+        tensors.insert(
+            "ptr".into(),
+            Tensor::from_vec(vec![self.ptr as i64], 1, dev)?,
+        );
+        candle_core::safetensors::save(&tensors, dir.join("momentum.safetensors"))?;
+        Ok(())
+    }
+
+    /// Restores what [`Momentum::save`] wrote.
+    pub fn load(&mut self, dir: &std::path::Path) -> Result<()> {
+        let path = dir.join("momentum.safetensors");
+        let bad = |msg: String| Error::Checkpoint {
+            path: path.clone(),
+            msg,
+        };
+        let t = candle_core::safetensors::load(&path, self.image_queue.device())?;
+        let get = |k: &str| t.get(k).cloned().ok_or_else(|| bad(format!("lacks `{k}`")));
+        {
+            let data = self.varmap.data().lock().expect("varmap lock");
+            for (name, var) in data.iter() {
+                let v = get(&format!("model.{name}"))?;
+                if v.dims() != var.dims() {
+                    return Err(bad(format!(
+                        "`{name}` has shape {:?}, expected {:?}",
+                        v.dims(),
+                        var.dims()
+                    )));
+                }
+                var.set(&v)?;
+            }
+        }
+        let (iq, tq) = (get("image_queue")?, get("text_queue")?);
+        if iq.dims() != self.image_queue.dims() || tq.dims() != self.text_queue.dims() {
+            return Err(bad(format!(
+                "queues have shape {:?}, expected {:?}",
+                iq.dims(),
+                self.image_queue.dims()
+            )));
+        }
+        self.image_queue = iq;
+        self.text_queue = tq;
+        self.id_queue = get("id_queue")?.to_vec1::<i64>()?;
+        self.ptr = get("ptr")?.to_vec1::<i64>()?[0] as usize;
+        Ok(())
+    }
+
     fn enqueue(&mut self, image_feat: &Tensor, text_feat: &Tensor, ids: &[i64]) -> Result<()> {
         let (b, _) = image_feat.dims2()?;
         let q = self.image_queue.dim(1)?;
@@ -483,4 +544,14 @@ pub fn value(loss: &Option<Tensor>) -> f64 {
                 .ok()
         })
         .unwrap_or(f64::NAN)
+}
+
+impl crate::train::trainer::ExtraState for std::cell::RefCell<Momentum> {
+    fn save(&self, dir: &std::path::Path) -> Result<()> {
+        self.borrow().save(dir)
+    }
+
+    fn load(&self, dir: &std::path::Path) -> Result<()> {
+        self.borrow_mut().load(dir)
+    }
 }

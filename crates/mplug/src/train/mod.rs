@@ -42,10 +42,11 @@ impl Trainable {
         Ok(Self { model, varmap })
     }
 
-    /// A freshly initialized model whose weights depend only on `seed`: each variable keeps the
-    /// mean and spread of candle's initialization but is redrawn from a seeded normal
-    /// distribution (candle's CPU generator cannot be seeded), visiting variables by name.
-    /// Constant variables (LayerNorm weights and biases) stay as they are.
+    /// A freshly initialized model whose weights depend only on `seed` (candle's CPU generator
+    /// cannot be seeded). Variables are visited by name: constants (LayerNorm weights and
+    /// biases, the ITC temperature) keep their value; matrices and kernels are drawn from
+    /// N(0, 1/fan_in) with fan_in the product of all but the first dimension; other vectors
+    /// (biases, the class embedding) from N(0, 0.02^2).
     pub fn new_seeded(
         config: &MplugConfig,
         task: Task,
@@ -56,27 +57,30 @@ impl Trainable {
         let t = Self::new(config, task, device)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         for (_, var) in t.named_vars() {
-            let n = var.elem_count();
-            let mean = var.as_tensor().mean_all()?.to_scalar::<f32>()?;
-            let var_sq = var
-                .as_tensor()
-                .affine(1.0, -(mean as f64))?
-                .sqr()?
-                .mean_all()?
-                .to_scalar::<f32>()?;
-            let std = var_sq.sqrt();
-            if std.is_nan() || std <= 0.0 {
+            let tensor = var.as_tensor();
+            let (min, max) = (
+                tensor.min_all()?.to_scalar::<f32>()?,
+                tensor.max_all()?.to_scalar::<f32>()?,
+            );
+            if min == max {
                 continue;
             }
-            // Box-Muller pairs.
+            let dims = var.dims().to_vec();
+            let n = var.elem_count();
+            let std = if dims.len() >= 2 {
+                (1.0 / (n / dims[0]).max(1) as f32).sqrt()
+            } else {
+                0.02
+            };
+            // Box-Muller.
             let values: Vec<f32> = (0..n)
                 .map(|_| {
                     let u1: f32 = rng.random::<f32>().max(f32::MIN_POSITIVE);
                     let u2: f32 = rng.random();
-                    mean + std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+                    std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
                 })
                 .collect();
-            var.set(&candle_core::Tensor::from_vec(values, var.dims(), device)?)?;
+            var.set(&candle_core::Tensor::from_vec(values, dims, device)?)?;
         }
         Ok(t)
     }

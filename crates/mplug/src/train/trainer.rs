@@ -75,6 +75,16 @@ struct RunState {
     micro_batches: u64,
 }
 
+/// State a run keeps besides weights and optimizer moments (ITC's momentum encoders and
+/// feature queues), saved into every checkpoint folder and restored on resume. Methods take
+/// `&self`: the state is also used, mutably, by the loss closure (keep it in a `RefCell`).
+pub trait ExtraState {
+    /// Writes the state into a checkpoint folder.
+    fn save(&self, dir: &Path) -> Result<()>;
+    /// Restores the state from a checkpoint folder.
+    fn load(&self, dir: &Path) -> Result<()>;
+}
+
 /// Trains for `config.steps` updates, resuming from `out_dir/latest` when a checkpoint is
 /// there. `loss_of(model, i)` returns the loss of global micro-batch `i`. Each finished update
 /// is passed to `on_step`. A non-finite loss stops the run with an error naming the update and
@@ -83,6 +93,18 @@ pub fn train(
     trainable: &Trainable,
     optimizer: &mut MplugAdamW,
     config: &TrainConfig,
+    loss_of: impl FnMut(&Mplug, u64) -> Result<Tensor>,
+    on_step: impl FnMut(&StepLog),
+) -> Result<Vec<StepLog>> {
+    train_with_state(trainable, optimizer, config, None, loss_of, on_step)
+}
+
+/// [`train`] with extra run state saved into and restored from every checkpoint.
+pub fn train_with_state(
+    trainable: &Trainable,
+    optimizer: &mut MplugAdamW,
+    config: &TrainConfig,
+    extra: Option<&dyn ExtraState>,
     mut loss_of: impl FnMut(&Mplug, u64) -> Result<Tensor>,
     mut on_step: impl FnMut(&StepLog),
 ) -> Result<Vec<StepLog>> {
@@ -93,7 +115,7 @@ pub fn train(
             path: dir.clone(),
             source,
         })?;
-        if let Some(state) = resume(dir, &vars, optimizer)? {
+        if let Some(state) = resume(dir, &vars, optimizer, extra)? {
             start = state.step;
         }
     }
@@ -175,6 +197,7 @@ pub fn train(
                     dir,
                     &vars,
                     optimizer,
+                    extra,
                     &RunState {
                         step: done,
                         micro_batches: done * accumulate,
@@ -223,6 +246,7 @@ fn save(
     dir: &Path,
     vars: &[(String, Var)],
     optimizer: &MplugAdamW,
+    extra: Option<&dyn ExtraState>,
     state: &RunState,
 ) -> Result<()> {
     let target = dir.join(format!("step-{}", state.step));
@@ -244,6 +268,9 @@ fn save(
     candle_core::safetensors::save(&moments, tmp.join("optimizer.safetensors"))?;
     let json = serde_json::json!({ "step": state.step, "micro_batches": state.micro_batches, "optimizer_steps": steps });
     std::fs::write(tmp.join(STATE_FILE), json.to_string()).map_err(io(&tmp))?;
+    if let Some(extra) = extra {
+        extra.save(&tmp)?;
+    }
     if target.exists() {
         std::fs::remove_dir_all(&target).map_err(io(&target))?;
     }
@@ -258,6 +285,7 @@ fn resume(
     dir: &Path,
     vars: &[(String, Var)],
     optimizer: &mut MplugAdamW,
+    extra: Option<&dyn ExtraState>,
 ) -> Result<Option<RunState>> {
     let latest = dir.join("latest");
     let Ok(name) = std::fs::read_to_string(&latest) else {
@@ -297,6 +325,9 @@ fn resume(
         &candle_core::Device::Cpu,
     )?;
     optimizer.load_state(&moments, opt_steps)?;
+    if let Some(extra) = extra {
+        extra.load(&ckpt)?;
+    }
     Ok(Some(RunState {
         step,
         micro_batches,
