@@ -90,6 +90,15 @@ pub struct TrainOpts {
 pub struct PretrainArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// Initialize the text towers from a BERT checkpoint (a Hugging Face folder with
+    /// model.safetensors, or the file): layer i of BERT starts text-encoder, fusion and decoder
+    /// layer i, as the reference does; cross-attention stays new.
+    #[arg(long, conflicts_with = "init")]
+    pub bert: Option<PathBuf>,
+    /// Initialize the visual tower from a CLIP checkpoint (OpenAI `visual.*` or Hugging Face
+    /// `vision_model.*` layout; the positional embedding is resized to --config's image size).
+    #[arg(long, conflicts_with = "init")]
+    pub clip: Option<PathBuf>,
     /// Start from this mPLUG checkpoint (default: random initialization).
     #[arg(long)]
     pub init: Option<PathBuf>,
@@ -197,7 +206,11 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
             let ckpt = Checkpoint::load(path)?;
             Trainable::from_checkpoint(&cfg, &ckpt, Task::Pretrain, &device)?
         }
-        None => Trainable::new_seeded(&cfg, Task::Pretrain, &device, t.seed)?,
+        None => {
+            let fresh = Trainable::new_seeded(&cfg, Task::Pretrain, &device, t.seed)?;
+            initialize_from(&fresh, &cfg, a.bert.as_deref(), a.clip.as_deref())?;
+            fresh
+        }
     };
     let tokenizer = tokenizer_for(&cfg)?;
     let dataset = Dataset::pretrain(&t.data)?;
@@ -634,5 +647,41 @@ fn finish(
     );
     write_folder(&dir, &card, &tensors, &vocab, &readme)?;
     println!("{}", dir.display());
+    Ok(())
+}
+
+/// Loads `--bert` and `--clip` into a fresh model and says how much they covered.
+fn initialize_from(
+    trainable: &Trainable,
+    cfg: &MplugConfig,
+    bert: Option<&std::path::Path>,
+    clip: Option<&std::path::Path>,
+) -> Result<()> {
+    use mplug::train::init::{bert_tensors, clip_tensors, fit_positional_embedding};
+    let open = |p: &std::path::Path| -> Result<Checkpoint> {
+        let file = if p.is_dir() {
+            p.join("model.safetensors")
+        } else {
+            p.to_path_buf()
+        };
+        Ok(Checkpoint::load(&file)?)
+    };
+    let mut tensors = std::collections::HashMap::new();
+    if let Some(p) = bert {
+        tensors.extend(bert_tensors(&open(p)?, cfg)?);
+    }
+    if let Some(p) = clip {
+        tensors.extend(clip_tensors(&open(p)?)?);
+    }
+    if tensors.is_empty() {
+        return Ok(());
+    }
+    fit_positional_embedding(&mut tensors, cfg)?;
+    let report = trainable.load_partial(&tensors)?;
+    eprintln!(
+        "initialized {} tensors from BERT/CLIP; {} keep their fresh initialization",
+        report.loaded.len(),
+        report.missing.len()
+    );
     Ok(())
 }

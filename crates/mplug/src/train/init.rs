@@ -1,0 +1,185 @@
+//! Initialization from the reference's starting points: a BERT checkpoint for the text towers
+//! and a CLIP checkpoint for the visual tower, as the reference builds its models before
+//! fine-tuning or pre-training.
+//!
+//! BERT layer `i` initializes text-encoder layer `i` (for the first `text_encoder_layers`),
+//! fusion layer `i` (the fusion encoder holds `num_hidden_layers` layers and runs the last
+//! `fusion_layers`, so the running ones start from the BERT layers after the text encoder's) and
+//! decoder layer `i`; embeddings go to the text encoder and the decoder, and BERT's MLM head to
+//! the decoder's LM head and the pre-training MLM head. Cross-attention and the heads BERT lacks
+//! keep their fresh initialization.
+
+use super::Trainable;
+use crate::checkpoint::Checkpoint;
+use crate::config::MplugConfig;
+use crate::error::{Error, Result};
+use candle_core::Tensor;
+use std::collections::HashMap;
+
+/// What [`Trainable::load_partial`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PartialLoad {
+    /// Variables set from the source.
+    pub loaded: Vec<String>,
+    /// Variables the source has no tensor for (they keep their initialization).
+    pub missing: Vec<String>,
+}
+
+impl Trainable {
+    /// Sets every variable whose name is in `tensors` (shapes must match); the others keep
+    /// their values.
+    pub fn load_partial(&self, tensors: &HashMap<String, Tensor>) -> Result<PartialLoad> {
+        let mut report = PartialLoad::default();
+        for (name, var) in self.named_vars() {
+            match tensors.get(&name) {
+                Some(t) if t.dims() == var.dims() => {
+                    var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
+                    report.loaded.push(name);
+                }
+                Some(t) => {
+                    return Err(Error::invalid(format!(
+                        "initial value of `{name}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        var.dims()
+                    )))
+                }
+                None => report.missing.push(name),
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Maps a BERT checkpoint (Hugging Face `BertModel` / `BertForMaskedLM` keys, with or without
+/// the `bert.` prefix) onto mPLUG's text towers.
+pub fn bert_tensors(bert: &Checkpoint, config: &MplugConfig) -> Result<HashMap<String, Tensor>> {
+    let b = &config.bert;
+    let mut out = HashMap::new();
+    let mut found_layers = 0usize;
+    for key in bert.keys() {
+        let t = bert.get(key).expect("listed key").clone();
+        let k = key.strip_prefix("bert.").unwrap_or(key);
+        if let Some(rest) = k.strip_prefix("embeddings.") {
+            out.insert(format!("text_encoder.embeddings.{rest}"), t.clone());
+            out.insert(format!("text_decoder.bert.embeddings.{rest}"), t);
+        } else if let Some(rest) = k.strip_prefix("encoder.layer.") {
+            let (i, tail) = rest.split_once('.').unwrap_or((rest, ""));
+            let Ok(i) = i.parse::<usize>() else { continue };
+            found_layers = found_layers.max(i + 1);
+            if i < b.text_encoder_layers {
+                out.insert(format!("text_encoder.encoder.layer.{i}.{tail}"), t.clone());
+            }
+            if i < b.num_hidden_layers {
+                out.insert(
+                    format!("fusion_encoder.encoder.layer.{i}.{tail}"),
+                    t.clone(),
+                );
+            }
+            if i < b.text_decode_layers {
+                out.insert(format!("text_decoder.bert.encoder.layer.{i}.{tail}"), t);
+            }
+        } else if let Some(rest) = k.strip_prefix("cls.predictions.") {
+            out.insert(format!("text_decoder.cls.predictions.{rest}"), t.clone());
+            out.insert(format!("fusion_encoder.cls.predictions.{rest}"), t);
+        }
+    }
+    if found_layers == 0 {
+        return Err(bert.error("holds no BERT encoder layers (`encoder.layer.N.*`)"));
+    }
+    Ok(out)
+}
+
+/// Maps a CLIP checkpoint onto the visual tower: OpenAI's layout (`visual.*`, as the
+/// reference loads it) or Hugging Face's `CLIPVisionModel` (`vision_model.*`, separate q/k/v
+/// projections packed here into `in_proj`).
+pub fn clip_tensors(clip: &Checkpoint) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    let root = "visual_encoder.visual.";
+    for key in clip.keys() {
+        if let Some(rest) = key.strip_prefix("visual.") {
+            if rest != "proj" {
+                out.insert(
+                    format!("{root}{rest}"),
+                    clip.get(key).expect("listed").clone(),
+                );
+            }
+        }
+    }
+    if !out.is_empty() {
+        return Ok(out);
+    }
+    let hf = |k: &str| clip.get(&format!("vision_model.{k}")).cloned();
+    let need = |k: &str| hf(k).ok_or_else(|| clip.error(format!("lacks `vision_model.{k}`")));
+    if hf("embeddings.patch_embedding.weight").is_none() {
+        return Err(clip.error("is neither an OpenAI CLIP (`visual.*`) nor a Hugging Face CLIP vision model (`vision_model.*`)"));
+    }
+    out.insert(
+        format!("{root}conv1.weight"),
+        need("embeddings.patch_embedding.weight")?,
+    );
+    out.insert(
+        format!("{root}class_embedding"),
+        need("embeddings.class_embedding")?,
+    );
+    out.insert(
+        format!("{root}positional_embedding"),
+        need("embeddings.position_embedding.weight")?,
+    );
+    for (ours, theirs) in [("ln_pre", "pre_layrnorm"), ("ln_post", "post_layernorm")] {
+        for p in ["weight", "bias"] {
+            out.insert(format!("{root}{ours}.{p}"), need(&format!("{theirs}.{p}"))?);
+        }
+    }
+    let mut i = 0;
+    while hf(&format!("encoder.layers.{i}.self_attn.q_proj.weight")).is_some() {
+        let l = |k: &str| need(&format!("encoder.layers.{i}.{k}"));
+        let ours = format!("{root}transformer.resblocks.{i}.");
+        let w = Tensor::cat(
+            &[
+                l("self_attn.q_proj.weight")?,
+                l("self_attn.k_proj.weight")?,
+                l("self_attn.v_proj.weight")?,
+            ],
+            0,
+        )?;
+        let b = Tensor::cat(
+            &[
+                l("self_attn.q_proj.bias")?,
+                l("self_attn.k_proj.bias")?,
+                l("self_attn.v_proj.bias")?,
+            ],
+            0,
+        )?;
+        out.insert(format!("{ours}attn.in_proj_weight"), w);
+        out.insert(format!("{ours}attn.in_proj_bias"), b);
+        for (o, t) in [
+            ("attn.out_proj", "self_attn.out_proj"),
+            ("ln_1", "layer_norm1"),
+            ("ln_2", "layer_norm2"),
+            ("mlp.c_fc", "mlp.fc1"),
+            ("mlp.c_proj", "mlp.fc2"),
+        ] {
+            for p in ["weight", "bias"] {
+                out.insert(format!("{ours}{o}.{p}"), l(&format!("{t}.{p}"))?);
+            }
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// The positional embedding of a CLIP checkpoint resized to the configuration's grid (class
+/// token kept, bilinear), as the reference does when the image size differs.
+pub fn fit_positional_embedding(
+    tensors: &mut HashMap<String, Tensor>,
+    config: &MplugConfig,
+) -> Result<()> {
+    let key = "visual_encoder.visual.positional_embedding";
+    if let Some(pe) = tensors.get(key) {
+        if pe.dim(0)? != config.num_visual_tokens() {
+            let resized = crate::model::resize_pos_embed(pe, config.grid_size())?;
+            tensors.insert(key.to_string(), resized);
+        }
+    }
+    Ok(())
+}
