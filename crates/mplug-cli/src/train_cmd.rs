@@ -94,11 +94,11 @@ pub struct PretrainArgs {
     /// model.safetensors, or the file): layer i of BERT starts text-encoder, fusion and decoder
     /// layer i, as the reference does; cross-attention stays new.
     #[arg(long, conflicts_with = "init")]
-    pub bert: Option<PathBuf>,
+    pub init_bert: Option<PathBuf>,
     /// Initialize the visual tower from a CLIP checkpoint (OpenAI `visual.*` or Hugging Face
     /// `vision_model.*` layout; the positional embedding is resized to --config's image size).
     #[arg(long, conflicts_with = "init")]
-    pub clip: Option<PathBuf>,
+    pub init_clip: Option<PathBuf>,
     /// Start from this mPLUG checkpoint (default: random initialization).
     #[arg(long)]
     pub init: Option<PathBuf>,
@@ -208,7 +208,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
         }
         None => {
             let fresh = Trainable::new_seeded(&cfg, Task::Pretrain, &device, t.seed)?;
-            initialize_from(&fresh, &cfg, a.bert.as_deref(), a.clip.as_deref())?;
+            initialize_from(&fresh, &cfg, a.init_bert.as_deref(), a.init_clip.as_deref())?;
             fresh
         }
     };
@@ -650,7 +650,7 @@ fn finish(
     Ok(())
 }
 
-/// Loads `--bert` and `--clip` into a fresh model and says how much they covered.
+/// Loads `--init-bert` and `--init-clip` into a fresh model and says how much they covered.
 fn initialize_from(
     trainable: &Trainable,
     cfg: &MplugConfig,

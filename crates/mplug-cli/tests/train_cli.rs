@@ -20,31 +20,11 @@ fn lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// A 24-bit BMP of `w x h` pixels from `f(x, y) -> [r, g, b]` (the decoder reads BMP; no image
-/// encoder is needed in this crate).
-fn write_bmp(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) {
-    let row = (w * 3).div_ceil(4) * 4;
-    let size = 54 + row * h;
-    let mut b = Vec::with_capacity(size as usize);
-    b.extend_from_slice(b"BM");
-    b.extend_from_slice(&size.to_le_bytes());
-    b.extend_from_slice(&[0; 4]);
-    b.extend_from_slice(&54u32.to_le_bytes());
-    b.extend_from_slice(&40u32.to_le_bytes());
-    b.extend_from_slice(&(w as i32).to_le_bytes());
-    b.extend_from_slice(&(h as i32).to_le_bytes());
-    b.extend_from_slice(&1u16.to_le_bytes());
-    b.extend_from_slice(&24u16.to_le_bytes());
-    b.extend_from_slice(&[0; 24]);
-    for y in (0..h).rev() {
-        let start = b.len();
-        for x in 0..w {
-            let [r, g, bl] = f(x, y);
-            b.extend_from_slice(&[bl, g, r]);
-        }
-        b.resize(start + row as usize, 0);
-    }
-    std::fs::write(path, b).unwrap();
+/// A PNG of `w x h` pixels from `f(x, y) -> [r, g, b]`.
+fn write_png(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) {
+    image::RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)))
+        .save(path)
+        .unwrap();
 }
 
 fn finetune_caption(out: &Path, ann: &Path, steps: &str, extra: &[&str]) -> Output {
@@ -187,8 +167,8 @@ fn scenes(dir: &Path) -> PathBuf {
     let mut entries = Vec::new();
     for (name, c) in colours {
         for half in ["left", "right"] {
-            let file = format!("{name}_{half}.bmp");
-            write_bmp(&root.join(&file), 40, 36, |x, _| {
+            let file = format!("{name}_{half}.png");
+            write_png(&root.join(&file), 40, 36, |x, _| {
                 if (x < 20) == (half == "left") {
                     c
                 } else {
