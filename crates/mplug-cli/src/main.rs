@@ -1,7 +1,9 @@
 //! The `mplug` command.
 
+mod baseline;
 mod bench;
 mod convert;
+mod data_cmd;
 mod demo;
 mod eval;
 mod index_cmd;
@@ -47,6 +49,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Evaluate on a benchmark's annotation file: predictions, metrics, result files.
     Eval(eval::EvalArgs),
+    /// Score a blind baseline (text only, no image) fitted on the training annotations.
+    Baseline(baseline::BaselineArgs),
     /// Write a model folder (config.json, model.safetensors, vocab.txt, README.md) from a
     /// released checkpoint.
     Convert(convert::ConvertArgs),
@@ -58,6 +62,8 @@ enum Command {
     Pretrain(train_cmd::PretrainArgs),
     /// Fine-tune a model for a task on its annotation file.
     Finetune(train_cmd::FinetuneArgs),
+    /// Generate datasets.
+    Data(data_cmd::DataArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,11 +83,13 @@ fn main() -> ExitCode {
         Command::Video(a) => tasks::video(a),
         Command::Bench(a) => bench::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Baseline(a) => baseline::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Info(a) => info::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Pretrain(a) => train_cmd::pretrain(a),
         Command::Finetune(a) => train_cmd::finetune(a),
+        Command::Data(a) => data_cmd::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

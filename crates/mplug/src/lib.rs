@@ -20,6 +20,7 @@ pub mod model_dir;
 pub mod pipeline;
 pub mod tasks;
 pub mod train;
+pub mod world;
 
 pub use checkpoint::Checkpoint;
 pub use config::{BertConfig, MplugConfig, VisionConfig};

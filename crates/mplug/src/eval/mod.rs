@@ -25,6 +25,7 @@
 //! Progress is reported through [`Progress`]; the library draws nothing itself.
 
 pub mod annotations;
+pub mod blind;
 mod caption;
 mod error;
 mod grounding;
