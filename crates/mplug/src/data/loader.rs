@@ -3,12 +3,20 @@
 //! a permutation drawn from `(seed, epoch)`, and each visit's augmentation (and, for
 //! pre-training, its caption) from `(seed, p)`. Images are decoded and augmented in worker
 //! threads.
+//!
+//! Video datasets ([`Dataset::is_video`]) load each sample's clip with the inference pipeline
+//! ([`VideoPreprocessor`]: the dataset's number of frames sampled uniformly, each resized to the
+//! loader's resolution and normalized as an image at inference) into `(B, F, 3, R, R)` batches.
+//! Of the augmentations only the flip applies to clips: the whole clip is mirrored (every frame
+//! alike) with probability 0.5, and `left`/`right` are swapped in its text (and VQA answers) as
+//! [`swap_left_right`] does; clips are never cropped or RandAugmented.
 
 use super::augment::{hflip, rand_augment, random_resized_crop, swap_left_right, AugmentConfig};
 use super::{DataError, DataTask, Dataset, Result};
+use crate::eval::annotations::resolve_video;
 use crate::input::{
     DecodeOptions, EncodeOptions, GroundingPreprocessor, ImageConfig, ImagePreprocessor,
-    LetterboxConfig, Tokenizer,
+    LetterboxConfig, Tokenizer, VideoConfig, VideoPreprocessor,
 };
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
@@ -55,7 +63,8 @@ pub struct Batch {
     pub index: u64,
     /// Dataset indices of its samples.
     pub samples: Vec<usize>,
-    /// Normalized images `(B, 3, R, R)`.
+    /// Normalized images `(B, 3, R, R)`, or for video datasets normalized clips
+    /// `(B, F, 3, R, R)` (F frames per clip, in clip order).
     pub images: Tensor,
     /// The texts after augmentation (caption with prompt, question or expression).
     pub texts: Vec<String>,
@@ -63,13 +72,13 @@ pub struct Batch {
     pub ids: Tensor,
     /// Text padding mask `(B, L)`.
     pub mask: Tensor,
-    /// VQA: answer ids `(sum k, La)`, each answer followed by `[SEP]`.
+    /// VQA and video QA: answer ids `(sum k, La)`, each answer followed by `[SEP]`.
     pub answer_ids: Option<Tensor>,
-    /// VQA: answer padding mask.
+    /// VQA and video QA: answer padding mask.
     pub answer_mask: Option<Tensor>,
-    /// VQA: answers per question.
+    /// VQA and video QA: answers per question.
     pub answer_counts: Vec<usize>,
-    /// VQA: answer weights `(sum k,)`.
+    /// VQA and video QA: answer weights `(sum k,)`.
     pub answer_weights: Option<Tensor>,
     /// Grounding: target boxes `(B, 4)` as `(cx, cy, w, h)` fractions of the letterboxed canvas.
     pub targets: Option<Tensor>,
@@ -86,6 +95,8 @@ pub struct Loader {
     config: LoaderConfig,
     images: ImagePreprocessor,
     letterbox: GroundingPreprocessor,
+    /// The clip pipeline of a video dataset.
+    video: Option<VideoPreprocessor>,
     device: Device,
 }
 
@@ -110,6 +121,15 @@ struct Item {
     pixels: Vec<f32>,
     text: String,
     target: Option<[f32; 4]>,
+    /// Whether a clip was mirrored (its answers then have `left`/`right` swapped too).
+    flipped: bool,
+}
+
+/// Mirrors `(planes, r, r)` row-major pixels left to right, plane by plane.
+fn flip_rows(pixels: &mut [f32], r: usize) {
+    for row in pixels.chunks_exact_mut(r) {
+        row.reverse();
+    }
 }
 
 impl Loader {
@@ -136,6 +156,19 @@ impl Loader {
         let images = ImagePreprocessor::new(ImageConfig::new(config.resolution)).map_err(bad)?;
         let letterbox =
             GroundingPreprocessor::new(LetterboxConfig::new(config.resolution)).map_err(bad)?;
+        let video = if dataset.is_video() {
+            if dataset.frames == 0 {
+                return Err(DataError::Options(
+                    "a video dataset needs at least 1 frame per clip".into(),
+                ));
+            }
+            Some(
+                VideoPreprocessor::new(VideoConfig::new(dataset.frames, config.resolution))
+                    .map_err(bad)?,
+            )
+        } else {
+            None
+        };
         Ok(Loader {
             dataset,
             image_root: image_root.into(),
@@ -143,6 +176,7 @@ impl Loader {
             config,
             images,
             letterbox,
+            video,
             device: device.clone(),
         })
     }
@@ -192,8 +226,47 @@ impl Loader {
         out
     }
 
+    /// One clip visit: find, decode, sample frames, normalize, maybe mirror.
+    fn clip_item(&self, video: &VideoPreprocessor, index: usize, position: u64) -> Result<Item> {
+        let s = &self.dataset.samples[index];
+        let clip_err = |path: PathBuf, msg: String| DataError::Clip { index, path, msg };
+        let path = resolve_video(&self.image_root, &s.image).ok_or_else(|| {
+            clip_err(
+                self.image_root.join(&s.image),
+                "no such clip (looked for the name itself, with .mp4, .avi, .webm, .mkv, .mov \
+                 or .gif, and a folder of frames)"
+                    .into(),
+            )
+        })?;
+        let mut rng = StdRng::seed_from_u64(derive_seed(self.config.seed, AUGMENT, position));
+        let mut text = s.texts.first().cloned().unwrap_or_default();
+        let frames = video
+            .load(&path, &Device::Cpu)
+            .map_err(|e| clip_err(path.clone(), e.to_string()))?
+            .frames;
+        let mut pixels = frames
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| clip_err(path.clone(), e.to_string()))?;
+        let flipped =
+            self.config.augment.as_ref().is_some_and(|a| a.flip) && rng.random::<f64>() < 0.5;
+        if flipped {
+            flip_rows(&mut pixels, self.config.resolution as usize);
+            text = swap_left_right(&text);
+        }
+        Ok(Item {
+            pixels,
+            text,
+            target: None,
+            flipped,
+        })
+    }
+
     /// One sample visit: decode, augment, normalize.
     fn item(&self, index: usize, position: u64) -> Result<Item> {
+        if let Some(video) = &self.video {
+            return self.clip_item(video, index, position);
+        }
         let s = &self.dataset.samples[index];
         let path = self.image_root.join(&s.image);
         let img_err = |msg: String| DataError::Image {
@@ -230,6 +303,7 @@ impl Loader {
                 pixels,
                 text,
                 target: Some(target),
+                flipped: false,
             });
         }
         let img = match &self.config.augment {
@@ -254,10 +328,12 @@ impl Loader {
             pixels,
             text,
             target: None,
+            flipped: false,
         })
     }
 
-    /// Batch `index`: the same index gives the same batch, bit for bit.
+    /// Batch `index`: the same index gives the same batch, bit for bit. A sample whose image or
+    /// clip cannot be read is an error naming it.
     pub fn batch(&self, index: u64) -> Result<Batch> {
         let positions = self.sample_positions(index);
         let workers = self.config.workers.clamp(1, positions.len());
@@ -288,11 +364,16 @@ impl Loader {
         let samples: Vec<usize> = positions.iter().map(|&(i, _)| i).collect();
         let b = items.len();
         let r = self.config.resolution as usize;
-        let mut pixels = Vec::with_capacity(b * 3 * r * r);
+        let f = self.dataset.frames.max(1);
+        let mut pixels = Vec::with_capacity(b * f * 3 * r * r);
         for it in &items {
             pixels.extend_from_slice(&it.pixels);
         }
-        let images = Tensor::from_vec(pixels, (b, 3, r, r), &self.device)?;
+        let images = if self.video.is_some() {
+            Tensor::from_vec(pixels, (b, f, 3, r, r), &self.device)?
+        } else {
+            Tensor::from_vec(pixels, (b, 3, r, r), &self.device)?
+        };
         let texts: Vec<String> = items.iter().map(|it| it.text.clone()).collect();
         let text_err = |msg: String| DataError::Text {
             batch: index,
@@ -327,12 +408,16 @@ impl Loader {
             targets: None,
         };
         match self.dataset.task {
-            DataTask::Vqa => {
+            DataTask::Vqa | DataTask::VideoQa => {
                 let mut answers = Vec::new();
                 let mut weights = Vec::new();
-                for &i in &batch.samples {
+                for (&i, it) in batch.samples.iter().zip(&items) {
                     let s = &self.dataset.samples[i];
-                    answers.extend(s.answers.iter().cloned());
+                    if it.flipped {
+                        answers.extend(s.answers.iter().map(|a| swap_left_right(a)));
+                    } else {
+                        answers.extend(s.answers.iter().cloned());
+                    }
                     weights.extend(s.weights.iter().copied());
                     batch.answer_counts.push(s.answers.len());
                 }

@@ -4,6 +4,11 @@
 //!
 //! Annotation files are read with [`crate::eval::annotations`]' readers (the same formats,
 //! field aliases and error messages); captions are cleaned with the reference's `pre_caption`.
+//!
+//! Video datasets ([`Dataset::videoqa`], [`Dataset::video_retrieval`]) name clips instead of
+//! images and carry the number of frames sampled per clip; their batches hold `(B, F, 3, R, R)`
+//! frame stacks, which [`crate::tasks::video::encode_frames`] and
+//! [`crate::tasks::pretrain::losses`] take.
 
 pub mod augment;
 pub mod loader;
@@ -39,6 +44,16 @@ pub enum DataError {
         /// The sample's index in the dataset.
         index: usize,
         /// The image file.
+        path: PathBuf,
+        /// What went wrong.
+        msg: String,
+    },
+    /// A video clip could not be found, read or decoded.
+    #[error("sample {index} (clip {path}): {msg}")]
+    Clip {
+        /// The sample's index in the dataset.
+        index: usize,
+        /// The clip (file or frame folder; the name joined to the root when none was found).
         path: PathBuf,
         /// What went wrong.
         msg: String,
@@ -89,12 +104,25 @@ pub enum DataTask {
     Retrieval,
     /// Grounding: a referring expression with its box.
     Grounding,
+    /// Video QA: a question about a clip with its one answer (weight 1).
+    VideoQa,
+    /// Video retrieval: one sample per (clip, caption) line, with the clip's id.
+    VideoRetrieval,
+}
+
+impl DataTask {
+    /// Whether the samples name video clips (batches of `(B, F, 3, R, R)` frames) rather than
+    /// images.
+    pub fn is_video(self) -> bool {
+        matches!(self, DataTask::VideoQa | DataTask::VideoRetrieval)
+    }
 }
 
 /// One training sample.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
-    /// Image path relative to the image root.
+    /// Image path relative to the image root; for video datasets, the clip's name relative to
+    /// the root (resolved by [`annotations::resolve_video`], so the extension may be missing).
     pub image: String,
     /// The text (caption, question or expression); pre-training samples may hold several
     /// captions, of which each visit draws one.
@@ -103,7 +131,7 @@ pub struct Sample {
     pub answers: Vec<String>,
     /// VQA: each answer's weight (see [`answer_weights`]).
     pub weights: Vec<f32>,
-    /// Dense id of the image (0, 1, ... in order of first appearance of its path).
+    /// Dense id of the image or clip (0, 1, ... in order of first appearance of its path).
     pub image_id: u64,
     /// Grounding: the box `[x0, y0, x1, y1]` in original-image pixels.
     pub bbox: Option<[f64; 4]>,
@@ -118,6 +146,9 @@ pub struct Dataset {
     pub samples: Vec<Sample>,
     /// The annotation file.
     pub source: PathBuf,
+    /// Frames sampled per clip (uniformly over the clip, as at inference) for video datasets;
+    /// 0 for image datasets.
+    pub frames: usize,
 }
 
 /// The reference's answer weights (`vqa_dataset` for VQA entries): each distinct answer once,
@@ -195,7 +226,26 @@ impl Dataset {
             task,
             samples,
             source: path.to_path_buf(),
+            frames: 0,
         })
+    }
+
+    /// A video dataset of `frames` frames per clip.
+    fn video(task: DataTask, samples: Vec<Sample>, path: &Path, frames: usize) -> Result<Self> {
+        if frames == 0 {
+            return Err(DataError::Dataset {
+                path: path.to_path_buf(),
+                msg: "a video dataset needs at least 1 frame per clip".into(),
+            });
+        }
+        let mut d = Self::new(task, samples, path)?;
+        d.frames = frames;
+        Ok(d)
+    }
+
+    /// Whether the samples are video clips (see [`DataTask::is_video`]).
+    pub fn is_video(&self) -> bool {
+        self.task.is_video()
     }
 
     /// Pre-training pairs `[{image, caption}]`, `caption` one string or a list (one is drawn
@@ -280,6 +330,53 @@ impl Dataset {
         let mut d = Self::caption(path, None)?;
         d.task = DataTask::Retrieval;
         Ok(d)
+    }
+
+    /// Video questions as MSRVTT-QA's JSON Lines (or a JSON array) `{question_id?, video_id,
+    /// question, answer}` (see [`annotations::read_videoqa`]), `frames` frames sampled per clip.
+    /// Each sample holds the question and its one answer with weight 1, as [`Dataset::vqa`]'s;
+    /// `video_id` is the clip's path under the loader's root (the extension may be missing).
+    /// A question without an answer is an error naming it.
+    pub fn videoqa(path: impl AsRef<Path>, frames: usize) -> Result<Self> {
+        let path = path.as_ref();
+        let entries = annotations::read_videoqa(path)?;
+        let ids = image_ids(entries.iter().map(|e| e.video.as_str()));
+        let mut samples = Vec::with_capacity(entries.len());
+        for (e, id) in entries.into_iter().zip(ids) {
+            let answer = match e.answer {
+                Some(a) if !a.trim().is_empty() => a,
+                other => {
+                    return Err(DataError::Dataset {
+                        path: path.to_path_buf(),
+                        msg: format!(
+                            "question {}: a training question needs a non-empty answer, found {:?}",
+                            e.question_id, other
+                        ),
+                    })
+                }
+            };
+            let mut s = sample(e.video, vec![e.question], id);
+            s.answers = vec![answer];
+            s.weights = vec![1.0];
+            samples.push(s);
+        }
+        Self::video(DataTask::VideoQa, samples, path, frames)
+    }
+
+    /// Video-text pairs as MSRVTT's JSON Lines (or a JSON array) `{clip_name, caption}` (see
+    /// [`annotations::read_video_retrieval`]), `frames` frames sampled per clip: one sample per
+    /// line, its caption cleaned as [`Dataset::retrieval`]'s, with a dense id per distinct clip
+    /// so that the captions of one clip are all positives.
+    pub fn video_retrieval(path: impl AsRef<Path>, frames: usize) -> Result<Self> {
+        let path = path.as_ref();
+        let entries = annotations::read_video_retrieval(path)?;
+        let ids = image_ids(entries.iter().map(|e| e.video.as_str()));
+        let mut samples = Vec::with_capacity(entries.len());
+        for (i, (e, id)) in entries.into_iter().zip(ids).enumerate() {
+            let text = clean(path, i, &e.caption)?;
+            samples.push(sample(e.video, vec![text], id));
+        }
+        Self::video(DataTask::VideoRetrieval, samples, path, frames)
     }
 
     /// Grounding expressions with their boxes (see [`annotations::read_grounding`]).

@@ -4,6 +4,12 @@
 //! similarities; masked language modeling (MLM) predicted from the fusion encoder's text output;
 //! and prefix language modeling (PrefixLM), where the decoder generates the rest of a caption
 //! from the image and its beginning.
+//!
+//! A batch may hold video clips `(B, F, 3, R, R)` instead of images: each frame goes through the
+//! visual tower on its own, the clip's visual tokens are its frames' tokens concatenated and its
+//! ITC feature the normalized mean of the frames' projected `[CLS]`, as in zero-shot video
+//! ([`super::video`]); the momentum encoders encode clips the same way, and every objective
+//! then reads the concatenated tokens.
 
 use super::shifted_token_ce;
 use crate::error::{Error, Result};
@@ -74,6 +80,18 @@ impl std::fmt::Debug for Momentum {
     }
 }
 
+/// The detached value of the trained `var` in the shape of its momentum copy `m`: a model
+/// loaded from a checkpoint may hold a parameter in another shape of the same size (the ITC
+/// temperature is a scalar in released checkpoints, `(1,)` in a fresh model).
+fn value_as(var: &candle_core::Var, m: &candle_core::Var) -> Result<Tensor> {
+    let v = var.as_tensor().detach();
+    if v.dims() == m.dims() {
+        Ok(v)
+    } else {
+        Ok(v.reshape(m.shape())?)
+    }
+}
+
 impl Momentum {
     /// A momentum copy of `vars` (the trained model's named variables) with queues of
     /// `queue_size` random normalized features.
@@ -94,7 +112,7 @@ impl Momentum {
             let data = varmap.data().lock().expect("varmap lock");
             for (name, var) in vars {
                 if let Some(m) = data.get(name) {
-                    m.set(&var.as_tensor().detach())?;
+                    m.set(&value_as(var, m)?)?;
                 }
             }
         }
@@ -124,7 +142,7 @@ impl Momentum {
         for (name, var) in vars {
             if let Some(m) = data.get(name) {
                 let next = ((m.as_tensor() * self.momentum)?
-                    + (var.as_tensor().detach() * (1.0 - self.momentum))?)?;
+                    + (value_as(var, m)? * (1.0 - self.momentum))?)?;
                 m.set(&next)?;
             }
         }
@@ -212,10 +230,10 @@ impl Momentum {
     }
 }
 
-/// One pre-training batch: normalized images and their captions.
+/// One pre-training batch: normalized images (or clips) and their captions.
 #[derive(Debug, Clone)]
 pub struct PretrainBatch {
-    /// Images `(B, 3, R, R)`.
+    /// Images `(B, 3, R, R)`, or video clips `(B, F, 3, R, R)` of F frames each.
     pub images: Tensor,
     /// Caption ids `(B, L)` with `[CLS]`/`[SEP]`.
     pub ids: Tensor,
@@ -262,7 +280,30 @@ pub fn positive_targets(rows: &[i64], cols: &[i64]) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// Computes the pre-training losses of a batch. ITC and ITM need only the retrieval parts (a
+/// Visual tokens and normalized ITC features of images `(B, 3, R, R)` (the tower's tokens and
+/// their projected `[CLS]`) or of clips `(B, F, 3, R, R)` (concatenated frame tokens and the
+/// normalized mean of the frames' projected `[CLS]`).
+fn encode_visual(model: &Mplug, images: &Tensor) -> Result<(Tensor, Tensor)> {
+    match images.rank() {
+        4 => {
+            let embeds = model.encode_image(images)?;
+            let feat = model.image_feature(&embeds)?;
+            Ok((embeds, feat))
+        }
+        5 => {
+            let side = super::video::encode_videos(model, images)?;
+            Ok((side.embeds, side.feat))
+        }
+        _ => Err(Error::invalid(format!(
+            "pre-training images have shape {:?}, expected images (B, 3, R, R) or clips \
+             (B, F, 3, R, R)",
+            images.dims()
+        ))),
+    }
+}
+
+/// Computes the pre-training losses of a batch of images or video clips (see
+/// [`PretrainBatch::images`]). ITC and ITM need only the retrieval parts (a
 /// retrieval model fine-tunes with them); MLM needs the pre-training MLM head and PrefixLM the
 /// decoder. `alpha` weighs the momentum distillation
 /// targets (the reference ramps it over the first epoch); `seed` drives masking, negative
@@ -285,11 +326,16 @@ pub fn losses(
             "pre-training needs at least 2 image-text pairs per batch",
         ));
     }
+    let images = batch.images.dims().first().copied().unwrap_or(0);
+    if images != b {
+        return Err(Error::invalid(format!(
+            "{images} images (or clips) for {b} captions"
+        )));
+    }
     let ids = batch.ids.to_dtype(DType::U32)?;
     let mask = batch.mask.to_dtype(DType::U32)?;
-    let image_embeds = model.encode_image(&batch.images)?;
+    let (image_embeds, image_feat) = encode_visual(model, &batch.images)?;
     let text_embeds = model.encode_text(&ids, &mask)?;
-    let image_feat = model.image_feature(&image_embeds)?;
     let text_feat = model.text_feature(&text_embeds)?;
     let temp = model.heads()?.temp.clamp(0.001f32, 0.5f32)?;
 
@@ -315,9 +361,9 @@ pub fn losses(
     let targets = positives(&ids_b)?;
     let (image_all, text_all, targets_i2t, targets_t2i) = match momentum {
         Some(m) => {
-            let ie = m.model.encode_image(&batch.images)?.detach();
+            let (_, i_m) = encode_visual(&m.model, &batch.images)?;
+            let i_m = i_m.detach();
             let te = m.model.encode_text(&ids, &mask)?.detach();
-            let i_m = m.model.image_feature(&ie)?.detach();
             let t_m = m.model.text_feature(&te)?.detach();
             let image_all = Tensor::cat(&[&i_m.t()?, &m.image_queue], 1)?;
             let text_all = Tensor::cat(&[&t_m.t()?, &m.text_queue], 1)?;
