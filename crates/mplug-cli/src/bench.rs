@@ -10,7 +10,8 @@ use std::time::Instant;
 /// Options of the benchmark.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Model size: `base` (ViT-B/16, 384 px) or `large` (ViT-L/14, 336 px).
+    /// Model size: `base` (ViT-B/16, 384 px), `large` (ViT-L/14, 336 px) or `tiny` (the
+    /// default model's size).
     #[arg(long, default_value = "base")]
     pub preset: String,
     /// Timed repetitions of each measurement (after one warm-up run).
@@ -58,7 +59,8 @@ fn run_train(args: &BenchArgs) -> Result<()> {
         .map(|i| match i % len {
             0 => 101,
             k if k == len - 1 => 102,
-            k => 1000 + (k as u32 * 37 + i as u32) % 20000,
+            // Word ids past BERT's special tokens, within the preset's vocabulary.
+            k => 104 + (k as u32 * 37 + i as u32) % (cfg.bert.vocab_size as u32 - 104),
         })
         .collect();
     let ids = Tensor::from_vec(ids, (b, len), &device)?;
@@ -173,7 +175,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     );
     println!("cached decoding speed-up: {:.2}x", uncached / cached);
 
-    let question: Vec<u32> = vec![101, 2054, 3609, 2003, 1996, 4937, 1029, 102];
+    // "what color is the cat?" in BERT's vocabulary; word ids past the special tokens in a
+    // smaller one.
+    let question: Vec<u32> = if cfg.bert.vocab_size > 4937 {
+        vec![101, 2054, 3609, 2003, 1996, 4937, 1029, 102]
+    } else {
+        vec![101, 104, 105, 106, 107, 108, 109, 102]
+    };
     let n = question.len();
     let ids = Tensor::from_vec(question, (1, n), &device)?;
     let mask = Tensor::ones((1, n), DType::U32, &device)?;

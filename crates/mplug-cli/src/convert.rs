@@ -166,7 +166,16 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
     }
     let source = locate(&a.checkpoint, &a.config, wanted)?;
     let ckpt = Checkpoint::load(&source.checkpoint)?;
-    let detected = source.task.or_else(|| Task::detect(&ckpt));
+    // A multi-task folder converts as a multi-task folder unless one task is asked for.
+    let multi = if wanted.is_none() {
+        source.tasks.clone()
+    } else {
+        vec![]
+    };
+    let detected = source
+        .task
+        .or_else(|| multi.first().copied())
+        .or_else(|| Task::detect(&ckpt));
     let task = match (wanted, detected) {
         (Some(w), Some(d)) if !task_fits(d, w) => {
             bail!(
@@ -190,7 +199,9 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
         ),
     };
     // Building the model checks every tensor it needs and records what it read.
-    Mplug::load(&source.config, &ckpt, task, DType::F32, &Device::Cpu)?;
+    for t in multi.iter().chain(multi.is_empty().then_some(&task)) {
+        Mplug::load(&source.config, &ckpt, *t, DType::F32, &Device::Cpu)?;
+    }
     GroundingTokens::from_checkpoint(&ckpt)?;
     let selection = select_tensors(&ckpt);
     let keep = if a.all_tensors {
@@ -220,7 +231,8 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
     let counts = ParameterCounts::of(&Checkpoint::from_tensors(&a.out, tensors.clone()));
     let card = ModelCard {
         config: source.config.clone(),
-        task: Some(task),
+        task: multi.is_empty().then_some(task),
+        tasks: multi.clone(),
     };
     // The card names the folder as a user beside it would.
     let out_name = a
@@ -240,9 +252,11 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
     model_dir::write_folder(&a.out, &card, &tensors, &vocab, &readme)?;
 
     // The folder must load as it will be used.
-    ModelSource::locate(&a.out, None, Some(task))?
-        .load(Some(task), &Device::Cpu)
-        .with_context(|| format!("the written folder {} does not load", a.out.display()))?;
+    for t in multi.iter().chain(multi.is_empty().then_some(&task)) {
+        ModelSource::locate(&a.out, None, Some(*t))?
+            .load(Some(*t), &Device::Cpu)
+            .with_context(|| format!("the written folder {} does not load", a.out.display()))?;
+    }
 
     eprintln!(
         "wrote {}: {task} model, {} tensors, {} parameters, {}",

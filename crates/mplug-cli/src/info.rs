@@ -27,6 +27,7 @@ pub fn run(a: &InfoArgs) -> Result<()> {
     let source = locate(&a.model, &a.config, None)?;
     let ckpt = Checkpoint::load(&source.checkpoint)?;
     let (task, task_from) = match (source.task, Task::detect(&ckpt)) {
+        _ if !source.tasks.is_empty() => (None, "multi-task"),
         (Some(t), _) => (Some(t), "config.json"),
         (None, Some(t)) => (Some(t), "detected from the keys"),
         (None, None) => (None, "unknown"),
@@ -64,6 +65,7 @@ pub fn run(a: &InfoArgs) -> Result<()> {
                 "checkpoint_bytes": bytes,
                 "task": task.map(Task::name),
                 "task_from": task_from,
+                "tasks": source.tasks.iter().map(|t| t.name()).collect::<Vec<_>>(),
                 "config": cfg,
                 "vocabulary": vocab,
                 "vocabulary_tokens": tokenizer.vocab_size(),
@@ -88,7 +90,16 @@ pub fn run(a: &InfoArgs) -> Result<()> {
     );
     println!(
         "task         {} ({task_from})",
-        task.map(Task::name).unwrap_or("?")
+        if source.tasks.is_empty() {
+            task.map(Task::name).unwrap_or("?").to_string()
+        } else {
+            source
+                .tasks
+                .iter()
+                .map(|t| t.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
     );
     println!(
         "vocabulary   {vocab} ({} tokens{})",

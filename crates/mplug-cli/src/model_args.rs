@@ -26,7 +26,7 @@ pub struct ConfigArgs {
     /// YAML (its bert_config is read from beside it). Default: config.json beside the checkpoint.
     #[arg(long, conflicts_with = "preset")]
     pub config: Option<PathBuf>,
-    /// A named configuration instead of a file: base or large.
+    /// A named configuration instead of a file: base, large or tiny.
     #[arg(long)]
     pub preset: Option<String>,
 }

@@ -29,9 +29,10 @@ use std::path::{Path, PathBuf};
 /// Options every training command shares.
 #[derive(Debug, clap::Args)]
 pub struct TrainOpts {
-    /// Annotation file (JSON array or JSON Lines, in the reference's format for the task).
-    #[arg(long)]
-    pub data: PathBuf,
+    /// Annotation file (JSON array or JSON Lines, in the reference's format for the task);
+    /// `finetune multitask` takes one `--data TASK=FILE` per task.
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
     /// Folder the annotation's image paths are relative to.
     #[arg(long)]
     pub image_root: PathBuf,
@@ -102,6 +103,14 @@ pub struct PretrainArgs {
     /// Start from this mPLUG checkpoint (default: random initialization).
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// Connected attention every this many fusion layers, overriding the configuration
+    /// (larger than the fusion depth: never).
+    #[arg(long)]
+    pub stride_layer: Option<usize>,
+    /// The WordPiece vocabulary (vocab.txt) of the model (default: BERT uncased, or its first
+    /// entries for a smaller --config vocabulary). Written into the model folder.
+    #[arg(long)]
+    pub vocab: Option<PathBuf>,
     #[command(flatten)]
     pub train: TrainOpts,
     /// Weight of the image-text contrastive loss (0: off).
@@ -142,6 +151,38 @@ pub enum FinetuneTask {
     Retrieval(RetrievalFinetune),
     /// Grounding (weighted coordinate loss); data `[{image, text, bbox}]` or the split tuples.
     Grounding(GroundingFinetune),
+    /// Several tasks at once, one set of weights: every update sums one micro-batch of each
+    /// task's loss (retrieval: ITC + ITM without momentum encoders); data `--data TASK=FILE`
+    /// per task (caption, vqa, retrieval, grounding, and on clips videoqa, videoretrieval).
+    /// Writes a multi-task model folder.
+    Multitask(MultitaskFinetune),
+}
+
+/// The grounding vocabulary of a run, when the model's vocabulary is not BERT's.
+#[derive(Debug, clap::Args)]
+pub struct GroundingTokenArgs {
+    /// The decoder's start token for boxes; the `--bins + 1` coordinate tokens are the ones
+    /// right after it (default: the checkpoint's, else the reference's `[unused339]`).
+    #[arg(long, requires = "bins")]
+    pub prefix_token: Option<String>,
+    /// Coordinate bins (with --prefix-token).
+    #[arg(long, requires = "prefix_token")]
+    pub bins: Option<u32>,
+    /// How the file writes boxes: xywh (RefCOCO) or xyxy.
+    #[arg(long, default_value = "xywh")]
+    pub box_format: String,
+}
+
+/// `mplug finetune multitask`.
+#[derive(Debug, clap::Args)]
+pub struct MultitaskFinetune {
+    #[command(flatten)]
+    pub common: CommonFinetune,
+    #[command(flatten)]
+    pub grounding: GroundingTokenArgs,
+    /// Frames sampled per clip for videoqa / videoretrieval data.
+    #[arg(long, default_value_t = 8)]
+    pub frames: usize,
 }
 
 /// Model and training options of a fine-tuning run.
@@ -187,17 +228,21 @@ pub struct RetrievalFinetune {
 pub struct GroundingFinetune {
     #[command(flatten)]
     pub common: CommonFinetune,
-    /// How the file writes boxes: xywh (RefCOCO) or xyxy.
-    #[arg(long, default_value = "xywh")]
-    pub box_format: String,
+    #[command(flatten)]
+    pub grounding: GroundingTokenArgs,
 }
 
 /// Runs `mplug pretrain`.
 pub fn pretrain(a: &PretrainArgs) -> Result<()> {
-    let cfg = a
+    let mut cfg = a
         .config
         .explicit()?
         .context("pretrain needs --config or --preset")?;
+    if let Some(stride) = a.stride_layer {
+        cfg.bert.stride_layer = stride;
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("--stride-layer {stride}: {e}"))?;
+    }
     let device = Device::Cpu;
     let t = &a.train;
     check_out(t)?;
@@ -212,8 +257,20 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
             fresh
         }
     };
-    let tokenizer = tokenizer_for(&cfg)?;
-    let dataset = Dataset::pretrain(&t.data)?;
+    let vocab = match &a.vocab {
+        Some(p) => std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
+        None => default_vocab(&cfg),
+    };
+    let tokenizer = Tokenizer::from_vocab_bytes(vocab.as_bytes(), Path::new("<vocab>"))?
+        .with_max_positions(cfg.bert.max_position_embeddings);
+    if tokenizer.vocab_size() > cfg.bert.vocab_size {
+        bail!(
+            "the vocabulary has {} tokens but the model's has {}",
+            tokenizer.vocab_size(),
+            cfg.bert.vocab_size
+        );
+    }
+    let dataset = Dataset::pretrain(one_data(t)?)?;
     let loader = make_loader(
         dataset,
         t,
@@ -238,14 +295,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
         mask_tokens(&tokenizer),
         true,
     )?;
-    finish(
-        &trainable,
-        &cfg,
-        Task::Pretrain,
-        default_vocab(&cfg),
-        None,
-        t,
-    )
+    finish(&trainable, &cfg, &[Task::Pretrain], vocab, None, None, t)
 }
 
 /// Runs `mplug finetune <task>`.
@@ -255,6 +305,8 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         FinetuneTask::Vqa(c) => (c, Task::Vqa),
         FinetuneTask::Retrieval(c) => (&c.common, Task::Retrieval),
         FinetuneTask::Grounding(c) => (&c.common, Task::Grounding),
+        // A multi-task run trains every part, as pre-training does.
+        FinetuneTask::Multitask(c) => (&c.common, Task::Pretrain),
     };
     let t = &common.train;
     check_out(t)?;
@@ -273,34 +325,26 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         None => default_vocab(&cfg),
     };
     let aug = AugmentConfig::finetune();
+    let mut tokens = None;
     match &a.task {
         FinetuneTask::Caption(c) => {
-            let data = Dataset::caption(&t.data, c.split.as_deref())?;
-            let loader = make_loader(data, t, &cfg, tokenizer, aug, &c.prompt)?;
+            let data = Dataset::caption(one_data(t)?, c.split.as_deref())?;
+            let loader = make_loader(data, t, &cfg, tokenizer.clone(), aug, &c.prompt)?;
+            let losses = TaskLosses::new(&tokenizer, GroundingTokens::default(), t.seed);
             simple_run(&trainable, &loader, t, |model, b| {
-                let embeds = model.encode_image(&b.images)?;
-                caption::loss(model, &embeds, &b.ids, &b.mask)
+                losses.loss(model, Task::Caption, b)
             })?;
         }
         FinetuneTask::Vqa(_) => {
-            let data = Dataset::vqa(&t.data)?;
-            let loader = make_loader(data, t, &cfg, tokenizer, aug, "")?;
+            let data = Dataset::vqa(one_data(t)?)?;
+            let loader = make_loader(data, t, &cfg, tokenizer.clone(), aug, "")?;
+            let losses = TaskLosses::new(&tokenizer, GroundingTokens::default(), t.seed);
             simple_run(&trainable, &loader, t, |model, b| {
-                let embeds = model.encode_image(&b.images)?;
-                let q = vqa::encode_question(model, &embeds, &b.ids, &b.mask)?;
-                let missing = || mplug::Error::invalid("a VQA batch without answers");
-                vqa::loss(
-                    model,
-                    &q,
-                    b.answer_ids.as_ref().ok_or_else(missing)?,
-                    b.answer_mask.as_ref().ok_or_else(missing)?,
-                    &b.answer_counts,
-                    b.answer_weights.as_ref().ok_or_else(missing)?,
-                )
+                losses.loss(model, Task::Vqa, b)
             })?;
         }
         FinetuneTask::Retrieval(c) => {
-            let data = Dataset::retrieval(&t.data)?;
+            let data = Dataset::retrieval(one_data(t)?)?;
             let loader = make_loader(data, t, &cfg, tokenizer.clone(), aug, "")?;
             let weights = LossWeights {
                 itc: 1.0,
@@ -320,23 +364,217 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
             )?;
         }
         FinetuneTask::Grounding(g) => {
-            let format = BoxFormat::parse(&g.box_format).with_context(|| {
-                format!("--box-format {:?}: expected xywh or xyxy", g.box_format)
-            })?;
-            let tokens = GroundingTokens::from_checkpoint(&ckpt)?;
-            let data = Dataset::grounding(&t.data, format)?;
-            let loader = make_loader(data, t, &cfg, tokenizer, aug, "")?;
+            let found = grounding_tokens(&g.grounding, &ckpt, &tokenizer)?;
+            tokens = Some(found);
+            let data = Dataset::grounding(one_data(t)?, box_format(&g.grounding)?)?;
+            let loader = make_loader(data, t, &cfg, tokenizer.clone(), aug, "")?;
+            let losses = TaskLosses::new(&tokenizer, found, t.seed);
             simple_run(&trainable, &loader, t, |model, b| {
-                let embeds = model.encode_image(&b.images)?;
-                let targets = b
-                    .targets
-                    .as_ref()
-                    .ok_or_else(|| mplug::Error::invalid("a grounding batch without boxes"))?;
-                grounding::loss(model, &embeds, &b.ids, &b.mask, targets, &tokens)
+                losses.loss(model, Task::Grounding, b)
             })?;
         }
+        FinetuneTask::Multitask(m) => {
+            let found = grounding_tokens(&m.grounding, &ckpt, &tokenizer)?;
+            let mut loaders = Vec::new();
+            let mut names = Vec::new();
+            for spec in &t.data {
+                let (name, file) = task_data(spec)?;
+                let (task, data) = match name.as_str() {
+                    "caption" => (Task::Caption, Dataset::caption(&file, None)?),
+                    "vqa" => (Task::Vqa, Dataset::vqa(&file)?),
+                    "retrieval" => (Task::Retrieval, Dataset::retrieval(&file)?),
+                    "grounding" => {
+                        tokens = Some(found);
+                        let format = box_format(&m.grounding)?;
+                        (Task::Grounding, Dataset::grounding(&file, format)?)
+                    }
+                    "videoqa" => (Task::Vqa, Dataset::videoqa(&file, m.frames)?),
+                    "videoretrieval" => {
+                        (Task::Retrieval, Dataset::video_retrieval(&file, m.frames)?)
+                    }
+                    other => bail!(
+                        "--data {}: unknown task `{other}` (expected caption, vqa, retrieval, \
+                         grounding, videoqa or videoretrieval)",
+                        spec.display()
+                    ),
+                };
+                if names.contains(&name) {
+                    bail!("--data names {name} twice");
+                }
+                eprintln!("{name}: {} samples from {}", data.len(), file.display());
+                names.push(name);
+                let loader = make_loader(data, t, &cfg, tokenizer.clone(), aug.clone(), "")?;
+                loaders.push((task, loader));
+            }
+            if tokens.is_some() && cfg.bert.stride_layer < cfg.bert.text_encoder_layers {
+                // The grounding model keeps only the first `stride_layer` text layers; joint
+                // training with the full text encoder would not match it.
+                bail!(
+                    "multi-task grounding needs stride_layer ({}) >= text_encoder_layers ({})",
+                    cfg.bert.stride_layer,
+                    cfg.bert.text_encoder_layers
+                );
+            }
+            let losses = TaskLosses::new(&tokenizer, found, t.seed);
+            multitask_run(&trainable, &loaders, t, &losses)?;
+            let mut tasks: Vec<Task> = Vec::new();
+            for (task, _) in &loaders {
+                if !tasks.contains(task) {
+                    tasks.push(*task);
+                }
+            }
+            return finish(&trainable, &cfg, &tasks, vocab, Some(&ckpt), tokens, t);
+        }
     }
-    finish(&trainable, &cfg, task, vocab, Some(&ckpt), t)
+    finish(&trainable, &cfg, &[task], vocab, Some(&ckpt), tokens, t)
+}
+
+/// Parses `--data TASK=FILE`.
+fn task_data(spec: &Path) -> Result<(String, PathBuf)> {
+    let text = spec.to_string_lossy();
+    let (name, file) = text
+        .split_once('=')
+        .with_context(|| format!("--data {text}: expected TASK=FILE (e.g. vqa=vqa_train.json)"))?;
+    Ok((name.to_string(), PathBuf::from(file)))
+}
+
+/// The fine-tuning loss of each task on a loader's batch.
+struct TaskLosses {
+    grounding: GroundingTokens,
+    mask: MaskTokens,
+    seed: u64,
+}
+
+impl TaskLosses {
+    fn new(tokenizer: &Tokenizer, grounding: GroundingTokens, seed: u64) -> Self {
+        TaskLosses {
+            grounding,
+            mask: mask_tokens(tokenizer),
+            seed,
+        }
+    }
+
+    /// The reference's loss of `task` (retrieval: ITC + ITM with same-image positives and no
+    /// momentum encoders).
+    fn loss(&self, model: &Mplug, task: Task, b: &Batch) -> mplug::Result<Tensor> {
+        let missing = |what: &str| mplug::Error::invalid(format!("a {task} batch without {what}"));
+        // Clips `(B, F, 3, R, R)`: frame tokens concatenated, as at inference.
+        let embeds = || match b.images.rank() {
+            5 => mplug::tasks::video::encode_frames(model, &b.images),
+            _ => model.encode_image(&b.images),
+        };
+        match task {
+            Task::Caption => caption::loss(model, &embeds()?, &b.ids, &b.mask),
+            Task::Vqa => {
+                let q = vqa::encode_question(model, &embeds()?, &b.ids, &b.mask)?;
+                vqa::loss(
+                    model,
+                    &q,
+                    b.answer_ids.as_ref().ok_or_else(|| missing("answers"))?,
+                    b.answer_mask.as_ref().ok_or_else(|| missing("answers"))?,
+                    &b.answer_counts,
+                    b.answer_weights
+                        .as_ref()
+                        .ok_or_else(|| missing("answers"))?,
+                )
+            }
+            Task::Grounding => {
+                let targets = b.targets.as_ref().ok_or_else(|| missing("boxes"))?;
+                grounding::loss(model, &embeds()?, &b.ids, &b.mask, targets, &self.grounding)
+            }
+            Task::Retrieval | Task::Pretrain => {
+                let weights = LossWeights {
+                    itc: 1.0,
+                    itm: 1.0,
+                    mlm: 0.0,
+                    prefix_lm: 0.0,
+                };
+                let batch = PretrainBatch {
+                    images: b.images.clone(),
+                    ids: b.ids.clone(),
+                    mask: b.mask.clone(),
+                    image_ids: Some(b.image_ids.clone()),
+                };
+                let l = pretrain::losses(
+                    model,
+                    None,
+                    &batch,
+                    &weights,
+                    0.0,
+                    &self.mask,
+                    derive_seed(self.seed, 3, b.index),
+                )?;
+                Ok(l.total)
+            }
+        }
+    }
+}
+
+/// A multi-task run: micro-batch `i` is batch `i / n` of task `i % n`, and an update
+/// accumulates `--accumulate` micro-batches of every task. Per-task losses go to
+/// `OUT/losses.jsonl`.
+fn multitask_run(
+    trainable: &Trainable,
+    loaders: &[(Task, Loader)],
+    t: &TrainOpts,
+    losses: &TaskLosses,
+) -> Result<()> {
+    let n = loaders.len() as u64;
+    let mut opt = optimizer(trainable, t)?;
+    let bar = progress(t);
+    let mut config = train_config(t);
+    config.accumulate = t.accumulate.max(1) * n;
+    let (mut file, path) = losses_log(t)?;
+    let sums: RefCell<Vec<(f64, u64)>> = RefCell::new(vec![(0.0, 0); loaders.len()]);
+    let mut write_err: Option<anyhow::Error> = None;
+    let logs = train(
+        trainable,
+        &mut opt,
+        &config,
+        |model, i| {
+            let k = (i % n) as usize;
+            let (task, loader) = &loaders[k];
+            let b = loader.batch(i / n)?;
+            let loss = losses.loss(model, *task, &b)?;
+            let mut s = sums.borrow_mut();
+            s[k].0 += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            s[k].1 += 1;
+            Ok(loss)
+        },
+        |log| {
+            let s = std::mem::replace(&mut *sums.borrow_mut(), vec![(0.0, 0); loaders.len()]);
+            let mut line = serde_json::json!({"step": log.step, "loss": log.loss, "lr1": log.lr1});
+            let mut msg = step_message(log);
+            for ((task, _), (sum, count)) in loaders.iter().zip(&s) {
+                let mean = sum / (*count).max(1) as f64;
+                line[task.name()] = serde_json::json!(mean);
+                msg.push_str(&format!(" {} {mean:.3}", task.name()));
+            }
+            if let Err(e) = writeln!(file, "{line}") {
+                write_err.get_or_insert(anyhow::anyhow!("{}: {e}", path.display()));
+            }
+            bar.set_position(log.step);
+            bar.set_message(msg);
+        },
+    )?;
+    bar.finish_and_clear();
+    if let Some(e) = write_err {
+        return Err(e);
+    }
+    report(&logs, t);
+    Ok(())
+}
+
+/// `OUT/losses.jsonl`, opened for appending (a resumed run continues it).
+fn losses_log(t: &TrainOpts) -> Result<(std::fs::File, PathBuf)> {
+    let path = t.out.join("losses.jsonl");
+    std::fs::create_dir_all(&t.out).with_context(|| t.out.display().to_string())?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| path.display().to_string())?;
+    Ok((file, path))
 }
 
 /// Refuses to mix runs: an output folder with a checkpoint needs `--resume`, and `--resume`
@@ -361,13 +599,44 @@ fn check_out(t: &TrainOpts) -> Result<()> {
     Ok(())
 }
 
-/// The embedded BERT uncased vocabulary, or its first entries for a smaller model vocabulary.
-fn tokenizer_for(cfg: &MplugConfig) -> Result<Tokenizer> {
-    let vocab = default_vocab(cfg);
-    Ok(
-        Tokenizer::from_vocab_bytes(vocab.as_bytes(), Path::new("<embedded>"))?
-            .with_max_positions(cfg.bert.max_position_embeddings),
-    )
+/// The one annotation file of a single-task run.
+fn one_data(t: &TrainOpts) -> Result<&Path> {
+    match t.data.as_slice() {
+        [one] => Ok(one),
+        _ => bail!("give one --data file (only `finetune multitask` takes several)"),
+    }
+}
+
+/// The grounding vocabulary: `--prefix-token` and `--bins`, else the checkpoint's.
+fn grounding_tokens(
+    a: &GroundingTokenArgs,
+    ckpt: &Checkpoint,
+    tokenizer: &Tokenizer,
+) -> Result<GroundingTokens> {
+    let (Some(prefix), Some(bins)) = (&a.prefix_token, a.bins) else {
+        return Ok(GroundingTokens::from_checkpoint(ckpt)?);
+    };
+    let id = tokenizer
+        .token_to_id(prefix)
+        .with_context(|| format!("--prefix-token {prefix:?} is not in the vocabulary"))?;
+    let last = id as usize + 1 + bins as usize;
+    if bins == 0 || last >= tokenizer.vocab_size() {
+        bail!(
+            "--prefix-token {prefix:?} (id {id}) with --bins {bins} needs tokens up to id {last}, \
+             past the vocabulary's {}",
+            tokenizer.vocab_size()
+        );
+    }
+    Ok(GroundingTokens {
+        prefix: id,
+        first_coordinate: id + 1,
+        bins,
+    })
+}
+
+fn box_format(a: &GroundingTokenArgs) -> Result<BoxFormat> {
+    BoxFormat::parse(&a.box_format)
+        .with_context(|| format!("--box-format {:?}: expected xywh or xyxy", a.box_format))
 }
 
 fn mask_tokens(tok: &Tokenizer) -> MaskTokens {
@@ -387,7 +656,6 @@ fn make_loader(
     augment: AugmentConfig,
     prompt: &str,
 ) -> Result<Loader> {
-    eprintln!("{} training samples from {}", data.len(), t.data.display());
     let config = LoaderConfig {
         batch_size: t.batch_size,
         seed: t.seed,
@@ -524,13 +792,7 @@ fn contrastive_run(
     };
     let mut opt = optimizer(trainable, t)?;
     let bar = progress(t);
-    let path = t.out.join("losses.jsonl");
-    std::fs::create_dir_all(&t.out).with_context(|| t.out.display().to_string())?;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| path.display().to_string())?;
+    let (mut file, path) = losses_log(t)?;
     let sums: RefCell<([f64; 4], u64)> = RefCell::new(([0.0; 4], 0));
     let epoch_batches = loader.batches_per_epoch().max(1) as f64;
     let mut write_err: Option<anyhow::Error> = None;
@@ -610,9 +872,10 @@ fn contrastive_run(
 fn finish(
     trainable: &Trainable,
     cfg: &MplugConfig,
-    task: Task,
+    tasks: &[Task],
     vocab: String,
     source: Option<&Checkpoint>,
+    grounding: Option<GroundingTokens>,
     t: &TrainOpts,
 ) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> = trainable
@@ -629,21 +892,49 @@ fn finish(
             }
         }
     }
+    if let Some(g) = grounding {
+        // The grounding vocabulary travels with the weights, as in the reference's checkpoints.
+        let device = Device::Cpu;
+        let targets: Vec<i64> = (0..=g.bins as i64)
+            .map(|k| g.first_coordinate as i64 + k)
+            .collect();
+        let n = targets.len();
+        tensors.insert(
+            "prefix_ids".into(),
+            Tensor::from_vec(vec![g.prefix as i64], 1, &device)?,
+        );
+        tensors.insert("target_ids".into(), Tensor::from_vec(targets, n, &device)?);
+    }
     let dir = t.out.join("model");
-    let card = ModelCard {
-        config: cfg.clone(),
-        task: Some(task),
+    let (card, what) = match tasks {
+        [one] => (
+            ModelCard {
+                config: cfg.clone(),
+                task: Some(*one),
+                tasks: vec![],
+            },
+            if *one == Task::Pretrain {
+                "pretrain".to_string()
+            } else {
+                format!("finetune {one}")
+            },
+        ),
+        many => (
+            ModelCard {
+                config: cfg.clone(),
+                task: None,
+                tasks: many.to_vec(),
+            },
+            "finetune multitask".to_string(),
+        ),
     };
+    let names: Vec<&str> = tasks.iter().map(|t| t.name()).collect();
+    let data: Vec<String> = t.data.iter().map(|d| d.display().to_string()).collect();
     let readme = format!(
-        "# mPLUG {} model\n\nTrained by `mplug {}` for {} updates on {}.\n",
-        task.name(),
-        if task == Task::Pretrain {
-            "pretrain".to_string()
-        } else {
-            format!("finetune {}", task.name())
-        },
+        "# mPLUG {} model\n\nTrained by `mplug {what}` for {} updates on {}.\n",
+        names.join(" + "),
         t.steps,
-        t.data.display()
+        data.join(", ")
     );
     write_folder(&dir, &card, &tensors, &vocab, &readme)?;
     println!("{}", dir.display());

@@ -55,17 +55,22 @@ pub struct ModelCard {
     /// The model configuration.
     pub config: MplugConfig,
     /// The task the weights were fine-tuned for; `None` in configuration files that predate
-    /// model folders (the golden `config.json`).
+    /// model folders (the golden `config.json`) and in multi-task folders.
     pub task: Option<Task>,
+    /// The tasks a multi-task model was fine-tuned for jointly (one set of weights serving
+    /// each); empty for a single-task model.
+    pub tasks: Vec<Task>,
 }
 
-/// The JSON form: the configuration's fields with `task` beside them.
+/// The JSON form: the configuration's fields with `task` (or `tasks`) beside them.
 #[derive(Serialize, Deserialize)]
 struct CardJson {
     #[serde(flatten)]
     config: MplugConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     task: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tasks: Vec<String>,
 }
 
 impl ModelCard {
@@ -80,9 +85,19 @@ impl ModelCard {
             .map(Task::parse)
             .transpose()
             .map_err(|e| bad(e.to_string()))?;
+        let tasks = raw
+            .tasks
+            .iter()
+            .map(|t| Task::parse(t))
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if task.is_some() && !tasks.is_empty() {
+            return Err(bad("give `task` or `tasks`, not both".into()));
+        }
         Ok(ModelCard {
             config: raw.config,
             task,
+            tasks,
         })
     }
 
@@ -101,6 +116,7 @@ impl ModelCard {
         let raw = CardJson {
             config: self.config.clone(),
             task: self.task.map(|t| t.name().to_string()),
+            tasks: self.tasks.iter().map(|t| t.name().to_string()).collect(),
         };
         // Serializing plain structs of numbers and strings cannot fail.
         serde_json::to_string_pretty(&raw).unwrap_or_default() + "\n"
@@ -279,6 +295,8 @@ pub struct ModelSource {
     pub config: MplugConfig,
     /// The task a model folder's `config.json` names, if any.
     pub task: Option<Task>,
+    /// The tasks of a multi-task folder (empty otherwise).
+    pub tasks: Vec<Task>,
     /// The checkpoint (`.safetensors` or `.pth`).
     pub checkpoint: PathBuf,
     /// A `vocab.txt` beside the checkpoint, if any.
@@ -324,15 +342,16 @@ impl ModelSource {
             });
         };
         let path = dir.join(CONFIG_FILE);
-        let (config, card_task) = match config {
+        let (config, card_task, card_tasks) = match config {
             // An explicit configuration still learns the folder's task when it names one.
             Some(c) => {
-                let task = path
+                let card = path
                     .is_file()
                     .then(|| ModelCard::from_file(&path).ok())
-                    .flatten()
-                    .and_then(|card| card.task);
-                (c, task)
+                    .flatten();
+                let task = card.as_ref().and_then(|card| card.task);
+                let tasks = card.map(|card| card.tasks).unwrap_or_default();
+                (c, task, tasks)
             }
             None => {
                 if !path.is_file() {
@@ -342,13 +361,14 @@ impl ModelSource {
                     )));
                 }
                 let card = ModelCard::from_file(&path)?;
-                (card.config, card.task)
+                (card.config, card.task, card.tasks)
             }
         };
         let vocab = Some(dir.join(VOCAB_FILE)).filter(|p| p.is_file());
         Ok(ModelSource {
             config,
             task: card_task,
+            tasks: card_tasks,
             checkpoint,
             vocab,
         })
@@ -374,8 +394,45 @@ impl ModelSource {
     /// refused with a message naming both.
     pub fn load(&self, task: Option<Task>, device: &Device) -> Result<LoadedModel> {
         let ckpt = Checkpoint::load(&self.checkpoint)?;
-        let found = self.task.or_else(|| Task::detect(&ckpt));
-        let task = match (task, found) {
+        let task = if self.tasks.is_empty() {
+            self.single_task(task, &ckpt)?
+        } else {
+            self.one_of_tasks(task, &ckpt)?
+        };
+        let model = Mplug::load(&self.config, &ckpt, task, DType::F32, device)?;
+        let grounding = GroundingTokens::from_checkpoint(&ckpt)?;
+        let pipeline = Pipeline::new(model, self.tokenizer()?, grounding)?;
+        Ok(LoadedModel {
+            pipeline,
+            grounding,
+            task,
+            checkpoint: ckpt,
+        })
+    }
+
+    /// The task to build from a multi-task folder: `wanted`, which must be one of its tasks.
+    fn one_of_tasks(&self, wanted: Option<Task>, ckpt: &Checkpoint) -> Result<Task> {
+        let names = self
+            .tasks
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(", ");
+        match wanted {
+            Some(w) if self.tasks.contains(&w) => Ok(w),
+            Some(w) => Err(ckpt.error(format!(
+                "is a multi-task model for {names}, not a {w} model; use a {w} checkpoint"
+            ))),
+            None => Err(ckpt.error(format!(
+                "is a multi-task model ({names}); name the task to run"
+            ))),
+        }
+    }
+
+    /// The task to build from a single-task checkpoint.
+    fn single_task(&self, task: Option<Task>, ckpt: &Checkpoint) -> Result<Task> {
+        let found = self.task.or_else(|| Task::detect(ckpt));
+        Ok(match (task, found) {
             (Some(wanted), Some(found)) => {
                 let fits = if self.task.is_some() {
                     wanted == found
@@ -397,15 +454,6 @@ impl ModelSource {
                      or grounding)",
                 ))
             }
-        };
-        let model = Mplug::load(&self.config, &ckpt, task, DType::F32, device)?;
-        let grounding = GroundingTokens::from_checkpoint(&ckpt)?;
-        let pipeline = Pipeline::new(model, self.tokenizer()?, grounding)?;
-        Ok(LoadedModel {
-            pipeline,
-            grounding,
-            task,
-            checkpoint: ckpt,
         })
     }
 }
@@ -432,11 +480,29 @@ mod tests {
         let card = ModelCard {
             config: MplugConfig::base(),
             task: Some(Task::Grounding),
+            tasks: vec![],
         };
         let text = card.to_json();
         assert!(text.contains("\"task\": \"grounding\""));
         let back = ModelCard::from_json(&text, Path::new("config.json")).unwrap();
         assert_eq!(back, card);
+    }
+
+    #[test]
+    fn multi_task_card_round_trips() {
+        let card = ModelCard {
+            config: MplugConfig::tiny(),
+            task: None,
+            tasks: vec![Task::Caption, Task::Vqa, Task::Grounding],
+        };
+        let text = card.to_json();
+        assert!(text.contains("\"tasks\""), "{text}");
+        assert!(!text.contains("\"task\""), "{text}");
+        let back = ModelCard::from_json(&text, Path::new("config.json")).unwrap();
+        assert_eq!(back, card);
+        let both = text.replacen("{", "{\"task\": \"vqa\",", 1);
+        let err = ModelCard::from_json(&both, Path::new("config.json")).unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
     }
 
     #[test]
