@@ -130,6 +130,23 @@ fn vqa_answers_are_weighted_by_frequency() {
     assert_eq!(s.weights, [0.6, 0.2, 0.2]);
     assert_eq!(s.weights.iter().sum::<f32>(), 1.0);
 
+    // Visual Genome and GQA entries: their one answer weighs 0.5, as in the reference.
+    let mixed = write(
+        &dir,
+        "mixed.json",
+        r#"[{"question_id": 1, "image": "a.jpg", "question": "What?", "answer": ["x", "x"],
+             "dataset": "vqa"},
+            {"question_id": 2, "image": "b.jpg", "question": "Who?", "answer": "a man",
+             "dataset": "vg"},
+            {"question_id": 3, "image": "c.jpg", "question": "Where?", "answer": "left",
+             "dataset": "gqa"}]"#,
+    );
+    let d = Dataset::vqa(&mixed).unwrap();
+    assert_eq!(d.samples[0].weights, [1.0]);
+    assert_eq!(d.samples[1].answers, ["a man"]);
+    assert_eq!(d.samples[1].weights, [0.5]);
+    assert_eq!(d.samples[2].weights, [0.5]);
+
     let bad = write(
         &dir,
         "noanswer.json",

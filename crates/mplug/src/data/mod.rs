@@ -315,7 +315,16 @@ impl Dataset {
                     ),
                 });
             }
-            let (answers, weights) = answer_weights(&e.answers);
+            let (answers, weights) = match e.dataset.as_deref() {
+                // Visual Genome and GQA entries carry one answer, weighted 0.5 as the
+                // reference's VQA training set does.
+                Some("vg" | "gqa") => {
+                    let (answers, _) = answer_weights(&e.answers);
+                    let n = answers.len();
+                    (answers, vec![0.5; n])
+                }
+                _ => answer_weights(&e.answers),
+            };
             let mut s = sample(e.image, vec![e.question], id);
             s.answers = answers;
             s.weights = weights;

@@ -39,6 +39,9 @@ pub struct VqaSample {
     pub question_type: Option<String>,
     /// Answer type (`yes/no`, `number`, `other`), for the per-type breakdown.
     pub answer_type: Option<String>,
+    /// The source dataset of a training entry (`vqa`, `vg`, `gqa`), which sets its answer
+    /// weights in training.
+    pub dataset: Option<String>,
 }
 
 /// One image of an image-text retrieval test set with its captions.
@@ -475,6 +478,7 @@ pub fn read_vqa(path: impl AsRef<Path>) -> Result<Vec<VqaSample>> {
             answers: e.opt_texts(&["answer", "answers"])?.unwrap_or_default(),
             question_type: e.opt_string(&["question_type"])?,
             answer_type: e.opt_string(&["answer_type"])?,
+            dataset: e.opt_string(&["dataset"])?,
         });
     }
     check_unique(
