@@ -10,8 +10,9 @@
 //!   recall@K is `K` over the number of candidates (for text retrieval, the number of
 //!   captions of the image times `K` over the number of captions, capped at 1).
 //!
-//! Figures use the evaluation's units: percentages for VQA accuracy, recall and grounding
-//! accuracy, CIDEr as `mplug eval` reports it.
+//! Figures use `mplug eval`'s keys and units: percentages for VQA accuracy and recall,
+//! fractions for grounding and video QA accuracy, CIDEr and the other caption metrics as
+//! fractions.
 
 use super::annotations::{
     pre_caption, read_caption, read_grounding, read_retrieval, read_video_retrieval, read_videoqa,
@@ -122,7 +123,7 @@ pub fn vqa(train: &Path, test: &Path) -> Result<Value> {
     Ok(json!({"overall": 100.0 * sum / n as f64, "num_questions": n}))
 }
 
-/// Video QA accuracy (percent, exact match) of the answer prior fitted on `train`.
+/// Video QA accuracy (fraction, exact match) of the answer prior fitted on `train`.
 pub fn videoqa(train: &Path, test: &Path) -> Result<Value> {
     let train_set = read_videoqa(train)?;
     let answers: Vec<Vec<String>> = train_set
@@ -149,7 +150,7 @@ pub fn videoqa(train: &Path, test: &Path) -> Result<Value> {
     if n == 0 {
         return Err(empty("answered questions", test));
     }
-    Ok(json!({"accuracy": 100.0 * hits as f64 / n as f64, "num_questions": n}))
+    Ok(json!({"accuracy": hits as f64 / n as f64, "num_questions": n}))
 }
 
 /// Caption metrics of the most frequent training caption given for every test image.
@@ -175,7 +176,7 @@ pub fn caption(train: &Path, test: &Path) -> Result<Value> {
     Ok(Value::Object(m))
 }
 
-/// Grounding accuracy at IoU 0.5 (percent) of the mean training box.
+/// Grounding accuracy at IoU 0.5 (fraction) of the mean training box.
 pub fn grounding(train: &Path, test: &Path, format: BoxFormat) -> Result<Value> {
     let boxes = read_grounding(train, format)?;
     if boxes.is_empty() {
@@ -196,7 +197,7 @@ pub fn grounding(train: &Path, test: &Path, format: BoxFormat) -> Result<Value> 
     }
     let preds = vec![mean; targets.len()];
     let m = grounding_accuracy(&preds, &targets, 0.5)?;
-    Ok(json!({"accuracy": 100.0 * m.accuracy, "mean_iou": m.mean_iou, "box": mean}))
+    Ok(json!({"accuracy": m.accuracy, "mean_iou": m.mean_iou, "box": mean}))
 }
 
 /// Expected recall@1/5/10 (percent) of a random ranking of the test set's images and
