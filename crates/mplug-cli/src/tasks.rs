@@ -13,12 +13,12 @@ pub struct DecodeArgs {
     /// Beam size (1: greedy).
     #[arg(long, default_value_t = 5)]
     pub beam: usize,
-    /// Fewest tokens generated.
-    #[arg(long, default_value_t = 5)]
-    pub min_len: usize,
-    /// Most tokens generated.
-    #[arg(long, default_value_t = 20)]
-    pub max_len: usize,
+    /// Fewest tokens generated (default: 5 for captions, 1 for answers, as the reference).
+    #[arg(long)]
+    pub min_len: Option<usize>,
+    /// Most tokens generated (default: 20 for captions, 10 for answers).
+    #[arg(long)]
+    pub max_len: Option<usize>,
     /// Hypotheses printed per input.
     #[arg(long, default_value_t = 1)]
     pub n_best: usize,
@@ -45,8 +45,14 @@ pub struct DecodeArgs {
     pub seed: u64,
 }
 
+/// The reference's caption lengths: 5 to 20 tokens.
+const CAPTION_LENGTHS: (usize, usize) = (5, 20);
+/// The reference's answer lengths: 1 to 10 tokens.
+const ANSWER_LENGTHS: (usize, usize) = (1, 10);
+
 impl DecodeArgs {
-    fn config(&self) -> BeamConfig {
+    /// The search settings, with `lengths` (min, max) where the command line gives none.
+    fn config(&self, lengths: (usize, usize)) -> BeamConfig {
         let sampling = self.sample.then_some(mplug::generate::Sampling {
             temperature: self.temperature,
             top_k: self.top_k,
@@ -60,8 +66,8 @@ impl DecodeArgs {
         };
         BeamConfig {
             beam_size,
-            min_length: self.min_len,
-            max_length: self.max_len,
+            min_length: self.min_len.unwrap_or(lengths.0),
+            max_length: self.max_len.unwrap_or(lengths.1),
             n_best: self.n_best.min(beam_size),
             use_cache: !self.no_cache,
             sampling,
@@ -315,7 +321,7 @@ pub fn caption(a: &CaptionArgs) -> Result<()> {
     let mut sink = Sink::new(a.batch.output.as_deref())?;
     let bar = batch_bar(images.len(), size);
     for chunk in images.chunks(size) {
-        let captions = p.caption(&p.load_images(chunk)?, &a.decode.config())?;
+        let captions = p.caption(&p.load_images(chunk)?, &a.decode.config(CAPTION_LENGTHS))?;
         for (path, hyps) in chunk.iter().zip(captions) {
             let h: Vec<_> = hyps
                 .iter()
@@ -366,7 +372,7 @@ fn answer(
                 .collect()
         }
         None => p
-            .answer_visual(visual, &questions, &decode.config())?
+            .answer_visual(visual, &questions, &decode.config(ANSWER_LENGTHS))?
             .remove(0)
             .into_iter()
             .map(|h| (h.text, h.score))
@@ -507,7 +513,7 @@ pub fn video(a: &VideoArgs) -> Result<()> {
             let t = p.load_clips(clips, *frames)?;
             for (path, hyps) in clips
                 .iter()
-                .zip(p.caption_visual(Visual::Clips(&t), &decode.config())?)
+                .zip(p.caption_visual(Visual::Clips(&t), &decode.config(CAPTION_LENGTHS))?)
             {
                 if *json {
                     let h: Vec<_> = hyps
