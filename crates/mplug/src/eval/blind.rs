@@ -232,10 +232,10 @@ pub fn video_retrieval(test: &Path) -> Result<Value> {
     }
     let mut m = serde_json::Map::new();
     for k in [1usize, 5, 10] {
-        m.insert(
-            format!("r{k}"),
-            json!(100.0 * (k as f64 / n as f64).min(1.0)),
-        );
+        // One caption per video: both directions pick 1 of n.
+        let r = json!(100.0 * (k as f64 / n as f64).min(1.0));
+        m.insert(format!("txt_r{k}"), r.clone());
+        m.insert(format!("vid_r{k}"), r);
     }
     Ok(Value::Object(m))
 }
