@@ -1,144 +1,186 @@
-//! `mplug demo`: every task end to end on bundled images.
+//! `mplug demo`: every task end to end on the bundled examples with the default model,
+//! `mplug-tiny-world` (trained by `scripts/train-tiny-world.sh` on the generated world; see
+//! its card, `models/mplug-tiny-world/README.md`).
 //!
-//! Until the project ships a trained default model, the demo runs the tiny random-weight
-//! checkpoints of the reference's golden files: the pipeline (decoding images, tokenizing,
-//! towers, fusion, decoding, post-processing) is real, the words are not meaningful.
+//! The examples folder holds pictures and clips of the generated world's test split (never
+//! seen in training) and `examples.json`: per image, questions and referring expressions; per
+//! clip, questions; and the texts that retrieval ranks.
 
+use crate::model_args::load_model;
+use crate::model_args::ConfigArgs;
 use anyhow::{Context, Result};
-use candle_core::Device;
-use mplug::pipeline::Pipeline;
-use mplug::{BeamConfig, MplugConfig, Task};
+use mplug::pipeline::{Pipeline, Visual};
+use mplug::{BeamConfig, Task};
+use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// The default model folder, in the repository.
+pub const DEFAULT_MODEL: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/mplug-tiny-world");
 
 /// Options of the demo.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Folder of the golden checkpoints (a configuration folder with caption.pth, vqa.pth,
-    /// retrieval.pth, grounding.pth and config.json).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/golden/tiny16"))]
-    pub model_dir: PathBuf,
-    /// Folder of example images.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/golden/io/images"))]
-    pub images: PathBuf,
+    /// The model folder (a multi-task folder, or any folder serving every task).
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: PathBuf,
+    /// Folder of the examples and their `examples.json` (default: the model's `examples/`).
+    #[arg(long)]
+    pub examples: Option<PathBuf>,
 }
 
-fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("png" | "jpg" | "jpeg")
-            )
-        })
-        .collect();
-    v.sort();
-    anyhow::ensure!(!v.is_empty(), "no images in {}", dir.display());
-    Ok(v)
+/// One example picture with what to ask about it.
+#[derive(Debug, Deserialize)]
+struct ImageExample {
+    file: String,
+    #[serde(default)]
+    questions: Vec<String>,
+    #[serde(default)]
+    expressions: Vec<String>,
 }
 
-fn name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+/// One example clip with what to ask about it.
+#[derive(Debug, Deserialize)]
+struct ClipExample {
+    file: String,
+    #[serde(default)]
+    questions: Vec<String>,
 }
 
+/// `examples.json`.
+#[derive(Debug, Deserialize)]
+struct Examples {
+    images: Vec<ImageExample>,
+    #[serde(default)]
+    clips: Vec<ClipExample>,
+    /// Texts that retrieval ranks for each image.
+    #[serde(default)]
+    texts: Vec<String>,
+    /// Frames sampled per clip.
+    #[serde(default = "default_frames")]
+    frames: usize,
+}
+
+fn default_frames() -> usize {
+    8
+}
+
+fn load(model: &Path, task: Task) -> Result<Pipeline> {
+    Ok(load_model(model, &ConfigArgs::default(), Some(task))?.pipeline)
+}
+
+fn beam(min: usize, max: usize) -> BeamConfig {
+    BeamConfig {
+        beam_size: 3,
+        min_length: min,
+        max_length: max,
+        ..Default::default()
+    }
+}
+
+/// Runs the demo.
 pub fn run(a: &DemoArgs) -> Result<()> {
     let start = Instant::now();
-    let cfg = MplugConfig::from_file(a.model_dir.join("config.json"))?;
-    let images = images_in(&a.images)?;
-    let load = |task: Task| -> Result<Pipeline> {
-        Ok(Pipeline::load(
-            &cfg,
-            a.model_dir.join(format!("{}.pth", task.name())),
-            task,
-            &Device::Cpu,
-        )?)
-    };
-    eprintln!(
-        "mplug demo: {} (untrained tiny weights: expect arbitrary words)",
-        a.model_dir.display()
-    );
+    let dir = a
+        .examples
+        .clone()
+        .unwrap_or_else(|| a.model.join("examples"));
+    let path = dir.join("examples.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the examples {}", path.display()))?;
+    let ex: Examples =
+        serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    anyhow::ensure!(!ex.images.is_empty(), "{} lists no images", path.display());
+    let files: Vec<PathBuf> = ex.images.iter().map(|e| dir.join(&e.file)).collect();
+    println!("mplug demo: model {}", a.model.display());
 
-    let p = load(Task::Caption)?;
-    let pixels = p.load_images(&images)?;
-    let beam = BeamConfig {
-        beam_size: 3,
-        min_length: 2,
-        max_length: 8,
-        ..Default::default()
-    };
-    println!("== caption (beam 3)");
-    for (path, hyps) in images.iter().zip(p.caption(&pixels, &beam)?) {
-        println!(
-            "{:<18} {:?}  (score {:.3})",
-            name(path),
-            hyps[0].text,
-            hyps[0].score
-        );
+    let p = load(&a.model, Task::Caption)?;
+    let pixels = p.load_images(&files)?;
+    println!("\n== captioning (beam 3)");
+    for (e, hyps) in ex.images.iter().zip(p.caption(&pixels, &beam(3, 15))?) {
+        println!("{:<16} {}", e.file, hyps[0].text);
     }
 
-    let p = load(Task::Vqa)?;
-    let questions: Vec<&str> = images.iter().map(|_| "what is in the picture?").collect();
-    println!("== vqa: \"{}\"", questions[0]);
-    let answers = ["a cat", "a camera", "a rocket", "coffee", "nothing"];
-    let ranked = p.rank_answers(&pixels, &questions, &answers, 3)?;
-    let free = p.answer(
-        &pixels,
-        &questions,
-        &BeamConfig {
-            beam_size: 3,
-            min_length: 1,
-            max_length: 5,
-            ..Default::default()
-        },
-    )?;
-    for ((path, r), f) in images.iter().zip(&ranked).zip(&free) {
-        println!(
-            "{:<18} ranked: {:?} ({:.2})  generated: {:?}",
-            name(path),
-            r[0].text,
-            r[0].prob,
-            f[0].text
-        );
+    let p = load(&a.model, Task::Vqa)?;
+    println!("\n== visual question answering");
+    for (i, e) in ex.images.iter().enumerate() {
+        if e.questions.is_empty() {
+            continue;
+        }
+        let one = pixels
+            .narrow(0, i, 1)?
+            .repeat((e.questions.len(), 1, 1, 1))?;
+        let questions: Vec<&str> = e.questions.iter().map(String::as_str).collect();
+        for (q, ans) in questions
+            .iter()
+            .zip(p.answer(&one, &questions, &beam(1, 4))?)
+        {
+            println!("{:<16} {q:<36} {}", e.file, ans[0].text);
+        }
     }
 
-    let p = load(Task::Retrieval)?;
-    let texts = [
-        "a man with a camera",
-        "a cat on a sofa",
-        "a cup of coffee",
-        "a rocket launch",
-    ];
-    let (i2t, _) = p.retrieve(&pixels, &texts, 2)?;
-    println!("== retrieval (ITC top 2 re-scored by ITM)");
-    for (path, row) in images.iter().zip(&i2t) {
-        let best = (0..row.len())
-            .max_by(|&x, &y| row[x].total_cmp(&row[y]))
-            .unwrap_or(0);
+    if !ex.texts.is_empty() {
+        let p = load(&a.model, Task::Retrieval)?;
+        let texts: Vec<&str> = ex.texts.iter().map(String::as_str).collect();
+        let (i2t, _) = p.retrieve(&pixels, &texts, texts.len().min(4))?;
         println!(
-            "{:<18} best text: {:?} (ITM {:.3})",
-            name(path),
-            texts[best],
-            row[best]
+            "\n== retrieval: the best of {} texts (ITC, top 4 re-scored by ITM)",
+            texts.len()
         );
+        for (e, row) in ex.images.iter().zip(&i2t) {
+            let best = (0..row.len())
+                .max_by(|&x, &y| row[x].total_cmp(&row[y]))
+                .unwrap_or(0);
+            println!("{:<16} {}", e.file, texts[best]);
+        }
     }
 
-    let p = load(Task::Grounding)?;
-    let exprs: Vec<&str> = images.iter().map(|_| "the object in the middle").collect();
-    println!("== grounding: \"{}\"", exprs[0]);
-    for (path, b) in images.iter().zip(p.ground(&images, &exprs)?) {
-        println!(
-            "{:<18} box (x0, y0, x1, y1) = ({:.0}, {:.0}, {:.0}, {:.0}) px",
-            name(path),
-            b.xyxy[0],
-            b.xyxy[1],
-            b.xyxy[2],
-            b.xyxy[3]
-        );
+    let p = load(&a.model, Task::Grounding)?;
+    println!("\n== grounding (box x0, y0, x1, y1 in pixels)");
+    for (e, file) in ex.images.iter().zip(&files) {
+        if e.expressions.is_empty() {
+            continue;
+        }
+        let paths = vec![file.clone(); e.expressions.len()];
+        let exprs: Vec<&str> = e.expressions.iter().map(String::as_str).collect();
+        for (x, b) in exprs.iter().zip(p.ground(&paths, &exprs)?) {
+            let [x0, y0, x1, y1] = b.xyxy;
+            println!("{:<16} {x:<36} {x0:.0}, {y0:.0}, {x1:.0}, {y1:.0}", e.file);
+        }
     }
-    eprintln!("done in {:.2} s", start.elapsed().as_secs_f64());
+
+    if !ex.clips.is_empty() {
+        let clip_files: Vec<PathBuf> = ex.clips.iter().map(|c| dir.join(&c.file)).collect();
+        let p = load(&a.model, Task::Caption)?;
+        let clips = p.load_clips(&clip_files, ex.frames)?;
+        println!(
+            "\n== zero-shot video ({} frames, tokens concatenated): captions",
+            ex.frames
+        );
+        for (c, hyps) in ex
+            .clips
+            .iter()
+            .zip(p.caption_visual(Visual::Clips(&clips), &beam(3, 15))?)
+        {
+            println!("{:<16} {}", c.file, hyps[0].text);
+        }
+        let p = load(&a.model, Task::Vqa)?;
+        println!("== zero-shot video: questions");
+        for (i, c) in ex.clips.iter().enumerate() {
+            if c.questions.is_empty() {
+                continue;
+            }
+            let one = clips
+                .narrow(0, i, 1)?
+                .repeat((c.questions.len(), 1, 1, 1, 1))?;
+            let questions: Vec<&str> = c.questions.iter().map(String::as_str).collect();
+            let answers = p.answer_visual(Visual::Clips(&one), &questions, &beam(1, 4))?;
+            for (q, ans) in questions.iter().zip(answers) {
+                println!("{:<16} {q:<36} {}", c.file, ans[0].text);
+            }
+        }
+    }
+    eprintln!("\ndone in {:.2} s", start.elapsed().as_secs_f64());
     Ok(())
 }

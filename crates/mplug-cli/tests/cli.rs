@@ -255,8 +255,15 @@ fn golden_folder_and_demo_run() {
     let img = image("camera.png");
     let o = mplug_ok(&["caption", "--model", s(&tiny16()), s(&img)]);
     assert_eq!(o.stdout.lines().count(), 1);
+    // The demo runs the default model on its bundled examples, every task.
     let o = mplug_ok(&["demo"]);
-    for section in ["== caption", "== vqa", "== retrieval", "== grounding"] {
+    for section in [
+        "== captioning",
+        "== visual question answering",
+        "== retrieval",
+        "== grounding",
+        "== zero-shot video",
+    ] {
         assert!(o.stdout.contains(section), "{}", o.stdout);
     }
 }
