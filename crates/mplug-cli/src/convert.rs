@@ -258,8 +258,14 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
             .with_context(|| format!("the written folder {} does not load", a.out.display()))?;
     }
 
+    let what = if multi.is_empty() {
+        format!("{task} model")
+    } else {
+        let names: Vec<&str> = multi.iter().map(|t| t.name()).collect();
+        format!("multi-task model ({})", names.join(", "))
+    };
     eprintln!(
-        "wrote {}: {task} model, {} tensors, {} parameters, {}",
+        "wrote {}: {what}, {} tensors, {} parameters, {}",
         a.out.display(),
         tensors.len(),
         human_count(counts.total()),
@@ -267,7 +273,7 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
     );
     if !a.all_tensors && !selection.unread.is_empty() {
         eprintln!(
-            "left out {} tensors the {task} model does not read: {}",
+            "left out {} tensors the {what} does not read: {}",
             selection.unread.len(),
             grouped(&selection.unread)
         );
