@@ -346,12 +346,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         FinetuneTask::Retrieval(c) => {
             let data = Dataset::retrieval(one_data(t)?)?;
             let loader = make_loader(data, t, &cfg, tokenizer.clone(), aug, "")?;
-            let weights = LossWeights {
-                itc: 1.0,
-                itm: 1.0,
-                mlm: 0.0,
-                prefix_lm: 0.0,
-            };
+            let weights = RETRIEVAL_WEIGHTS;
             contrastive_run(
                 &trainable,
                 &loader,
@@ -429,6 +424,14 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
     finish(&trainable, &cfg, &[task], vocab, Some(&ckpt), tokens, t)
 }
 
+/// Retrieval fine-tuning's objectives: ITC and ITM of pre-training.
+const RETRIEVAL_WEIGHTS: LossWeights = LossWeights {
+    itc: 1.0,
+    itm: 1.0,
+    mlm: 0.0,
+    prefix_lm: 0.0,
+};
+
 /// Parses `--data TASK=FILE`.
 fn task_data(spec: &Path) -> Result<(String, PathBuf)> {
     let text = spec.to_string_lossy();
@@ -483,12 +486,7 @@ impl TaskLosses {
                 grounding::loss(model, &embeds()?, &b.ids, &b.mask, targets, &self.grounding)
             }
             Task::Retrieval | Task::Pretrain => {
-                let weights = LossWeights {
-                    itc: 1.0,
-                    itm: 1.0,
-                    mlm: 0.0,
-                    prefix_lm: 0.0,
-                };
+                let weights = RETRIEVAL_WEIGHTS;
                 let batch = PretrainBatch {
                     images: b.images.clone(),
                     ids: b.ids.clone(),
