@@ -9,7 +9,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::Rng;
 use serde::Serialize;
 
-use super::language::{indefinite, number, pick};
+use super::language::{count_answer, indefinite, pick};
 use super::render::render_scene;
 use super::scene::{
     is_heldout, Background, BackgroundKind, Color, Object, Scene, Shape, Size, Texture, Tone,
@@ -375,7 +375,7 @@ pub(crate) fn describe(rng: &mut StdRng, clip: &Clip) -> ClipText {
     let count = 1 + clip.other.is_some() as usize;
     questions.push((
         "how many shapes are in the video?".into(),
-        number(count).into(),
+        count_answer(count),
     ));
     if clip.other.is_none() {
         questions.push(("what shape is in the video?".into(), s.into()));

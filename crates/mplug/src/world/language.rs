@@ -22,6 +22,13 @@ pub fn number(n: usize) -> &'static str {
     WORDS.get(n).copied().unwrap_or("many")
 }
 
+/// A count as an answer: digits, as VQA v2's annotations write numbers. The official VQA
+/// evaluation turns a predicted "two" into "2" before comparing, so a word answer could never
+/// score.
+pub fn count_answer(n: usize) -> String {
+    n.to_string()
+}
+
 /// One of `options` at random (the first when there are none to choose from).
 pub(crate) fn pick<'a>(rng: &mut StdRng, options: &[&'a str]) -> &'a str {
     options.choose(rng).copied().unwrap_or_default()
@@ -578,9 +585,9 @@ fn other_shapes(s: Shape) -> Vec<String> {
 }
 
 fn near_numbers(n: usize) -> Vec<String> {
-    let mut v = vec![number(n + 1).to_string()];
+    let mut v = vec![count_answer(n + 1)];
     if n > 0 {
-        v.push(number(n - 1).to_string());
+        v.push(count_answer(n - 1));
     }
     v
 }
@@ -647,7 +654,14 @@ fn question(
                     (format!("how many {} {noun} are there?", c.name()), k)
                 }
             };
-            Some(qa(rng, q, number(k), near_numbers(k), "how many", "number"))
+            Some(qa(
+                rng,
+                q,
+                &count_answer(k),
+                near_numbers(k),
+                "how many",
+                "number",
+            ))
         }
         Family::Exist => {
             if rng.random_bool(0.25) {

@@ -65,7 +65,17 @@ pub const WORDS: &[&str] = &[
     "noisy",
     "textured",
     "background",
-    // numbers
+    // numbers: words in captions, digits in answers (as VQA v2 writes them)
+    "0",
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
+    "6",
+    "7",
+    "8",
+    "9",
     "zero",
     "one",
     "two",
