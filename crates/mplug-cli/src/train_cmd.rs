@@ -146,7 +146,7 @@ pub enum FinetuneTask {
     /// Captioning (decoder cross-entropy); data `[{image, caption}]` or Karpathy's file.
     Caption(CaptionFinetune),
     /// VQA (weighted answer loss); data `[{image, question, answer: [...]}]`.
-    Vqa(CommonFinetune),
+    Vqa(VqaFinetune),
     /// Retrieval (ITC + ITM, captions of one image all positives); data `[{image, caption}]`.
     Retrieval(RetrievalFinetune),
     /// Grounding (weighted coordinate loss); data `[{image, text, bbox}]` or the split tuples.
@@ -183,6 +183,10 @@ pub struct MultitaskFinetune {
     /// Frames sampled per clip for videoqa / videoretrieval data.
     #[arg(long, default_value_t = 8)]
     pub frames: usize,
+    /// Multiplies one task's loss (e.g. `grounding=4`), repeatable; tasks not named weigh 1.
+    /// The per-task losses logged stay unweighted.
+    #[arg(long = "task-weight", value_name = "TASK=W")]
+    pub task_weights: Vec<String>,
 }
 
 /// Model and training options of a fine-tuning run.
@@ -208,6 +212,22 @@ pub struct CaptionFinetune {
     /// Read Karpathy's dataset_coco.json and keep this split (e.g. train).
     #[arg(long)]
     pub split: Option<String>,
+}
+
+/// `mplug finetune vqa`.
+#[derive(Debug, clap::Args)]
+pub struct VqaFinetune {
+    #[command(flatten)]
+    pub common: CommonFinetune,
+    /// Momentum distillation as the paper describes it: a momentum copy of the model (EMA
+    /// 0.995) gives soft answer targets. The released code's distillation adds nothing to its
+    /// loss (its weight never reaches the decoder), so leaving this off is the released
+    /// training exactly.
+    #[arg(long)]
+    pub distill: bool,
+    /// Distillation weight with --distill, ramped from 0 over the first epoch.
+    #[arg(long, default_value_t = 0.4, requires = "distill")]
+    pub alpha: f64,
 }
 
 /// `mplug finetune retrieval`.
@@ -302,7 +322,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
 pub fn finetune(a: &FinetuneArgs) -> Result<()> {
     let (common, task) = match &a.task {
         FinetuneTask::Caption(c) => (&c.common, Task::Caption),
-        FinetuneTask::Vqa(c) => (c, Task::Vqa),
+        FinetuneTask::Vqa(c) => (&c.common, Task::Vqa),
         FinetuneTask::Retrieval(c) => (&c.common, Task::Retrieval),
         FinetuneTask::Grounding(c) => (&c.common, Task::Grounding),
         // A multi-task run trains every part, as pre-training does.
@@ -316,7 +336,20 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
     let ckpt = Checkpoint::load(&source.checkpoint)?;
     // Retrieval fine-tuning runs the ITC and ITM objectives of pre-training on the retrieval
     // model's own parts (projections, ITM head, temperature).
-    let trainable = Trainable::from_checkpoint(&cfg, &ckpt, task, &device)?;
+    let trainable = if matches!(a.task, FinetuneTask::Multitask(_)) && !ckpt.has_prefix(MLM_HEAD) {
+        // A multi-task model folder keeps only what its tasks read; the MLM head that the
+        // pre-training model carries is built but never trained here.
+        let (trainable, fresh) =
+            Trainable::from_checkpoint_with_fresh(&cfg, &ckpt, task, &device, &[MLM_HEAD], t.seed)?;
+        eprintln!(
+            "{}: no MLM head; its {} tensors start fresh (multi-task fine-tuning does not train it)",
+            source.checkpoint.display(),
+            fresh.len()
+        );
+        trainable
+    } else {
+        Trainable::from_checkpoint(&cfg, &ckpt, task, &device)?
+    };
     let tokenizer = source
         .tokenizer()?
         .with_max_positions(cfg.bert.max_position_embeddings);
@@ -335,13 +368,17 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
                 losses.loss(model, Task::Caption, b)
             })?;
         }
-        FinetuneTask::Vqa(_) => {
+        FinetuneTask::Vqa(v) => {
             let data = Dataset::vqa(one_data(t)?)?;
             let loader = make_loader(data, t, &cfg, tokenizer.clone(), aug, "")?;
-            let losses = TaskLosses::new(&tokenizer, GroundingTokens::default(), t.seed);
-            simple_run(&trainable, &loader, t, |model, b| {
-                losses.loss(model, Task::Vqa, b)
-            })?;
+            if v.distill {
+                distilled_vqa_run(&trainable, &loader, t, v.alpha)?;
+            } else {
+                let losses = TaskLosses::new(&tokenizer, GroundingTokens::default(), t.seed);
+                simple_run(&trainable, &loader, t, |model, b| {
+                    losses.loss(model, Task::Vqa, b)
+                })?;
+            }
         }
         FinetuneTask::Retrieval(c) => {
             let data = Dataset::retrieval(one_data(t)?)?;
@@ -410,8 +447,9 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
                     cfg.bert.text_encoder_layers
                 );
             }
+            let weights = task_weights(&m.task_weights, &names)?;
             let losses = TaskLosses::new(&tokenizer, found, t.seed);
-            multitask_run(&trainable, &loaders, t, &losses)?;
+            multitask_run(&trainable, &loaders, &weights, t, &losses)?;
             let mut tasks: Vec<Task> = Vec::new();
             for (task, _) in &loaders {
                 if !tasks.contains(task) {
@@ -424,6 +462,9 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
     finish(&trainable, &cfg, &[task], vocab, Some(&ckpt), tokens, t)
 }
 
+/// Key prefix of the pre-training MLM head.
+const MLM_HEAD: &str = "fusion_encoder.cls.";
+
 /// Retrieval fine-tuning's objectives: ITC and ITM of pre-training.
 const RETRIEVAL_WEIGHTS: LossWeights = LossWeights {
     itc: 1.0,
@@ -431,6 +472,31 @@ const RETRIEVAL_WEIGHTS: LossWeights = LossWeights {
     mlm: 0.0,
     prefix_lm: 0.0,
 };
+
+/// Parses `--task-weight TASK=W` for the tasks `names` (in `--data` order): one weight per task.
+fn task_weights(specs: &[String], names: &[String]) -> Result<Vec<f64>> {
+    let mut weights = vec![1.0; names.len()];
+    for spec in specs {
+        let (name, value) = spec
+            .split_once('=')
+            .with_context(|| format!("--task-weight {spec}: expected TASK=W (e.g. grounding=4)"))?;
+        let k = names.iter().position(|n| n == name).with_context(|| {
+            format!(
+                "--task-weight {spec}: no --data for task `{name}` (tasks: {})",
+                names.join(", ")
+            )
+        })?;
+        let w: f64 = value
+            .parse()
+            .ok()
+            .filter(|w: &f64| w.is_finite() && *w >= 0.0)
+            .with_context(|| {
+                format!("--task-weight {spec}: the weight must be a finite number >= 0")
+            })?;
+        weights[k] = w;
+    }
+    Ok(weights)
+}
 
 /// Parses `--data TASK=FILE`.
 fn task_data(spec: &Path) -> Result<(String, PathBuf)> {
@@ -509,11 +575,12 @@ impl TaskLosses {
 }
 
 /// A multi-task run: micro-batch `i` is batch `i / n` of task `i % n`, and an update
-/// accumulates `--accumulate` micro-batches of every task. Per-task losses go to
-/// `OUT/losses.jsonl`.
+/// accumulates `--accumulate` micro-batches of every task, each task's loss multiplied by its
+/// weight in `weights`. Per-task losses (unweighted) go to `OUT/losses.jsonl`.
 fn multitask_run(
     trainable: &Trainable,
     loaders: &[(Task, Loader)],
+    weights: &[f64],
     t: &TrainOpts,
     losses: &TaskLosses,
 ) -> Result<()> {
@@ -537,7 +604,11 @@ fn multitask_run(
             let mut s = sums.borrow_mut();
             s[k].0 += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             s[k].1 += 1;
-            Ok(loss)
+            if weights[k] == 1.0 {
+                Ok(loss)
+            } else {
+                Ok((loss * weights[k])?)
+            }
         },
         |log| {
             let s = std::mem::replace(&mut *sums.borrow_mut(), vec![(0.0, 0); loaders.len()]);
@@ -749,6 +820,74 @@ fn simple_run(
         |model, i| {
             let b = loader.batch(i)?;
             loss(model, &b)
+        },
+        |log| {
+            bar.set_position(log.step);
+            bar.set_message(step_message(log));
+        },
+    )?;
+    bar.finish_and_clear();
+    report(&logs, t);
+    Ok(())
+}
+
+/// VQA fine-tuning with momentum distillation: before each micro-batch the momentum copy
+/// moves towards the trained weights (EMA), then gives the answers' soft targets; the
+/// distillation weight ramps from 0 to `alpha` over the first epoch. The momentum weights are
+/// saved into every checkpoint and restored on resume.
+fn distilled_vqa_run(
+    trainable: &Trainable,
+    loader: &Loader,
+    t: &TrainOpts,
+    alpha: f64,
+) -> Result<()> {
+    if !(0.0..=1.0).contains(&alpha) {
+        bail!("--alpha {alpha}: expected a weight in [0, 1]");
+    }
+    let vars = trainable.named_vars();
+    let momentum = RefCell::new(Momentum::new(&trainable.model, &vars, 0, t.seed)?);
+    let epoch_batches = loader.batches_per_epoch().max(1) as f64;
+    let mut opt = optimizer(trainable, t)?;
+    let bar = progress(t);
+    let logs = train_with_state(
+        trainable,
+        &mut opt,
+        &train_config(t),
+        Some(&momentum as &dyn mplug::train::trainer::ExtraState),
+        |model, i| {
+            let b = loader.batch(i)?;
+            let missing = || mplug::Error::invalid("a VQA batch without answers");
+            let answer_ids = b.answer_ids.as_ref().ok_or_else(missing)?;
+            let answer_mask = b.answer_mask.as_ref().ok_or_else(missing)?;
+            let weights = b.answer_weights.as_ref().ok_or_else(missing)?;
+            let mut m = momentum.borrow_mut();
+            m.update(&vars)?;
+            let teacher = {
+                let embeds = m.model.encode_image(&b.images)?;
+                let q = vqa::encode_question(&m.model, &embeds, &b.ids, &b.mask)?;
+                vqa::answer_logits(
+                    &m.model,
+                    &q,
+                    answer_ids,
+                    answer_mask,
+                    &b.answer_counts,
+                    weights,
+                )?
+                .detach()
+            };
+            let embeds = model.encode_image(&b.images)?;
+            let q = vqa::encode_question(model, &embeds, &b.ids, &b.mask)?;
+            let a = alpha * (i as f64 / epoch_batches).min(1.0);
+            vqa::distillation_loss(
+                model,
+                &q,
+                answer_ids,
+                answer_mask,
+                &b.answer_counts,
+                weights,
+                &teacher,
+                a,
+            )
         },
         |log| {
             bar.set_position(log.step);

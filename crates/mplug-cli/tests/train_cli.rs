@@ -260,3 +260,153 @@ fn pretrain_from_scratch_logs_each_loss() {
     let l = &lines(&out2.join("losses.jsonl"))[0];
     assert!(l["itc"].is_null() && l["mlm"].as_f64().is_some(), "{l}");
 }
+
+fn finetune_vqa(out: &Path, ann: &Path, steps: &str, extra: &[&str]) -> Output {
+    let (c, k, img) = (
+        tiny16().join("vqa.pth"),
+        tiny16().join("config.json"),
+        images_dir(),
+    );
+    let mut args = vec![
+        "finetune",
+        "vqa",
+        "--model",
+        s(&c),
+        "--config",
+        s(&k),
+        "--data",
+        s(ann),
+        "--image-root",
+        s(&img),
+        "--out",
+        s(out),
+        "--steps",
+        steps,
+        "--batch-size",
+        "2",
+        "--save-every",
+        "1",
+        "--lr1",
+        "1e-3",
+        "--lr2",
+        "1e-3",
+        "--workers",
+        "2",
+        "--no-augment",
+    ];
+    args.extend(extra);
+    mplug(&args)
+}
+
+#[test]
+fn vqa_distillation_changes_training_and_resumes_bit_for_bit() {
+    let dir = scratch("train-vqa-distill");
+    let ann = dir.join("vqa.json");
+    std::fs::write(
+        &ann,
+        r#"[{"image": "camera.png", "question": "what is the man holding?", "answer": ["camera", "camera", "a camera"]},
+            {"image": "chelsea.png", "question": "what animal is this?", "answer": ["cat"]},
+            {"image": "rocket.jpg", "question": "what is on the pad?", "answer": ["rocket", "a rocket"]}]"#,
+    )
+    .unwrap();
+    let weights = |out: &Path| std::fs::read(out.join("model").join("model.safetensors")).unwrap();
+
+    let whole = dir.join("whole");
+    let r = finetune_vqa(&whole, &ann, "4", &["--distill"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // The momentum copy travels with every checkpoint.
+    assert!(whole.join("step-2").join("momentum.safetensors").is_file());
+
+    // A run killed after update 2: the folder as it was then (the learning-rate schedule
+    // spans the planned 4 updates, so the first leg cannot be a shorter run).
+    let split = dir.join("split");
+    std::fs::create_dir_all(split.join("step-2")).unwrap();
+    for f in std::fs::read_dir(whole.join("step-2")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), split.join("step-2").join(f.file_name())).unwrap();
+    }
+    std::fs::write(split.join("latest"), "step-2\n").unwrap();
+    let r = finetune_vqa(&split, &ann, "4", &["--distill", "--resume"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        weights(&whole) == weights(&split),
+        "a resumed distillation run differs from an uninterrupted one"
+    );
+
+    // The distillation weight ramps up from 0 over the first epoch (2 batches here), so the
+    // soft targets change the later updates.
+    let plain = dir.join("plain");
+    let r = finetune_vqa(&plain, &ann, "4", &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(weights(&whole) != weights(&plain));
+
+    let bad = finetune_vqa(&dir.join("bad"), &ann, "1", &["--distill", "--alpha", "2"]);
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("--alpha 2"), "{}", bad.stderr);
+}
+
+#[test]
+fn multitask_continues_a_multitask_folder_with_task_weights() {
+    let dir = scratch("train-task-weight");
+    let ann = dir.join("captions.json");
+    std::fs::write(
+        &ann,
+        r#"[{"image": "camera.png", "caption": "a man with a camera"},
+            {"image": "chelsea.png", "caption": "a cat"}]"#,
+    )
+    .unwrap();
+    // A multi-task run trains every part: the shipped multi-task model has them all.
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mplug-tiny-world");
+    let img = images_dir();
+    let data = format!("caption={}", s(&ann));
+    let run = |weight: &str, out: &str| {
+        let out = dir.join(out);
+        mplug(&[
+            "finetune",
+            "multitask",
+            "--model",
+            s(&model),
+            "--data",
+            &data,
+            "--task-weight",
+            weight,
+            "--image-root",
+            s(&img),
+            "--out",
+            s(&out),
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--workers",
+            "1",
+        ])
+    };
+    let r = run("vqa=2", "a");
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("no --data for task `vqa`"),
+        "{}",
+        r.stderr
+    );
+    let r = run("caption=-1", "b");
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("finite number >= 0"), "{}", r.stderr);
+    let r = run("caption", "c");
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("expected TASK=W"), "{}", r.stderr);
+    // A weight scales the update's loss; the logged per-task loss stays unweighted.
+    let r = run("caption=3", "d");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // The folder has no MLM head (multi-task inference never reads it): it starts fresh.
+    assert!(r.stderr.contains("no MLM head"), "{}", r.stderr);
+    let log = lines(&dir.join("d").join("losses.jsonl"));
+    let (total, caption) = (
+        log[0]["loss"].as_f64().unwrap(),
+        log[0]["caption"].as_f64().unwrap(),
+    );
+    assert!(
+        (total - 3.0 * caption).abs() < 1e-4 * total.abs(),
+        "{total} vs 3 x {caption}"
+    );
+}

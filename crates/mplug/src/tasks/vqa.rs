@@ -5,8 +5,9 @@
 use super::{repeat_rows, shifted_token_ce, topk_rows};
 use crate::error::{Error, Result};
 use crate::generate::{beam_search, BeamConfig, Hypothesis};
+use crate::model::attention::log_softmax;
 use crate::model::Mplug;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, D};
 
 /// What the decoder reads for a question: `[fused visual; fused text]` states and their mask.
 #[derive(Debug, Clone)]
@@ -134,6 +135,21 @@ pub fn loss(
     k: &[usize],
     weights: &Tensor,
 ) -> Result<Tensor> {
+    let logits = answer_logits(model, q, answer_ids, answer_mask, k, weights)?;
+    let (ce, _) = shifted_token_ce(&logits, answer_ids, model.config.bert.pad_token_id)?;
+    weighted_mean(&ce, weights, q)
+}
+
+/// Teacher-forced decoder logits `(N, La, vocab)` of the `N` answers, question `i`'s states
+/// repeated for its `k[i]` answers (the momentum model's call gives the distillation targets).
+pub fn answer_logits(
+    model: &Mplug,
+    q: &QuestionStates,
+    answer_ids: &Tensor,
+    answer_mask: &Tensor,
+    k: &[usize],
+    weights: &Tensor,
+) -> Result<Tensor> {
     let num_q = q.states.dim(0)?;
     let total: usize = k.iter().sum();
     if k.len() != num_q || total != answer_ids.dim(0)? || weights.dims() != [total] {
@@ -147,9 +163,62 @@ pub fn loss(
     let states = repeat_rows(&q.states, k)?;
     let mask = repeat_rows(&q.mask, k)?;
     let cross = decoder.cross_states(&states, Some(&mask))?;
-    let logits = decoder.forward(answer_ids, Some(answer_mask), &cross, None)?;
-    let (ce, _) = shifted_token_ce(&logits, answer_ids, model.config.bert.pad_token_id)?;
-    let per_answer = ce.sum(1)?;
+    Ok(decoder.forward(answer_ids, Some(answer_mask), &cross, None)?)
+}
+
+/// Sum over answers of weight x summed per-token loss `(N, La - 1)`, over the questions.
+fn weighted_mean(per_token: &Tensor, weights: &Tensor, q: &QuestionStates) -> Result<Tensor> {
+    let per_answer = per_token.sum(1)?;
     let weighted = (per_answer * weights.to_dtype(DType::F32)?)?.sum_all()?;
-    Ok((weighted / num_q as f64)?)
+    Ok((weighted / q.states.dim(0)? as f64)?)
+}
+
+/// The VQA loss with momentum distillation, as ALBEF and mPLUG's paper describe it: each answer
+/// token's loss is `(1 - alpha)` x its cross-entropy plus `alpha` x the cross-entropy against
+/// the momentum model's distribution `softmax(teacher_logits)` over the vocabulary (teacher
+/// logits `(N, La, vocab)` from [`answer_logits`] on the momentum model, not differentiated);
+/// answers are weighted and summed as in [`loss`].
+///
+/// The released fine-tuning code computes this term but never passes `alpha` to its decoder
+/// (whose default is 0), so its distillation adds nothing to the loss; it also normalizes the
+/// student's log-probabilities over the sequence instead of the vocabulary. [`loss`] is
+/// therefore the released training exactly, and this function is the method as published.
+#[allow(clippy::too_many_arguments)]
+pub fn distillation_loss(
+    model: &Mplug,
+    q: &QuestionStates,
+    answer_ids: &Tensor,
+    answer_mask: &Tensor,
+    k: &[usize],
+    weights: &Tensor,
+    teacher_logits: &Tensor,
+    alpha: f64,
+) -> Result<Tensor> {
+    if !(0.0..=1.0).contains(&alpha) {
+        return Err(Error::invalid(format!(
+            "distillation weight alpha = {alpha} is outside [0, 1]"
+        )));
+    }
+    let logits = answer_logits(model, q, answer_ids, answer_mask, k, weights)?;
+    if teacher_logits.dims() != logits.dims() {
+        return Err(Error::invalid(format!(
+            "teacher logits have shape {:?}, the answers' logits {:?}",
+            teacher_logits.dims(),
+            logits.dims()
+        )));
+    }
+    let pad = model.config.bert.pad_token_id;
+    let (ce, counted) = shifted_token_ce(&logits, answer_ids, pad)?;
+    let l = logits.dim(1)?;
+    let student = log_softmax(&logits.narrow(1, 0, l - 1)?.to_dtype(DType::F32)?)?;
+    let teacher = candle_nn::ops::softmax_last_dim(
+        &teacher_logits
+            .narrow(1, 0, l - 1)?
+            .to_dtype(DType::F32)?
+            .contiguous()?
+            .detach(),
+    )?;
+    let soft = ((student * teacher)?.sum(D::Minus1)?.neg()? * counted)?;
+    let per_token = ((ce * (1.0 - alpha))? + (soft * alpha)?)?;
+    weighted_mean(&per_token, weights, q)
 }

@@ -32,8 +32,15 @@ impl Trainable {
         let mut report = PartialLoad::default();
         for (name, var) in self.named_vars() {
             match tensors.get(&name) {
-                Some(t) if t.dims() == var.dims() => {
-                    var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
+                // A scalar and a one-element vector are the same parameter (the ITC
+                // temperature is a scalar in released checkpoints, `(1,)` here).
+                Some(t)
+                    if t.dims() == var.dims()
+                        || (t.elem_count() == var.elem_count()
+                            && t.rank().max(var.rank()) <= 1) =>
+                {
+                    let t = t.to_device(var.device())?.to_dtype(var.dtype())?;
+                    var.set(&t.reshape(var.shape())?)?;
                     report.loaded.push(name);
                 }
                 Some(t) => {

@@ -10,8 +10,9 @@ use crate::checkpoint::Checkpoint;
 use crate::config::MplugConfig;
 use crate::error::Result;
 use crate::model::{Mplug, Task};
-use candle_core::{DType, Device, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use std::collections::HashMap;
 
 /// A model together with the variables that hold its weights.
 #[derive(Clone)]
@@ -98,6 +99,48 @@ impl Trainable {
         let model = Mplug::new(config, task, vb).map_err(|e| ckpt.error(e))?;
         drop_aliases(&varmap)?;
         Ok(Self { model, varmap })
+    }
+
+    /// As [`Trainable::from_checkpoint`], except that variables whose names start with one of
+    /// `fresh` may be absent from the checkpoint: those start from [`Trainable::new_seeded`]'s
+    /// values for `seed`. Returns the model and the names that started fresh. Any other
+    /// missing variable is an error naming it and its shape.
+    ///
+    /// A model folder written for inference keeps only what its tasks read: a multi-task
+    /// folder lacks the pre-training MLM head, which multi-task fine-tuning builds but never
+    /// trains.
+    pub fn from_checkpoint_with_fresh(
+        config: &MplugConfig,
+        ckpt: &Checkpoint,
+        task: Task,
+        device: &Device,
+        fresh: &[&str],
+        seed: u64,
+    ) -> Result<(Self, Vec<String>)> {
+        let t = Self::new_seeded(config, task, device, seed)?;
+        let tensors: HashMap<String, Tensor> = ckpt
+            .keys()
+            .into_iter()
+            .filter_map(|k| ckpt.get(k).map(|v| (k.to_string(), v.clone())))
+            .collect();
+        let report = t.load_partial(&tensors)?;
+        if let Some(name) = report
+            .missing
+            .iter()
+            .find(|n| !fresh.iter().any(|p| n.starts_with(p)))
+        {
+            let shape = t
+                .named_vars()
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.dims().to_vec())
+                .unwrap_or_default();
+            return Err(ckpt.error(format!(
+                "missing tensor `{name}` (expected shape {shape:?})"
+            )));
+        }
+        drop_aliases(&t.varmap)?;
+        Ok((t, report.missing))
     }
 
     /// Every variable with its name, sorted by name.
