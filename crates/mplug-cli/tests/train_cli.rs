@@ -1,7 +1,8 @@
 //! `mplug finetune` and `mplug pretrain` end to end: a short caption fine-tuning run from the
 //! golden tiny checkpoint that writes checkpoints, a resumed run, the result loaded by
-//! `mplug caption`; and a short pre-training run from scratch on generated images whose
-//! per-objective log holds the four losses.
+//! `mplug caption`; a short pre-training run from scratch on generated images whose
+//! per-objective log holds the four losses; pre-training started from BERT and CLIP files;
+//! VQA with momentum distillation resumed bit for bit; multi-task loss weights.
 
 mod common;
 
@@ -409,4 +410,130 @@ fn multitask_continues_a_multitask_folder_with_task_weights() {
         (total - 3.0 * caption).abs() < 1e-4 * total.abs(),
         "{total} vs 3 x {caption}"
     );
+}
+
+/// The largest absolute difference between two tensors of the same shape.
+fn max_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    let f = |t: &candle_core::Tensor| {
+        t.to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+    };
+    (f(a) - f(b))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn pretrain_starts_from_bert_and_clip_checkpoints() {
+    use candle_core::Tensor;
+    use std::collections::HashMap;
+    let dir = scratch("train-init");
+    let ann = scenes(&dir);
+    let ckpt = mplug::Checkpoint::load(tiny16().join("vqa.pth")).unwrap();
+    let golden: HashMap<String, Tensor> = ckpt
+        .keys()
+        .into_iter()
+        .map(|k| (k.to_string(), ckpt.get(k).unwrap().clone()))
+        .collect();
+    // A Hugging Face BERT folder (BertForMaskedLM keys) made of the golden decoder's
+    // self-attention and feed-forward weights, and an OpenAI-layout CLIP visual tower.
+    let bert: HashMap<String, Tensor> = golden
+        .iter()
+        .filter_map(|(k, v)| {
+            let rest = k.strip_prefix("text_decoder.")?;
+            (!rest.contains("crossattention") && !rest.ends_with("position_ids"))
+                .then(|| (rest.to_string(), v.clone()))
+        })
+        .collect();
+    let clip: HashMap<String, Tensor> = golden
+        .iter()
+        .filter_map(|(k, v)| {
+            let rest = k.strip_prefix("visual_encoder.")?;
+            Some((rest.to_string(), v.clone()))
+        })
+        .collect();
+    assert!(bert.len() > 10 && clip.len() > 10);
+    let bert_dir = dir.join("bert");
+    std::fs::create_dir_all(&bert_dir).unwrap();
+    candle_core::safetensors::save(&bert, bert_dir.join("model.safetensors")).unwrap();
+    std::fs::write(bert_dir.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
+    let clip_file = dir.join("clip.safetensors");
+    candle_core::safetensors::save(&clip, &clip_file).unwrap();
+
+    let out = dir.join("run");
+    let k = tiny16().join("config.json");
+    let root = dir.join("images");
+    let o = mplug(&[
+        "pretrain",
+        "--config",
+        s(&k),
+        "--init-bert",
+        s(&bert_dir),
+        "--init-clip",
+        s(&clip_file),
+        "--data",
+        s(&ann),
+        "--image-root",
+        s(&root),
+        "--out",
+        s(&out),
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--queue-size",
+        "0",
+        "--lr1",
+        "1e-7",
+        "--lr2",
+        "1e-7",
+        "--warmup",
+        "0",
+        "--no-augment",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("from BERT/CLIP"), "{}", o.stderr);
+    let trained = mplug::Checkpoint::load(out.join("model").join("model.safetensors")).unwrap();
+    let got = |k: &str| {
+        trained
+            .get(k)
+            .unwrap_or_else(|| panic!("the trained model lacks {k}"))
+            .clone()
+    };
+    // One update at lr 1e-7 moves a weight by about 1e-7: the towers hold the sources' values.
+    for (ours, source) in [
+        (
+            "visual_encoder.visual.conv1.weight",
+            "visual_encoder.visual.conv1.weight",
+        ),
+        (
+            "visual_encoder.visual.transformer.resblocks.1.attn.in_proj_weight",
+            "visual_encoder.visual.transformer.resblocks.1.attn.in_proj_weight",
+        ),
+        (
+            "text_encoder.encoder.layer.0.attention.self.query.weight",
+            "text_decoder.bert.encoder.layer.0.attention.self.query.weight",
+        ),
+        (
+            "text_decoder.bert.encoder.layer.1.output.dense.weight",
+            "text_decoder.bert.encoder.layer.1.output.dense.weight",
+        ),
+        (
+            "text_encoder.embeddings.word_embeddings.weight",
+            "text_decoder.bert.embeddings.word_embeddings.weight",
+        ),
+    ] {
+        let d = max_diff(&got(ours), &golden[source]);
+        assert!(d < 1e-5, "{ours} is {d} away from its source {source}");
+    }
+    // Cross-attention is new: it does not come from BERT.
+    let cross = "text_decoder.bert.encoder.layer.0.crossattention.self.key.weight";
+    assert!(max_diff(&got(cross), &golden[cross]) > 1e-2);
 }
