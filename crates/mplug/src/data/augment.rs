@@ -4,9 +4,13 @@
 //! equalize, brightness, sharpness, shear, translate, rotate; each of the two drawn operations
 //! applied with probability 0.5, affine ones filling with grey 128 as the reference does).
 //!
+//! Grounding samples have their own transform, [`super::grounding_augment`], switched on by
+//! [`AugmentConfig::grounding`].
+//!
 //! Every function takes its randomness from the caller's generator, so that a sample's pixels
 //! are a function of the seed it was drawn with.
 
+use super::grounding_augment::GroundingAugment;
 use crate::input::resample::{resize, Filter};
 use crate::input::RgbImage;
 use rand::rngs::StdRng;
@@ -25,6 +29,11 @@ pub struct AugmentConfig {
     pub ops: usize,
     /// RandAugment magnitude, out of 10.
     pub magnitude: f64,
+    /// Grounding samples: the reference's visual-grounding training transform (multi-scale
+    /// resize, box-keeping crop, colour jitter, random placement on the canvas; the flip is
+    /// [`Self::flip`]). `None`: grounding images are only letterboxed (centred) and flipped
+    /// when `flip` is set. The other fields do not apply to grounding samples.
+    pub grounding: Option<GroundingAugment>,
 }
 
 impl AugmentConfig {
@@ -36,6 +45,16 @@ impl AugmentConfig {
             flip: true,
             ops: 2,
             magnitude: 7.0,
+            grounding: None,
+        }
+    }
+
+    /// Fine-tuning with the reference's grounding training transform
+    /// ([`GroundingAugment::reference`]) for grounding samples.
+    pub fn grounding() -> Self {
+        AugmentConfig {
+            grounding: Some(GroundingAugment::reference()),
+            ..Self::finetune()
         }
     }
 

@@ -10,13 +10,19 @@
 //! Of the augmentations only the flip applies to clips: the whole clip is mirrored (every frame
 //! alike) with probability 0.5, and `left`/`right` are swapped in its text (and VQA answers) as
 //! [`swap_left_right`] does; clips are never cropped or RandAugmented.
+//!
+//! Grounding samples are letterboxed onto the square canvas with their box: with
+//! [`AugmentConfig::grounding`] set, through the reference's grounding training transform
+//! ([`super::grounding_augment`]), drawn from the same per-visit generator; otherwise centred,
+//! as at evaluation, and only flipped.
 
 use super::augment::{hflip, rand_augment, random_resized_crop, swap_left_right, AugmentConfig};
+use super::grounding_augment::{augment_grounding, flip_box};
 use super::{DataError, DataTask, Dataset, Result};
 use crate::eval::annotations::resolve_video;
 use crate::input::{
     DecodeOptions, EncodeOptions, GroundingPreprocessor, ImageConfig, ImagePreprocessor,
-    LetterboxConfig, Tokenizer, VideoConfig, VideoPreprocessor,
+    InputError, LetterboxConfig, RgbImage, Tokenizer, VideoConfig, VideoPreprocessor,
 };
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
@@ -262,6 +268,44 @@ impl Loader {
         })
     }
 
+    /// One grounding visit: with [`AugmentConfig::grounding`] set, the reference's training
+    /// transform ([`augment_grounding`]) and its (possibly off-centre) padding; otherwise the
+    /// centred evaluation letterbox, which keeps the whole image (and box), flipped when
+    /// [`AugmentConfig::flip`] is set.
+    fn grounding_item(
+        &self,
+        img: RgbImage,
+        bbox: [f64; 4],
+        text: String,
+        rng: &mut StdRng,
+    ) -> std::result::Result<Item, InputError> {
+        let augment = self.config.augment.as_ref();
+        if let Some((a, g)) = augment.and_then(|a| a.grounding.as_ref().map(|g| (a, g))) {
+            let res = self.config.resolution;
+            let out = augment_grounding(&img, bbox, &text, g, a.flip, res, rng)?;
+            let (pixels, info) = self.letterbox.place(&out.image, out.left, out.top)?;
+            return Ok(Item {
+                pixels,
+                text: out.text,
+                target: Some(info.box_from_original(out.bbox.map(|v| v as f32))),
+                flipped: false,
+            });
+        }
+        let (mut img, mut bbox, mut text) = (img, bbox, text);
+        if augment.is_some_and(|a| a.flip) && rng.random::<f64>() < 0.5 {
+            img = hflip(&img);
+            text = swap_left_right(&text);
+            bbox = flip_box(bbox, img.width());
+        }
+        let (pixels, info) = self.letterbox.pixels(&img)?;
+        Ok(Item {
+            pixels,
+            text,
+            target: Some(info.box_from_original(bbox.map(|v| v as f32))),
+            flipped: false,
+        })
+    }
+
     /// One sample visit: decode, augment, normalize.
     fn item(&self, index: usize, position: u64) -> Result<Item> {
         if let Some(video) = &self.video {
@@ -285,26 +329,10 @@ impl Loader {
             .map_err(|e| img_err(e.to_string()))?;
         let res = self.config.resolution;
         if self.dataset.task == DataTask::Grounding {
-            // The letterbox keeps the whole image (and box); only the flip applies.
-            let mut img = img;
-            let mut bbox = s.bbox.unwrap_or([0.0; 4]);
-            if self.config.augment.as_ref().is_some_and(|a| a.flip) && rng.random::<f64>() < 0.5 {
-                img = hflip(&img);
-                text = swap_left_right(&text);
-                let w = f64::from(img.width());
-                bbox = [w - bbox[2], bbox[1], w - bbox[0], bbox[3]];
-            }
-            let (pixels, info) = self
-                .letterbox
-                .pixels(&img)
-                .map_err(|e| img_err(e.to_string()))?;
-            let target = info.box_from_original(bbox.map(|v| v as f32));
-            return Ok(Item {
-                pixels,
-                text,
-                target: Some(target),
-                flipped: false,
-            });
+            let bbox = s.bbox.unwrap_or([0.0; 4]);
+            return self
+                .grounding_item(img, bbox, text, &mut rng)
+                .map_err(|e| img_err(e.to_string()));
         }
         let img = match &self.config.augment {
             Some(a) => {

@@ -11,6 +11,7 @@
 //! [`crate::tasks::pretrain::losses`] take.
 
 pub mod augment;
+pub mod grounding_augment;
 pub mod loader;
 
 pub use augment::{swap_left_right, AugmentConfig};

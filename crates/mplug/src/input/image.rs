@@ -534,6 +534,44 @@ impl GroundingPreprocessor {
             info.resized_height,
             Filter::Bilinear,
         )?;
+        Ok((self.canvas(&resized, &info), info))
+    }
+
+    /// Normalized CHW canvas (`3 * S * S` values) with `image` placed as it is (not resized)
+    /// with its top-left corner at column `left`, row `top`, and its geometry (scale 1, so
+    /// [`LetterboxInfo::box_from_original`] takes boxes in `image`'s pixels). This is the
+    /// reference's training-time padding, whose offset may be random (`aug_translate`); an image
+    /// that does not fit the canvas at that offset is an error.
+    pub fn place(
+        &self,
+        image: &RgbImage,
+        left: u32,
+        top: u32,
+    ) -> Result<(Vec<f32>, LetterboxInfo)> {
+        let (w, h) = image.dimensions();
+        check_dimensions("image", w, h, u64::MAX)?;
+        let size = self.config.size;
+        let fits = |offset: u32, side: u32| u64::from(offset) + u64::from(side) <= u64::from(size);
+        if !fits(left, w) || !fits(top, h) {
+            return Err(InputError::InvalidConfig(format!(
+                "a {w}x{h} image at ({left}, {top}) does not fit a {size}x{size} canvas"
+            )));
+        }
+        let info = LetterboxInfo {
+            original_width: w,
+            original_height: h,
+            scale: 1.0,
+            resized_width: w,
+            resized_height: h,
+            left,
+            top,
+            size,
+        };
+        Ok((self.canvas(image, &info), info))
+    }
+
+    /// The zero canvas with `resized` (already `info.resized_*` in size) normalized into place.
+    fn canvas(&self, resized: &RgbImage, info: &LetterboxInfo) -> Vec<f32> {
         let s = self.config.size as usize;
         let plane = s * s;
         let mut out = vec![0f32; 3 * plane];
@@ -550,7 +588,7 @@ impl GroundingPreprocessor {
                 }
             }
         }
-        Ok((out, info))
+        out
     }
 
     /// Letterboxes an RGB image.
