@@ -46,7 +46,7 @@ done_() { [ -f "$1/model/model.safetensors" ]; }
 
 # No augmentation: the world's texts name counts, positions and exact colours, which the
 # reference's crops and colour operations would falsify, and these runs see each image only a
-# few times. In-batch ITC (--queue-size 0): the momentum encoders (EMA 0.995) and feature queues serve
+# few times. No dropout either: a model this small, trained this briefly, underfits. In-batch ITC (--queue-size 0): the momentum encoders (EMA 0.995) and feature queues serve
 # runs of many thousand updates; in a few hundred the momentum copy hardly moves from its
 # random start, and its queued features and distillation targets would be noise.
 done_ "$OUT/pretrain" || {
@@ -54,7 +54,7 @@ stage "pre-train: ITC + ITM + MLM + PrefixLM, $PRETRAIN_STEPS updates"
 "$MPLUG" pretrain --preset tiny --stride-layer "$STRIDE" --vocab "$DATA/vocab.txt" \
   --data "$DATA/pretrain.json" --image-root "$DATA" --out "$OUT/pretrain" \
   --steps "$PRETRAIN_STEPS" --batch-size 32 --lr1 3e-4 --lr2 3e-4 --warmup 40 --clip 1.0 \
-  --queue-size 0 --max-len 30 --save-every 100 --workers 2 --seed 1 --no-augment
+  --queue-size 0 --max-len 30 --save-every 100 --workers 2 --seed 1 --no-augment --no-dropout
 }
 
 tasks=(--data caption="$DATA/caption_train.json" --data vqa="$DATA/vqa_train.json"
@@ -67,7 +67,7 @@ stage "fine-tune ${tasks[*]} jointly, $MULTITASK_STEPS updates"
 "$MPLUG" finetune multitask --model "$OUT/pretrain/model" "${tasks[@]}" \
   --image-root "$DATA" --out "$OUT/multitask" \
   --steps "$MULTITASK_STEPS" --batch-size 16 --lr1 5e-4 --lr2 5e-4 --warmup 20 \
-  --max-len 30 --save-every 100 --workers 2 --seed 2 --no-augment
+  --max-len 30 --save-every 100 --workers 2 --seed 2 --no-augment --no-dropout
 }
 
 # A second round at a lower learning rate (a warm restart of the cosine schedule).
@@ -79,7 +79,7 @@ if [ "$MULTITASK2_STEPS" -gt 0 ]; then
   "$MPLUG" finetune multitask --model "$OUT/multitask/model" "${tasks[@]}" \
     --image-root "$DATA" --out "$final" \
     --steps "$MULTITASK2_STEPS" --batch-size 16 --lr1 2e-4 --lr2 2e-4 --warmup 10 \
-    --max-len 30 --save-every 100 --workers 2 --seed 4 --no-augment
+    --max-len 30 --save-every 100 --workers 2 --seed 4 --no-augment --no-dropout
   }
 fi
 
@@ -93,6 +93,6 @@ if [ "$VIDEO_STEPS" -gt 0 ] && ! done_ "$OUT/video"; then
     --data videoqa="$DATA/videoqa_train.jsonl" --data videoretrieval="$DATA/videoretrieval_train.jsonl" \
     --frames 8 --image-root "$DATA" --out "$OUT/video" \
     --steps "$VIDEO_STEPS" --batch-size 4 --lr1 2e-4 --lr2 2e-4 --warmup 5 \
-    --max-len 30 --save-every 50 --workers 2 --seed 3 --no-augment
+    --max-len 30 --save-every 50 --workers 2 --seed 3 --no-augment --no-dropout
 fi
 stage "done"

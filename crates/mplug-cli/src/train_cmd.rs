@@ -81,6 +81,10 @@ pub struct TrainOpts {
     /// Turn the train augmentations off (a plain bicubic resize, as at test time).
     #[arg(long)]
     pub no_augment: bool,
+    /// Turn dropout off (by default the configuration's `hidden_dropout_prob` and
+    /// `attention_probs_dropout_prob` apply in training, as the reference trains).
+    #[arg(long)]
+    pub no_dropout: bool,
     /// Continue the run in --out from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -357,7 +361,8 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         Some(p) => std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
         None => default_vocab(&cfg),
     };
-    let aug = AugmentConfig::finetune();
+    // The reference's fine-tuning transforms; grounding samples get its grounding transform.
+    let aug = AugmentConfig::grounding();
     let mut tokens = None;
     match &a.task {
         FinetuneTask::Caption(c) => {
@@ -587,7 +592,7 @@ fn multitask_run(
     let n = loaders.len() as u64;
     let mut opt = optimizer(trainable, t)?;
     let bar = progress(t);
-    let mut config = train_config(t);
+    let mut config = train_config(t, &trainable.model.config);
     config.accumulate = t.accumulate.max(1) * n;
     let (mut file, path) = losses_log(t)?;
     let sums: RefCell<Vec<(f64, u64)>> = RefCell::new(vec![(0.0, 0); loaders.len()]);
@@ -743,7 +748,7 @@ fn make_loader(
     )?)
 }
 
-fn train_config(t: &TrainOpts) -> TrainConfig {
+fn train_config(t: &TrainOpts, cfg: &MplugConfig) -> TrainConfig {
     TrainConfig {
         steps: t.steps,
         accumulate: t.accumulate.max(1),
@@ -757,6 +762,8 @@ fn train_config(t: &TrainOpts) -> TrainConfig {
         save_every: t.save_every.max(1),
         out_dir: Some(t.out.clone()),
         batch_size: t.batch_size,
+        dropout: (!t.no_dropout).then(|| cfg.dropout()),
+        seed: t.seed,
     }
 }
 
@@ -816,7 +823,7 @@ fn simple_run(
     let logs = train(
         trainable,
         &mut opt,
-        &train_config(t),
+        &train_config(t, &trainable.model.config),
         |model, i| {
             let b = loader.batch(i)?;
             loss(model, &b)
@@ -852,7 +859,7 @@ fn distilled_vqa_run(
     let logs = train_with_state(
         trainable,
         &mut opt,
-        &train_config(t),
+        &train_config(t, &trainable.model.config),
         Some(&momentum as &dyn mplug::train::trainer::ExtraState),
         |model, i| {
             let b = loader.batch(i)?;
@@ -936,7 +943,7 @@ fn contrastive_run(
     let logs = train_with_state(
         trainable,
         &mut opt,
-        &train_config(t),
+        &train_config(t, &trainable.model.config),
         momentum
             .as_ref()
             .map(|m| m as &dyn mplug::train::trainer::ExtraState),

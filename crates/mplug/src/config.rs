@@ -24,6 +24,11 @@ fn default_gelu() -> String {
 fn default_type_vocab() -> usize {
     2
 }
+/// BERT's default dropout probability (Hugging Face's `BertConfig`).
+fn default_dropout() -> f32 {
+    0.1
+}
+
 fn default_eps() -> f64 {
     1e-12
 }
@@ -69,6 +74,12 @@ pub struct BertConfig {
     /// Padding token id.
     #[serde(default)]
     pub pad_token_id: u32,
+    /// Dropout of hidden states in training (BERT's, and after `visn_fc`).
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f32,
+    /// Dropout of BERT's attention probabilities in training.
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f32,
 }
 
 /// Everything needed to build an mPLUG model (the golden `config.json` form).
@@ -104,6 +115,8 @@ impl BertConfig {
             type_vocab_size: 2,
             hidden_act: "gelu".into(),
             pad_token_id: 0,
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
         }
     }
 
@@ -314,6 +327,17 @@ impl MplugConfig {
         if b.stride_layer == 0 {
             return Err("stride_layer must be at least 1".into());
         }
+        for (name, p) in [
+            ("hidden_dropout_prob", b.hidden_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                b.attention_probs_dropout_prob,
+            ),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(format!("{name} {p} is outside [0, 1)"));
+            }
+        }
         if b.hidden_act != "gelu" {
             return Err(format!(
                 "hidden_act `{}` is not supported (only `gelu`)",
@@ -331,6 +355,14 @@ impl MplugConfig {
     /// Visual tokens per image: the class token plus one per patch.
     pub fn num_visual_tokens(&self) -> usize {
         self.grid_size() * self.grid_size() + 1
+    }
+
+    /// The dropout probabilities a training run applies.
+    pub fn dropout(&self) -> crate::model::dropout::DropoutConfig {
+        crate::model::dropout::DropoutConfig {
+            hidden: self.bert.hidden_dropout_prob,
+            attention: self.bert.attention_probs_dropout_prob,
+        }
     }
 
     /// Whether the model has `visn_fc` + `visn_layer_norm` (vision width differs from text width).

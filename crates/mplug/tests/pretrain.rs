@@ -33,6 +33,8 @@ fn tiny() -> MplugConfig {
             type_vocab_size: 2,
             hidden_act: "gelu".into(),
             pad_token_id: 0,
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
         },
     }
 }

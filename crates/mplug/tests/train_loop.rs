@@ -4,6 +4,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::*;
+use mplug::model::dropout::{with_dropout, DropoutConfig};
 use mplug::tasks::caption;
 use mplug::train::optim::{MplugAdamW, OptimizerConfig};
 use mplug::train::schedule::CosineSchedule;
@@ -102,8 +103,23 @@ fn loss_falls_with_accumulation_clipping_and_schedule() {
 
 #[test]
 fn a_killed_run_resumes_to_the_same_weights() {
+    resumes_to_the_same_weights(None, "plain");
+}
+
+#[test]
+fn a_killed_run_with_dropout_resumes_to_the_same_weights() {
+    let dropout = DropoutConfig {
+        hidden: 0.1,
+        attention: 0.1,
+    };
+    resumes_to_the_same_weights(Some(dropout), "dropout");
+}
+
+fn resumes_to_the_same_weights(dropout: Option<DropoutConfig>, tag: &str) {
     let dir = &config_dirs()[0];
     let config = |out: &Path, steps: u64| TrainConfig {
+        dropout,
+        seed: 11,
         steps,
         accumulate: 2,
         clip_norm: Some(1.0),
@@ -117,7 +133,7 @@ fn a_killed_run_resumes_to_the_same_weights() {
         }),
         ..Default::default()
     };
-    let straight = tmp("straight");
+    let straight = tmp(&format!("straight-{tag}"));
     let mut a = setup(dir);
     train(
         &a.trainable,
@@ -128,7 +144,7 @@ fn a_killed_run_resumes_to_the_same_weights() {
     )
     .unwrap();
 
-    let killed = tmp("killed");
+    let killed = tmp(&format!("killed-{tag}"));
     let mut b = setup(dir);
     // Stop after 3 updates: the last checkpoint is at update 2, so update 3 is lost.
     train(
@@ -187,4 +203,53 @@ fn a_non_finite_loss_stops_the_run_naming_the_step() {
         err.contains("update 3") && err.contains("micro-batch 4"),
         "{err}"
     );
+}
+
+#[test]
+fn dropout_applies_only_inside_a_training_scope() {
+    for dir in config_dirs() {
+        let s = setup(&dir);
+        let model = &s.trainable.model;
+        let loss = loss_of(&s.io);
+        let value = |t: Tensor| t.to_scalar::<f32>().unwrap();
+        let plain = value(loss(model, 0).unwrap());
+        let cfg = DropoutConfig {
+            hidden: 0.1,
+            attention: 0.1,
+        };
+        let a = value(with_dropout(cfg, 1, || loss(model, 0)).unwrap());
+        let b = value(with_dropout(cfg, 1, || loss(model, 0)).unwrap());
+        let c = value(with_dropout(cfg, 2, || loss(model, 0)).unwrap());
+        assert_ne!(a, plain, "dropout changes the training loss");
+        assert_eq!(a, b, "the same seed draws the same masks");
+        assert_ne!(a, c, "another seed draws other masks");
+        assert_eq!(
+            value(loss(model, 0).unwrap()),
+            plain,
+            "inference has no dropout"
+        );
+        // Attention dropout alone reaches the BERT towers.
+        let attention_only = DropoutConfig {
+            hidden: 0.0,
+            attention: 0.5,
+        };
+        let d = value(with_dropout(attention_only, 1, || loss(model, 0)).unwrap());
+        assert_ne!(d, plain);
+        // CLIP has no dropout; the tokens after `visn_fc` + LayerNorm have the hidden one.
+        let image = s.io.get("image");
+        let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let clean = flat(model.encode_image(&image).unwrap());
+        let heavy = DropoutConfig {
+            hidden: 0.5,
+            attention: 0.5,
+        };
+        let dropped = flat(with_dropout(heavy, 3, || model.encode_image(&image)).unwrap());
+        let cfg = &model.config;
+        assert_eq!(
+            clean != dropped,
+            cfg.has_visn_fc(),
+            "{}: visual tokens under dropout",
+            dir.display()
+        );
+    }
 }

@@ -27,6 +27,35 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
 /// without being copied. The additive `mask` broadcasts to `(Bk, 1, G*Lq, Lk)` when `G > 1` and
 /// to `(Bq, H, Lq, Lk)` otherwise.
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    attend_impl(q, k, v, mask, false)
+}
+
+/// [`attend`] with dropout of the attention probabilities in training (see
+/// [`super::dropout`]), as BERT's attention has; CLIP's has none.
+pub fn attend_with_dropout(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    attend_impl(q, k, v, mask, true)
+}
+
+fn attend_impl(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    dropout: bool,
+) -> Result<Tensor> {
+    let probs_of = |scores: &Tensor| -> Result<Tensor> {
+        let p = super::ops::softmax_last_dim(scores)?;
+        if dropout {
+            super::dropout::attention(&p)
+        } else {
+            Ok(p)
+        }
+    };
     let (bq, h, lq, d) = q.dims4()?;
     let bk = k.dim(0)?;
     let scale = 1.0 / (d as f64).sqrt();
@@ -36,8 +65,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
-        let probs = super::ops::softmax_last_dim(&scores)?;
-        return probs.matmul(v);
+        return probs_of(&scores)?.matmul(v);
     }
     if bk == 0 || bq % bk != 0 {
         candle_core::bail!("attention: {bq} query rows cannot share {bk} key rows");
@@ -52,8 +80,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
         Some(m) => scores.broadcast_add(m)?,
         None => scores,
     };
-    let probs = super::ops::softmax_last_dim(&scores)?;
-    probs
+    probs_of(&scores)?
         .matmul(v)?
         .reshape((bk, h, g, lq, d))?
         .transpose(1, 2)?

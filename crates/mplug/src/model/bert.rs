@@ -1,7 +1,7 @@
 //! BERT blocks with the checkpoint's names: embeddings, post-LN layers with optional
 //! cross-attention, the text encoder, and the masked-LM prediction head.
 
-use super::attention::{attend, merge_heads, split_heads};
+use super::attention::{attend_with_dropout, merge_heads, split_heads};
 use super::cache::LayerKv;
 use super::ops::{layer_norm, linear, LayerNorm, Linear};
 use crate::config::BertConfig;
@@ -58,7 +58,7 @@ impl BertEmbeddings {
         let pos = self.position_embeddings.forward(&positions)?;
         let types = self.token_type_embeddings.embeddings().get(0)?;
         let x = words.broadcast_add(&types)?.broadcast_add(&pos)?;
-        self.layer_norm.forward(&x)
+        super::dropout::hidden(&self.layer_norm.forward(&x)?)
     }
 }
 
@@ -98,7 +98,7 @@ impl BertSelfAttention {
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let q = split_heads(&self.query.forward(hidden)?, self.heads)?;
-        merge_heads(&attend(&q, &kv.k, &kv.v, mask)?)
+        merge_heads(&attend_with_dropout(&q, &kv.k, &kv.v, mask)?)
     }
 }
 
@@ -118,10 +118,10 @@ impl BertSelfOutput {
         })
     }
 
-    /// `LayerNorm(dense(x) + residual)`.
+    /// `LayerNorm(dropout(dense(x)) + residual)`.
     pub fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        self.layer_norm
-            .forward(&(self.dense.forward(x)? + residual)?)
+        let h = super::dropout::hidden(&self.dense.forward(x)?)?;
+        self.layer_norm.forward(&(h + residual)?)
     }
 }
 

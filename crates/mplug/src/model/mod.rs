@@ -5,6 +5,7 @@ pub mod attention;
 pub mod bert;
 pub mod cache;
 pub mod decoder;
+pub mod dropout;
 pub mod fusion;
 pub mod ops;
 pub mod vision;

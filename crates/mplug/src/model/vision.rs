@@ -216,7 +216,7 @@ impl Module for VisualEncoder {
     fn forward(&self, images: &Tensor) -> Result<Tensor> {
         let x = self.visual.forward(images)?;
         match &self.visn {
-            Some((fc, ln)) => ln.forward(&fc.forward(&x)?),
+            Some((fc, ln)) => super::dropout::hidden(&ln.forward(&fc.forward(&x)?)?),
             None => Ok(x),
         }
     }

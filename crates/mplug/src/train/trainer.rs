@@ -8,7 +8,9 @@
 use super::optim::MplugAdamW;
 use super::schedule::CosineSchedule;
 use super::Trainable;
+use crate::data::loader::derive_seed;
 use crate::error::{Error, Result};
+use crate::model::dropout::{with_dropout, DropoutConfig};
 use crate::model::Mplug;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
@@ -34,6 +36,11 @@ pub struct TrainConfig {
     pub out_dir: Option<PathBuf>,
     /// Samples per micro-batch (for the throughput figure).
     pub batch_size: usize,
+    /// Dropout in each micro-batch's forward pass (`None`: off, as in the golden train step).
+    pub dropout: Option<DropoutConfig>,
+    /// Seed of the dropout masks: micro-batch `i` draws from a generator seeded with this seed
+    /// and `i`, so that a resumed run draws the masks the uninterrupted run drew.
+    pub seed: u64,
 }
 
 impl Default for TrainConfig {
@@ -46,6 +53,8 @@ impl Default for TrainConfig {
             save_every: 50,
             out_dir: None,
             batch_size: 1,
+            dropout: None,
+            seed: 0,
         }
     }
 }
@@ -68,6 +77,9 @@ pub struct StepLog {
 }
 
 const STATE_FILE: &str = "state.json";
+
+/// Random stream of the dropout masks (see [`derive_seed`]).
+const DROPOUT_STREAM: u64 = 0x64726f70; // "drop"
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct RunState {
@@ -143,7 +155,14 @@ pub fn train_with_state(
         let mut loss_sum = 0.0;
         for micro in 0..accumulate {
             let index = step * accumulate + micro;
-            let loss = loss_of(&trainable.model, index)?;
+            let loss = match config.dropout.filter(DropoutConfig::is_active) {
+                Some(d) => {
+                    with_dropout(d, derive_seed(config.seed, DROPOUT_STREAM, index), || {
+                        loss_of(&trainable.model, index)
+                    })?
+                }
+                None => loss_of(&trainable.model, index)?,
+            };
             let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !value.is_finite() {
                 return Err(Error::invalid(format!(
