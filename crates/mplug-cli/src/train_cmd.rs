@@ -369,7 +369,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
             let data = Dataset::caption(one_data(t)?, c.split.as_deref())?;
             let loader = make_loader(data, t, &cfg, tokenizer.clone(), aug, &c.prompt)?;
             let losses = TaskLosses::new(&tokenizer, GroundingTokens::default(), t.seed);
-            simple_run(&trainable, &loader, t, |model, b| {
+            simple_run(&trainable, &loader, t, None, |model, b| {
                 losses.loss(model, Task::Caption, b)
             })?;
         }
@@ -380,7 +380,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
                 distilled_vqa_run(&trainable, &loader, t, v.alpha)?;
             } else {
                 let losses = TaskLosses::new(&tokenizer, GroundingTokens::default(), t.seed);
-                simple_run(&trainable, &loader, t, |model, b| {
+                simple_run(&trainable, &loader, t, None, |model, b| {
                     losses.loss(model, Task::Vqa, b)
                 })?;
             }
@@ -406,7 +406,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
             let data = Dataset::grounding(one_data(t)?, box_format(&g.grounding)?)?;
             let loader = make_loader(data, t, &cfg, tokenizer.clone(), aug, "")?;
             let losses = TaskLosses::new(&tokenizer, found, t.seed);
-            simple_run(&trainable, &loader, t, |model, b| {
+            simple_run(&trainable, &loader, t, None, |model, b| {
                 losses.loss(model, Task::Grounding, b)
             })?;
         }
@@ -816,14 +816,16 @@ fn simple_run(
     trainable: &Trainable,
     loader: &Loader,
     t: &TrainOpts,
+    extra: Option<&dyn mplug::train::trainer::ExtraState>,
     loss: impl Fn(&Mplug, &Batch) -> mplug::Result<Tensor>,
 ) -> Result<()> {
     let mut opt = optimizer(trainable, t)?;
     let bar = progress(t);
-    let logs = train(
+    let logs = train_with_state(
         trainable,
         &mut opt,
         &train_config(t, &trainable.model.config),
+        extra,
         |model, i| {
             let b = loader.batch(i)?;
             loss(model, &b)
@@ -854,56 +856,41 @@ fn distilled_vqa_run(
     let vars = trainable.named_vars();
     let momentum = RefCell::new(Momentum::new(&trainable.model, &vars, 0, t.seed)?);
     let epoch_batches = loader.batches_per_epoch().max(1) as f64;
-    let mut opt = optimizer(trainable, t)?;
-    let bar = progress(t);
-    let logs = train_with_state(
-        trainable,
-        &mut opt,
-        &train_config(t, &trainable.model.config),
-        Some(&momentum as &dyn mplug::train::trainer::ExtraState),
-        |model, i| {
-            let b = loader.batch(i)?;
-            let missing = || mplug::Error::invalid("a VQA batch without answers");
-            let answer_ids = b.answer_ids.as_ref().ok_or_else(missing)?;
-            let answer_mask = b.answer_mask.as_ref().ok_or_else(missing)?;
-            let weights = b.answer_weights.as_ref().ok_or_else(missing)?;
-            let mut m = momentum.borrow_mut();
-            m.update(&vars)?;
-            let teacher = {
-                let embeds = m.model.encode_image(&b.images)?;
-                let q = vqa::encode_question(&m.model, &embeds, &b.ids, &b.mask)?;
-                vqa::answer_logits(
-                    &m.model,
-                    &q,
-                    answer_ids,
-                    answer_mask,
-                    &b.answer_counts,
-                    weights,
-                )?
-                .detach()
-            };
-            let embeds = model.encode_image(&b.images)?;
-            let q = vqa::encode_question(model, &embeds, &b.ids, &b.mask)?;
-            let a = alpha * (i as f64 / epoch_batches).min(1.0);
-            vqa::distillation_loss(
-                model,
+    simple_run(trainable, loader, t, Some(&momentum), |model, b| {
+        let missing = || mplug::Error::invalid("a VQA batch without answers");
+        let answer_ids = b.answer_ids.as_ref().ok_or_else(missing)?;
+        let answer_mask = b.answer_mask.as_ref().ok_or_else(missing)?;
+        let weights = b.answer_weights.as_ref().ok_or_else(missing)?;
+        let mut m = momentum.borrow_mut();
+        m.update(&vars)?;
+        let teacher = {
+            let embeds = m.model.encode_image(&b.images)?;
+            let q = vqa::encode_question(&m.model, &embeds, &b.ids, &b.mask)?;
+            vqa::answer_logits(
+                &m.model,
                 &q,
                 answer_ids,
                 answer_mask,
                 &b.answer_counts,
                 weights,
-                &teacher,
-                a,
-            )
-        },
-        |log| {
-            bar.set_position(log.step);
-            bar.set_message(step_message(log));
-        },
-    )?;
-    bar.finish_and_clear();
-    report(&logs, t);
-    Ok(())
+            )?
+            .detach()
+        };
+        let embeds = model.encode_image(&b.images)?;
+        let q = vqa::encode_question(model, &embeds, &b.ids, &b.mask)?;
+        // `b.index` is the global micro-batch index.
+        let a = alpha * (b.index as f64 / epoch_batches).min(1.0);
+        vqa::distillation_loss(
+            model,
+            &q,
+            answer_ids,
+            answer_mask,
+            &b.answer_counts,
+            weights,
+            &teacher,
+            a,
+        )
+    })
 }
 
 /// A run of the pre-training objectives (pre-training, or retrieval fine-tuning with image

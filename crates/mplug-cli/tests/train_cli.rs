@@ -28,15 +28,25 @@ fn write_png(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) {
         .unwrap();
 }
 
-fn finetune_caption(out: &Path, ann: &Path, steps: &str, extra: &[&str]) -> Output {
+/// `mplug finetune TASK` from the golden tiny `CHECKPOINT` on the golden images: batches of 2,
+/// a checkpoint every update.
+fn finetune(
+    task: &str,
+    checkpoint: &str,
+    lr: &str,
+    out: &Path,
+    ann: &Path,
+    steps: &str,
+    extra: &[&str],
+) -> Output {
     let (c, k, img) = (
-        tiny16().join("caption.pth"),
+        tiny16().join(checkpoint),
         tiny16().join("config.json"),
         images_dir(),
     );
     let mut args = vec![
         "finetune",
-        "caption",
+        task,
         "--model",
         s(&c),
         "--config",
@@ -54,14 +64,24 @@ fn finetune_caption(out: &Path, ann: &Path, steps: &str, extra: &[&str]) -> Outp
         "--save-every",
         "1",
         "--lr1",
-        "1e-4",
+        lr,
         "--lr2",
-        "1e-4",
+        lr,
         "--workers",
         "2",
     ];
     args.extend(extra);
     mplug(&args)
+}
+
+fn finetune_caption(out: &Path, ann: &Path, steps: &str, extra: &[&str]) -> Output {
+    finetune("caption", "caption.pth", "1e-4", out, ann, steps, extra)
+}
+
+fn finetune_vqa(out: &Path, ann: &Path, steps: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["--no-augment"];
+    args.extend(extra);
+    finetune("vqa", "vqa.pth", "1e-3", out, ann, steps, &args)
 }
 
 #[test]
@@ -260,43 +280,6 @@ fn pretrain_from_scratch_logs_each_loss() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     let l = &lines(&out2.join("losses.jsonl"))[0];
     assert!(l["itc"].is_null() && l["mlm"].as_f64().is_some(), "{l}");
-}
-
-fn finetune_vqa(out: &Path, ann: &Path, steps: &str, extra: &[&str]) -> Output {
-    let (c, k, img) = (
-        tiny16().join("vqa.pth"),
-        tiny16().join("config.json"),
-        images_dir(),
-    );
-    let mut args = vec![
-        "finetune",
-        "vqa",
-        "--model",
-        s(&c),
-        "--config",
-        s(&k),
-        "--data",
-        s(ann),
-        "--image-root",
-        s(&img),
-        "--out",
-        s(out),
-        "--steps",
-        steps,
-        "--batch-size",
-        "2",
-        "--save-every",
-        "1",
-        "--lr1",
-        "1e-3",
-        "--lr2",
-        "1e-3",
-        "--workers",
-        "2",
-        "--no-augment",
-    ];
-    args.extend(extra);
-    mplug(&args)
 }
 
 #[test]

@@ -80,7 +80,7 @@ fn apply(x: &Tensor, p: impl Fn(&DropoutConfig) -> f32) -> Result<Tensor> {
         if p <= 0.0 {
             return None;
         }
-        // Kept values are scaled by 1 / (1 - p), as torch's dropout does.
+        // Kept values are scaled by 1 / (1 - p), as torch's dropout does (p >= 1 keeps none).
         let scale = 1.0 / (1.0 - p);
         let values: Vec<f32> = (0..x.elem_count())
             .map(|_| {
@@ -96,10 +96,6 @@ fn apply(x: &Tensor, p: impl Fn(&DropoutConfig) -> f32) -> Result<Tensor> {
     match mask {
         None => Ok(x.clone()),
         Some(values) => {
-            let p = STATE.with(|s| s.borrow().as_ref().map(|s| p(&s.config)));
-            if p.is_some_and(|p| p >= 1.0) {
-                return x.zeros_like();
-            }
             let m = Tensor::from_vec(values, x.shape(), x.device())?.to_dtype(x.dtype())?;
             x.mul(&m)
         }
