@@ -68,7 +68,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(n) = cli.threads {
+    // Training with concurrent micro-batches runs each on one tensor-math thread.
+    let threads = cli.threads.or(match &cli.command {
+        Command::Pretrain(a) => a.train.math_threads(),
+        Command::Finetune(a) => a.train_opts().math_threads(),
+        _ => None,
+    });
+    if let Some(n) = threads {
         // candle's CPU kernels size their pool from this variable on first use.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }

@@ -2,7 +2,8 @@
 //! golden tiny checkpoint that writes checkpoints, a resumed run, the result loaded by
 //! `mplug caption`; a short pre-training run from scratch on generated images whose
 //! per-objective log holds the four losses; pre-training started from BERT and CLIP files;
-//! VQA with momentum distillation resumed bit for bit; multi-task loss weights.
+//! VQA with momentum distillation resumed bit for bit; multi-task loss weights; micro-batches
+//! on concurrent threads.
 
 mod common;
 
@@ -280,6 +281,64 @@ fn pretrain_from_scratch_logs_each_loss() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     let l = &lines(&out2.join("losses.jsonl"))[0];
     assert!(l["itc"].is_null() && l["mlm"].as_f64().is_some(), "{l}");
+}
+
+/// `--data-parallel 2` computes the two micro-batches of an update on two threads and makes
+/// the update `--accumulate 2` makes alone; it is refused where an update has one micro-batch
+/// or momentum state moves between micro-batches.
+#[test]
+fn data_parallel_makes_the_serial_update() {
+    let dir = scratch("train-data-parallel");
+    let ann = dir.join("captions.json");
+    std::fs::write(
+        &ann,
+        r#"[{"image": "camera.png", "caption": "a man with a camera"},
+            {"image": "chelsea.png", "caption": "a small cat on the left"},
+            {"image": "rocket.jpg", "caption": "a rocket on its pad"},
+            {"image": "camera.png", "caption": "a photographer outdoors"}]"#,
+    )
+    .unwrap();
+    let weights = |out: &Path| std::fs::read(out.join("model").join("model.safetensors")).unwrap();
+    let serial = dir.join("serial");
+    let r = finetune_caption(&serial, &ann, "3", &["--accumulate", "2"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let parallel = dir.join("parallel");
+    let r = finetune_caption(
+        &parallel,
+        &ann,
+        "3",
+        &["--accumulate", "2", "--data-parallel", "2"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        weights(&serial) == weights(&parallel),
+        "concurrent micro-batches changed the update"
+    );
+    let losses = |out: &Path| -> Vec<f64> {
+        lines(&out.join("train_log.jsonl"))
+            .iter()
+            .map(|l| l["loss"].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(losses(&serial), losses(&parallel));
+
+    let one = finetune_caption(&dir.join("one"), &ann, "1", &["--data-parallel", "2"]);
+    assert_eq!(one.code, 1);
+    assert!(one.stderr.contains("--accumulate"), "{}", one.stderr);
+    let vqa = dir.join("vqa.json");
+    std::fs::write(
+        &vqa,
+        r#"[{"image": "camera.png", "question": "what is the man holding?", "answer": ["camera"]}]"#,
+    )
+    .unwrap();
+    let distill = finetune_vqa(
+        &dir.join("distill"),
+        &vqa,
+        "1",
+        &["--distill", "--accumulate", "2", "--data-parallel", "2"],
+    );
+    assert_eq!(distill.code, 1);
+    assert!(distill.stderr.contains("momentum"), "{}", distill.stderr);
 }
 
 #[test]

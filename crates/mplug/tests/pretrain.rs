@@ -285,14 +285,14 @@ fn retrieval_checkpoints_fine_tune_with_itc_and_itm() {
 #[test]
 fn a_killed_pretraining_run_resumes_to_the_same_weights() {
     use mplug::train::trainer::{train_with_state, ExtraState, TrainConfig};
-    use std::cell::RefCell;
+    use std::sync::Mutex;
     let cfg = tiny();
     let w = LossWeights::default();
     let run = |out: &std::path::Path, steps: u64| -> Vec<(String, Vec<f32>)> {
         // A new process each time: weights from the same seed, fresh momentum and optimizer.
         let t = Trainable::new_seeded(&cfg, Task::Pretrain, &Device::Cpu, 5).unwrap();
         let vars = t.named_vars();
-        let m = RefCell::new(Momentum::new(&t.model, &vars, 8, 3).unwrap());
+        let m = Mutex::new(Momentum::new(&t.model, &vars, 8, 3).unwrap());
         let mut opt = MplugAdamW::new(
             &vars,
             OptimizerConfig {
@@ -315,7 +315,7 @@ fn a_killed_pretraining_run_resumes_to_the_same_weights() {
             &config,
             Some(&m as &dyn ExtraState),
             |model, i| {
-                let mut g = m.borrow_mut();
+                let mut g = m.lock().unwrap();
                 g.update(&vars)?;
                 Ok(losses(
                     model,

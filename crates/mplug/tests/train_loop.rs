@@ -182,6 +182,71 @@ fn resumes_to_the_same_weights(dropout: Option<DropoutConfig>, tag: &str) {
     std::fs::remove_dir_all(&killed).ok();
 }
 
+/// Micro-batches computed on concurrent threads give the update computed one after the other,
+/// bit for bit (dropout on, and an update of 3 micro-batches split 2 + 1).
+#[test]
+fn concurrent_micro_batches_give_the_serial_update() {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    let dir = &config_dirs()[0];
+    let config = |parallel: usize| TrainConfig {
+        dropout: Some(DropoutConfig {
+            hidden: 0.1,
+            attention: 0.1,
+        }),
+        seed: 5,
+        steps: 3,
+        accumulate: 3,
+        clip_norm: Some(1.0),
+        parallel,
+        ..Default::default()
+    };
+    let mut serial = setup(dir);
+    let serial_logs = train(
+        &serial.trainable,
+        &mut serial.optimizer,
+        &config(1),
+        loss_of(&serial.io),
+        |_| {},
+    )
+    .unwrap();
+
+    let mut par = setup(dir);
+    let base = loss_of(&par.io);
+    // Which threads ran micro-batches, and how many ran at the same time at most.
+    let threads = Mutex::new(HashSet::new());
+    let running = Mutex::new((0usize, 0usize));
+    let counted = |m: &Mplug, i: u64| -> mplug::Result<Tensor> {
+        threads.lock().unwrap().insert(std::thread::current().id());
+        {
+            let mut r = running.lock().unwrap();
+            r.0 += 1;
+            r.1 = r.1.max(r.0);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let loss = base(m, i);
+        running.lock().unwrap().0 -= 1;
+        loss
+    };
+    let par_logs = train(
+        &par.trainable,
+        &mut par.optimizer,
+        &config(2),
+        counted,
+        |_| {},
+    )
+    .unwrap();
+    assert!(
+        threads.lock().unwrap().len() >= 2 && running.lock().unwrap().1 == 2,
+        "micro-batches did not run concurrently"
+    );
+    let losses = |logs: &[mplug::train::trainer::StepLog]| -> Vec<f64> {
+        logs.iter().map(|l| l.loss).collect()
+    };
+    assert_eq!(losses(&par_logs), losses(&serial_logs));
+    assert_eq!(weights(&par.trainable), weights(&serial.trainable));
+}
+
 #[test]
 fn a_non_finite_loss_stops_the_run_naming_the_step() {
     let dir = &config_dirs()[0];

@@ -592,12 +592,13 @@ pub fn value(loss: &Option<Tensor>) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-impl crate::train::trainer::ExtraState for std::cell::RefCell<Momentum> {
+impl crate::train::trainer::ExtraState for std::sync::Mutex<Momentum> {
     fn save(&self, dir: &std::path::Path) -> Result<()> {
-        self.borrow().save(dir)
+        // A poisoned lock means a loss closure panicked; the run is over before any save.
+        self.lock().unwrap_or_else(|e| e.into_inner()).save(dir)
     }
 
     fn load(&self, dir: &std::path::Path) -> Result<()> {
-        self.borrow_mut().load(dir)
+        self.lock().unwrap_or_else(|e| e.into_inner()).load(dir)
     }
 }

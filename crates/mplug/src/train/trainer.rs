@@ -41,6 +41,11 @@ pub struct TrainConfig {
     /// Seed of the dropout masks: micro-batch `i` draws from a generator seeded with this seed
     /// and `i`, so that a resumed run draws the masks the uninterrupted run drew.
     pub seed: u64,
+    /// Micro-batches of one update computed at the same time, each on its own thread (1: one
+    /// after the other). Gradients are still summed in micro-batch order, so the result does
+    /// not depend on this number. Small models gain most with one tensor-math thread per
+    /// micro-batch (candle's pool splits their small operations too finely to pay off).
+    pub parallel: usize,
 }
 
 impl Default for TrainConfig {
@@ -55,6 +60,7 @@ impl Default for TrainConfig {
             batch_size: 1,
             dropout: None,
             seed: 0,
+            parallel: 1,
         }
     }
 }
@@ -89,7 +95,7 @@ struct RunState {
 
 /// State a run keeps besides weights and optimizer moments (ITC's momentum encoders and
 /// feature queues), saved into every checkpoint folder and restored on resume. Methods take
-/// `&self`: the state is also used, mutably, by the loss closure (keep it in a `RefCell`).
+/// `&self`: the state is also used, mutably, by the loss closure (keep it in a `Mutex`).
 pub trait ExtraState {
     /// Writes the state into a checkpoint folder.
     fn save(&self, dir: &Path) -> Result<()>;
@@ -98,14 +104,16 @@ pub trait ExtraState {
 }
 
 /// Trains for `config.steps` updates, resuming from `out_dir/latest` when a checkpoint is
-/// there. `loss_of(model, i)` returns the loss of global micro-batch `i`. Each finished update
+/// there. `loss_of(model, i)` returns the loss of global micro-batch `i`; with
+/// `config.parallel > 1` it is called from several threads at once, so any state it changes
+/// sits behind a lock and must not depend on the order of the calls. Each finished update
 /// is passed to `on_step`. A non-finite loss stops the run with an error naming the update and
 /// the micro-batch.
 pub fn train(
     trainable: &Trainable,
     optimizer: &mut MplugAdamW,
     config: &TrainConfig,
-    loss_of: impl FnMut(&Mplug, u64) -> Result<Tensor>,
+    loss_of: impl Fn(&Mplug, u64) -> Result<Tensor> + Sync,
     on_step: impl FnMut(&StepLog),
 ) -> Result<Vec<StepLog>> {
     train_with_state(trainable, optimizer, config, None, loss_of, on_step)
@@ -117,7 +125,7 @@ pub fn train_with_state(
     optimizer: &mut MplugAdamW,
     config: &TrainConfig,
     extra: Option<&dyn ExtraState>,
-    mut loss_of: impl FnMut(&Mplug, u64) -> Result<Tensor>,
+    loss_of: impl Fn(&Mplug, u64) -> Result<Tensor> + Sync,
     mut on_step: impl FnMut(&StepLog),
 ) -> Result<Vec<StepLog>> {
     let vars = trainable.named_vars();
@@ -153,8 +161,8 @@ pub fn train_with_state(
         }
         let mut summed: Option<HashMap<String, Tensor>> = None;
         let mut loss_sum = 0.0;
-        for micro in 0..accumulate {
-            let index = step * accumulate + micro;
+        // The loss and gradients of global micro-batch `index`.
+        let micro = |index: u64| -> Result<(f64, GradStore)> {
             let loss = match config.dropout.filter(DropoutConfig::is_active) {
                 Some(d) => {
                     with_dropout(d, derive_seed(config.seed, DROPOUT_STREAM, index), || {
@@ -170,9 +178,36 @@ pub fn train_with_state(
                     step + 1
                 )));
             }
-            loss_sum += value;
-            let grads = loss.backward()?;
-            summed = Some(add_grads(summed, &grads, &vars)?);
+            Ok((value, loss.backward()?))
+        };
+        let parallel = config.parallel.max(1) as u64;
+        let mut first = 0;
+        while first < accumulate {
+            let group: Vec<u64> = (first..(first + parallel).min(accumulate))
+                .map(|m| step * accumulate + m)
+                .collect();
+            first += parallel;
+            let results: Vec<Result<(f64, GradStore)>> = if group.len() == 1 {
+                vec![micro(group[0])]
+            } else {
+                std::thread::scope(|scope| {
+                    let micro = &micro;
+                    let handles: Vec<_> = group
+                        .iter()
+                        .map(|&index| scope.spawn(move || micro(index)))
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                        .collect()
+                })
+            };
+            // Summed in micro-batch order whatever finished first: the same update as serial.
+            for result in results {
+                let (value, grads) = result?;
+                loss_sum += value;
+                summed = Some(add_grads(summed, &grads, &vars)?);
+            }
         }
         let mut grads = summed.unwrap_or_default();
         if accumulate > 1 {
