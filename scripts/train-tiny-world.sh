@@ -15,18 +15,21 @@
 #                     (VIDEO_STEPS=0: no clip fine-tuning; it is an experiment, not part of
 #                     the default model)
 #   MPLUG             the mplug binary (default: target/release/mplug, built if missing)
+#   DATA_PARALLEL=2   micro-batches computed at once, one core each (--data-parallel; the
+#                     updates are the same for any value, only the speed changes)
 set -euo pipefail
 
 OUT=${1:-runs/tiny-world}
 SEED=${SEED:-1}
 SIZE=${SIZE:-3000}
 STRIDE=${STRIDE:-3}
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-200}
-MULTITASK_STEPS=${MULTITASK_STEPS:-500}
-MULTITASK2_STEPS=${MULTITASK2_STEPS:-300}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-450}
+MULTITASK_STEPS=${MULTITASK_STEPS:-800}
+MULTITASK2_STEPS=${MULTITASK2_STEPS:-450}
 VIDEO_STEPS=${VIDEO_STEPS:-40}
 GROUNDING=${GROUNDING:-1}
 MPLUG=${MPLUG:-target/release/mplug}
+DATA_PARALLEL=${DATA_PARALLEL:-2}
 DATA=${DATA:-$OUT/world}
 
 if [ ! -x "$MPLUG" ]; then
@@ -53,8 +56,9 @@ done_ "$OUT/pretrain" || {
 stage "pre-train: ITC + ITM + MLM + PrefixLM, $PRETRAIN_STEPS updates"
 "$MPLUG" pretrain --preset tiny --stride-layer "$STRIDE" --vocab "$DATA/vocab.txt" \
   --data "$DATA/pretrain.json" --image-root "$DATA" --out "$OUT/pretrain" \
-  --steps "$PRETRAIN_STEPS" --batch-size 32 --lr1 3e-4 --lr2 3e-4 --warmup 40 --clip 1.0 \
-  --queue-size 0 --max-len 30 --save-every 100 --workers 2 --seed 1 --no-augment --no-dropout
+  --steps "$PRETRAIN_STEPS" --batch-size 16 --accumulate 2 --lr1 3e-4 --lr2 3e-4 --warmup 40 \
+  --clip 1.0 --queue-size 0 --max-len 30 --save-every 100 --workers 1 --seed 1 \
+  --data-parallel "$DATA_PARALLEL" --no-augment --no-dropout
 }
 
 tasks=(--data caption="$DATA/caption_train.json" --data vqa="$DATA/vqa_train.json"
@@ -67,7 +71,8 @@ stage "fine-tune ${tasks[*]} jointly, $MULTITASK_STEPS updates"
 "$MPLUG" finetune multitask --model "$OUT/pretrain/model" "${tasks[@]}" \
   --image-root "$DATA" --out "$OUT/multitask" \
   --steps "$MULTITASK_STEPS" --batch-size 16 --lr1 5e-4 --lr2 5e-4 --warmup 20 \
-  --max-len 30 --save-every 100 --workers 2 --seed 2 --no-augment --no-dropout
+  --max-len 30 --save-every 100 --workers 1 --seed 2 --data-parallel "$DATA_PARALLEL" \
+  --no-augment --no-dropout
 }
 
 # A second round at a lower learning rate (a warm restart of the cosine schedule).
@@ -79,7 +84,8 @@ if [ "$MULTITASK2_STEPS" -gt 0 ]; then
   "$MPLUG" finetune multitask --model "$OUT/multitask/model" "${tasks[@]}" \
     --image-root "$DATA" --out "$final" \
     --steps "$MULTITASK2_STEPS" --batch-size 16 --lr1 2e-4 --lr2 2e-4 --warmup 10 \
-    --max-len 30 --save-every 100 --workers 2 --seed 4 --no-augment --no-dropout
+    --max-len 30 --save-every 100 --workers 1 --seed 4 --data-parallel "$DATA_PARALLEL" \
+    --no-augment --no-dropout
   }
 fi
 
@@ -93,6 +99,7 @@ if [ "$VIDEO_STEPS" -gt 0 ] && ! done_ "$OUT/video"; then
     --data videoqa="$DATA/videoqa_train.jsonl" --data videoretrieval="$DATA/videoretrieval_train.jsonl" \
     --frames 8 --image-root "$DATA" --out "$OUT/video" \
     --steps "$VIDEO_STEPS" --batch-size 4 --lr1 2e-4 --lr2 2e-4 --warmup 5 \
-    --max-len 30 --save-every 50 --workers 2 --seed 3 --no-augment --no-dropout
+    --max-len 30 --save-every 50 --workers 1 --seed 3 --data-parallel "$DATA_PARALLEL" \
+    --no-augment --no-dropout
 fi
 stage "done"
