@@ -14,6 +14,8 @@
 #   PRETRAIN_STEPS, MULTITASK_STEPS, MULTITASK2_STEPS, VIDEO_STEPS   updates of each stage
 #                     (VIDEO_STEPS=0: no clip fine-tuning; it is an experiment, not part of
 #                     the default model)
+#   PRETRAIN_SPLIT=2  micro-batches of a pre-training update (32 pairs in all; ITC and ITM
+#                     compare the pairs of one micro-batch)
 #   MPLUG             the mplug binary (default: target/release/mplug, built if missing)
 #   DATA_PARALLEL=2   micro-batches computed at once, one core each (--data-parallel; the
 #                     updates are the same for any value, only the speed changes)
@@ -24,6 +26,7 @@ SEED=${SEED:-1}
 SIZE=${SIZE:-3000}
 STRIDE=${STRIDE:-3}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-450}
+PRETRAIN_SPLIT=${PRETRAIN_SPLIT:-2}
 MULTITASK_STEPS=${MULTITASK_STEPS:-800}
 MULTITASK2_STEPS=${MULTITASK2_STEPS:-450}
 VIDEO_STEPS=${VIDEO_STEPS:-40}
@@ -56,9 +59,11 @@ done_ "$OUT/pretrain" || {
 stage "pre-train: ITC + ITM + MLM + PrefixLM, $PRETRAIN_STEPS updates"
 "$MPLUG" pretrain --preset tiny --stride-layer "$STRIDE" --vocab "$DATA/vocab.txt" \
   --data "$DATA/pretrain.json" --image-root "$DATA" --out "$OUT/pretrain" \
-  --steps "$PRETRAIN_STEPS" --batch-size 16 --accumulate 2 --lr1 3e-4 --lr2 3e-4 --warmup 40 \
+  --steps "$PRETRAIN_STEPS" --batch-size $((32 / PRETRAIN_SPLIT)) --accumulate "$PRETRAIN_SPLIT" \
+  --lr1 3e-4 --lr2 3e-4 --warmup 40 \
   --clip 1.0 --queue-size 0 --max-len 30 --save-every 100 --workers 1 --seed 1 \
-  --data-parallel "$DATA_PARALLEL" --no-augment --no-dropout
+  --data-parallel $((DATA_PARALLEL < PRETRAIN_SPLIT ? DATA_PARALLEL : PRETRAIN_SPLIT)) \
+  --no-augment --no-dropout
 }
 
 tasks=(--data caption="$DATA/caption_train.json" --data vqa="$DATA/vqa_train.json"
