@@ -22,6 +22,11 @@ fn lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The bytes of the model a run in `out` wrote.
+fn model_bytes(out: &Path) -> Vec<u8> {
+    std::fs::read(out.join("model").join("model.safetensors")).unwrap()
+}
+
 /// A PNG of `w x h` pixels from `f(x, y) -> [r, g, b]`.
 fn write_png(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) {
     image::RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)))
@@ -298,7 +303,6 @@ fn data_parallel_makes_the_serial_update() {
             {"image": "camera.png", "caption": "a photographer outdoors"}]"#,
     )
     .unwrap();
-    let weights = |out: &Path| std::fs::read(out.join("model").join("model.safetensors")).unwrap();
     let serial = dir.join("serial");
     let r = finetune_caption(&serial, &ann, "3", &["--accumulate", "2"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -311,7 +315,7 @@ fn data_parallel_makes_the_serial_update() {
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
-        weights(&serial) == weights(&parallel),
+        model_bytes(&serial) == model_bytes(&parallel),
         "concurrent micro-batches changed the update"
     );
     let losses = |out: &Path| -> Vec<f64> {
@@ -352,7 +356,6 @@ fn vqa_distillation_changes_training_and_resumes_bit_for_bit() {
             {"image": "rocket.jpg", "question": "what is on the pad?", "answer": ["rocket", "a rocket"]}]"#,
     )
     .unwrap();
-    let weights = |out: &Path| std::fs::read(out.join("model").join("model.safetensors")).unwrap();
 
     let whole = dir.join("whole");
     let r = finetune_vqa(&whole, &ann, "4", &["--distill"]);
@@ -372,7 +375,7 @@ fn vqa_distillation_changes_training_and_resumes_bit_for_bit() {
     let r = finetune_vqa(&split, &ann, "4", &["--distill", "--resume"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
-        weights(&whole) == weights(&split),
+        model_bytes(&whole) == model_bytes(&split),
         "a resumed distillation run differs from an uninterrupted one"
     );
 
@@ -381,7 +384,7 @@ fn vqa_distillation_changes_training_and_resumes_bit_for_bit() {
     let plain = dir.join("plain");
     let r = finetune_vqa(&plain, &ann, "4", &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(weights(&whole) != weights(&plain));
+    assert!(model_bytes(&whole) != model_bytes(&plain));
 
     let bad = finetune_vqa(&dir.join("bad"), &ann, "1", &["--distill", "--alpha", "2"]);
     assert_eq!(bad.code, 1);

@@ -181,12 +181,10 @@ pub fn train_with_state(
             Ok((value, loss.backward()?))
         };
         let parallel = config.parallel.max(1) as u64;
-        let mut first = 0;
-        while first < accumulate {
+        for first in (0..accumulate).step_by(parallel as usize) {
             let group: Vec<u64> = (first..(first + parallel).min(accumulate))
                 .map(|m| step * accumulate + m)
                 .collect();
-            first += parallel;
             let results: Vec<Result<(f64, GradStore)>> = if group.len() == 1 {
                 vec![micro(group[0])]
             } else {
