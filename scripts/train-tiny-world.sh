@@ -10,6 +10,8 @@
 #   SEED=1            data seed (the model seed is fixed by each command's --seed)
 #   SIZE=3000         training images generated
 #   STRIDE=3          connected attention every STRIDE-th fusion layer (6: never)
+#   MODEL_CONFIG      a config.json to pre-train instead of the tiny preset (its vocab_size
+#                     must be the world vocabulary's)
 #   GROUNDING=1       0 leaves grounding out of the multi-task fine-tuning
 #   PRETRAIN_STEPS, MULTITASK_STEPS, MULTITASK2_STEPS, VIDEO_STEPS   updates of each stage
 #                     (VIDEO_STEPS=0: no clip fine-tuning; it is an experiment, not part of
@@ -34,6 +36,8 @@ GROUNDING=${GROUNDING:-1}
 MPLUG=${MPLUG:-target/release/mplug}
 DATA_PARALLEL=${DATA_PARALLEL:-2}
 DATA=${DATA:-$OUT/world}
+MODEL_CONFIG=${MODEL_CONFIG:-}
+if [ -n "$MODEL_CONFIG" ]; then model=(--config "$MODEL_CONFIG"); else model=(--preset tiny); fi
 
 if [ ! -x "$MPLUG" ]; then
   cargo build --release
@@ -57,7 +61,7 @@ done_() { [ -f "$1/model/model.safetensors" ]; }
 # random start, and its queued features and distillation targets would be noise.
 done_ "$OUT/pretrain" || {
 stage "pre-train: ITC + ITM + MLM + PrefixLM, $PRETRAIN_STEPS updates"
-"$MPLUG" pretrain --preset tiny --stride-layer "$STRIDE" --vocab "$DATA/vocab.txt" \
+"$MPLUG" pretrain "${model[@]}" --stride-layer "$STRIDE" --vocab "$DATA/vocab.txt" \
   --data "$DATA/pretrain.json" --image-root "$DATA" --out "$OUT/pretrain" \
   --steps "$PRETRAIN_STEPS" --batch-size $((32 / PRETRAIN_SPLIT)) --accumulate "$PRETRAIN_SPLIT" \
   --lr1 3e-4 --lr2 3e-4 --warmup 40 \
