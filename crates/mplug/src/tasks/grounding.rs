@@ -223,6 +223,24 @@ pub fn loss(
     Ok(weighted.mean_all()?)
 }
 
+/// Which of the `grid x grid` patch tokens (after the class token) overlap a box
+/// `(cx, cy, w, h)` given as fractions of the square input: `1 + grid^2` values, row-major,
+/// 1 inside and 0 outside, the class token's 1.
+pub fn box_patch_mask(target: &BoxCxCyWh, grid: usize) -> Vec<f32> {
+    let [x0, y0, x1, y1] = cxcywh_to_xyxy(target);
+    let g = grid as f32;
+    let overlaps = |i: usize, lo: f32, hi: f32| (i as f32) / g < hi && (i as f32 + 1.0) / g > lo;
+    let mut out = Vec::with_capacity(1 + grid * grid);
+    out.push(1.0);
+    for row in 0..grid {
+        for col in 0..grid {
+            let inside = overlaps(row, y0, y1) && overlaps(col, x0, x1);
+            out.push(if inside { 1.0 } else { 0.0 });
+        }
+    }
+    out
+}
+
 /// `(cx, cy, w, h)` -> `(x0, y0, x1, y1)`.
 pub fn cxcywh_to_xyxy(b: &[f32; 4]) -> [f32; 4] {
     [
@@ -258,6 +276,21 @@ mod tests {
         let b = [2.0, 0.0, 3.0, 1.0];
         // enclosing 3, union 2: iou 0 - (3 - 2) / 3
         assert!((generalized_iou(&a, &b) + 1.0 / 3.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn box_patch_mask_marks_the_overlapped_patches_row_major() {
+        // x in [0.25, 0.5] is column 1 of 4; y in [0.1, 0.6] rows 0, 1 and 2.
+        let m = box_patch_mask(&[0.375, 0.35, 0.25, 0.5], 4);
+        assert_eq!(m.len(), 17);
+        assert_eq!(m[0], 1.0, "the class token stays visible");
+        let inside: Vec<usize> = (0..16).filter(|&p| m[1 + p] == 1.0).collect();
+        assert_eq!(inside, vec![1, 5, 9]);
+        // A box that only touches a patch's edge does not overlap it.
+        let m = box_patch_mask(&[0.5, 0.5, 0.5, 0.5], 2);
+        assert_eq!(m, vec![1.0; 5]);
+        let m = box_patch_mask(&[0.25, 0.25, 0.5, 0.5], 2);
+        assert_eq!(m, vec![1.0, 1.0, 0.0, 0.0, 0.0]);
     }
 
     #[test]
