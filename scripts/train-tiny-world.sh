@@ -16,6 +16,10 @@
 #   PRETRAIN_STEPS, MULTITASK_STEPS, MULTITASK2_STEPS, VIDEO_STEPS   updates of each stage
 #                     (VIDEO_STEPS=0: no clip fine-tuning; it is an experiment, not part of
 #                     the default model)
+#   PRETRAIN_LR=3e-4, MULTITASK_LR=5e-4, MULTITASK2_LR=2e-4   peak learning rates of the
+#                     stages (--lr1 and --lr2 alike)
+#   SINCOS_POSITIONS=0  1: pre-training starts the visual positional embedding from a 2D
+#                     sine-cosine table (--sincos-positions) instead of random values
 #   PRETRAIN_SPLIT=2  micro-batches of a pre-training update (32 pairs in all; ITC and ITM
 #                     compare the pairs of one micro-batch)
 #   MPLUG             the mplug binary (default: target/release/mplug, built if missing)
@@ -31,6 +35,9 @@ PRETRAIN_STEPS=${PRETRAIN_STEPS:-450}
 PRETRAIN_SPLIT=${PRETRAIN_SPLIT:-2}
 MULTITASK_STEPS=${MULTITASK_STEPS:-800}
 MULTITASK2_STEPS=${MULTITASK2_STEPS:-450}
+PRETRAIN_LR=${PRETRAIN_LR:-3e-4}
+MULTITASK_LR=${MULTITASK_LR:-5e-4}
+MULTITASK2_LR=${MULTITASK2_LR:-2e-4}
 VIDEO_STEPS=${VIDEO_STEPS:-40}
 GROUNDING=${GROUNDING:-1}
 MPLUG=${MPLUG:-target/release/mplug}
@@ -38,6 +45,7 @@ DATA_PARALLEL=${DATA_PARALLEL:-2}
 DATA=${DATA:-$OUT/world}
 MODEL_CONFIG=${MODEL_CONFIG:-}
 if [ -n "$MODEL_CONFIG" ]; then model=(--config "$MODEL_CONFIG"); else model=(--preset tiny); fi
+if [ "${SINCOS_POSITIONS:-0}" = 1 ]; then model+=(--sincos-positions); fi
 
 if [ ! -x "$MPLUG" ]; then
   cargo build --release
@@ -64,7 +72,7 @@ stage "pre-train: ITC + ITM + MLM + PrefixLM, $PRETRAIN_STEPS updates"
 "$MPLUG" pretrain "${model[@]}" --stride-layer "$STRIDE" --vocab "$DATA/vocab.txt" \
   --data "$DATA/pretrain.json" --image-root "$DATA" --out "$OUT/pretrain" \
   --steps "$PRETRAIN_STEPS" --batch-size $((32 / PRETRAIN_SPLIT)) --accumulate "$PRETRAIN_SPLIT" \
-  --lr1 3e-4 --lr2 3e-4 --warmup 40 \
+  --lr1 "$PRETRAIN_LR" --lr2 "$PRETRAIN_LR" --warmup 40 \
   --clip 1.0 --queue-size 0 --max-len 30 --save-every 100 --workers 1 --seed 1 \
   --data-parallel $((DATA_PARALLEL < PRETRAIN_SPLIT ? DATA_PARALLEL : PRETRAIN_SPLIT)) \
   --no-augment --no-dropout
@@ -79,7 +87,7 @@ done_ "$OUT/multitask" || {
 stage "fine-tune ${tasks[*]} jointly, $MULTITASK_STEPS updates"
 "$MPLUG" finetune multitask --model "$OUT/pretrain/model" "${tasks[@]}" \
   --image-root "$DATA" --out "$OUT/multitask" \
-  --steps "$MULTITASK_STEPS" --batch-size 16 --lr1 5e-4 --lr2 5e-4 --warmup 20 \
+  --steps "$MULTITASK_STEPS" --batch-size 16 --lr1 "$MULTITASK_LR" --lr2 "$MULTITASK_LR" --warmup 20 \
   --max-len 30 --save-every 100 --workers 1 --seed 2 --data-parallel "$DATA_PARALLEL" \
   --no-augment --no-dropout
 }
@@ -92,7 +100,7 @@ if [ "$MULTITASK2_STEPS" -gt 0 ]; then
   stage "fine-tune the same tasks again, $MULTITASK2_STEPS updates at a lower learning rate"
   "$MPLUG" finetune multitask --model "$OUT/multitask/model" "${tasks[@]}" \
     --image-root "$DATA" --out "$final" \
-    --steps "$MULTITASK2_STEPS" --batch-size 16 --lr1 2e-4 --lr2 2e-4 --warmup 10 \
+    --steps "$MULTITASK2_STEPS" --batch-size 16 --lr1 "$MULTITASK2_LR" --lr2 "$MULTITASK2_LR" --warmup 10 \
     --max-len 30 --save-every 100 --workers 1 --seed 4 --data-parallel "$DATA_PARALLEL" \
     --no-augment --no-dropout
   }

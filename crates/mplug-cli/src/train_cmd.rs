@@ -119,6 +119,11 @@ pub struct PretrainArgs {
     /// `vision_model.*` layout; the positional embedding is resized to --config's image size).
     #[arg(long, conflicts_with = "init")]
     pub init_clip: Option<PathBuf>,
+    /// Start the visual positional embedding from a 2D sine-cosine table instead of random
+    /// values (a fresh model only; a tiny tower trained for minutes otherwise loses where its
+    /// patches are).
+    #[arg(long, conflicts_with_all = ["init", "init_clip"])]
+    pub sincos_positions: bool,
     /// Start from this mPLUG checkpoint (default: random initialization).
     #[arg(long)]
     pub init: Option<PathBuf>,
@@ -306,6 +311,17 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
         None => {
             let fresh = Trainable::new_seeded(&cfg, Task::Pretrain, &device, t.seed)?;
             initialize_from(&fresh, &cfg, a.init_bert.as_deref(), a.init_clip.as_deref())?;
+            if a.sincos_positions {
+                let table = mplug::train::init::sincos_positional_embedding(
+                    cfg.grid_size(),
+                    cfg.vision.width,
+                )?;
+                let key = "visual_encoder.visual.positional_embedding".to_string();
+                let report = fresh.load_partial(&[(key, table)].into_iter().collect())?;
+                if report.loaded.len() != 1 {
+                    bail!("the fresh model has no visual positional embedding to initialize");
+                }
+            }
             fresh
         }
     };

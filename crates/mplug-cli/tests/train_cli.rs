@@ -582,3 +582,51 @@ fn pretrain_starts_from_bert_and_clip_checkpoints() {
     let cross = "text_decoder.bert.encoder.layer.0.crossattention.self.key.weight";
     assert!(max_diff(&got(cross), &golden[cross]) > 1e-2);
 }
+
+#[test]
+fn pretrain_starts_positions_from_a_sincos_table() {
+    let dir = scratch("train-sincos");
+    let ann = scenes(&dir);
+    let k = tiny16().join("config.json");
+    let cfg = mplug::MplugConfig::from_file(&k).unwrap();
+    let root = dir.join("images");
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "pretrain",
+            "--config",
+            s(&k),
+            "--data",
+            s(&ann),
+            "--image-root",
+            s(&root),
+            "--out",
+            s(out),
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--queue-size",
+            "0",
+            "--lr1",
+            "1e-7",
+            "--lr2",
+            "1e-7",
+            "--no-augment",
+        ];
+        args.extend_from_slice(extra);
+        let o = mplug(&args);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        mplug::Checkpoint::load(out.join("model").join("model.safetensors"))
+            .unwrap()
+            .get("visual_encoder.visual.positional_embedding")
+            .unwrap()
+            .clone()
+    };
+    let table =
+        mplug::train::init::sincos_positional_embedding(cfg.grid_size(), cfg.vision.width).unwrap();
+    // One update at lr 1e-7: the embedding is the table's, and without the flag it is not.
+    let with = run(&dir.join("sincos"), &["--sincos-positions"]);
+    assert!(max_diff(&with, &table) < 1e-5);
+    let without = run(&dir.join("random"), &[]);
+    assert!(max_diff(&without, &table) > 1e-2);
+}

@@ -190,3 +190,66 @@ pub fn fit_positional_embedding(
     }
     Ok(())
 }
+
+/// A 2D sine-cosine positional embedding `(1 + grid^2, width)` for a visual tower trained from
+/// nothing (the fixed table of MAE and MoCo v3, here only a starting value): the class token's
+/// row is zero; in patch `(row, col)`'s row, the first half of the channels encodes `col` and
+/// the second half `row`, each as `sin(p w_k)` for `k < width / 4` then `cos(p w_k)`, with
+/// `w_k = 10000^(-k / (width / 4))`.
+///
+/// Why: a random embedding as CLIP initializes it (standard deviation `width^-0.5`) is a tenth
+/// of the patch embedding's size, and with no smoothness between neighbouring patches; in a
+/// tiny model trained for minutes the visual tower's tokens then keep almost no linear trace
+/// of where they are (the README's grounding reading), while this table keeps it readable.
+pub fn sincos_positional_embedding(grid: usize, width: usize) -> Result<Tensor> {
+    if width == 0 || !width.is_multiple_of(4) {
+        return Err(Error::Config(format!(
+            "a sine-cosine positional embedding needs a vision width divisible by 4, got {width}"
+        )));
+    }
+    let q = width / 4;
+    let freqs: Vec<f64> = (0..q)
+        .map(|k| 10000f64.powf(-(k as f64) / q as f64))
+        .collect();
+    let mut values = vec![0f32; width];
+    for row in 0..grid {
+        for col in 0..grid {
+            for p in [col, row] {
+                values.extend(freqs.iter().map(|w| (p as f64 * w).sin() as f32));
+                values.extend(freqs.iter().map(|w| (p as f64 * w).cos() as f32));
+            }
+        }
+    }
+    Ok(Tensor::from_vec(
+        values,
+        (1 + grid * grid, width),
+        &candle_core::Device::Cpu,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sincos_table_layout() {
+        let t = sincos_positional_embedding(3, 8).unwrap();
+        assert_eq!(t.dims(), &[10, 8]);
+        let rows = t.to_vec2::<f32>().unwrap();
+        assert!(rows[0].iter().all(|&v| v == 0.0), "class token row is zero");
+        // Patch (row 0, col 0): sin 0 = 0, cos 0 = 1 in both halves.
+        assert_eq!(rows[1], vec![0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]);
+        // Patch (row 1, col 2) is token 1 + 3 + 2: columns first (p = 2), then rows (p = 1);
+        // w = [1, 0.01].
+        let r = &rows[6];
+        let expect = [2f32.sin(), 0.02f32.sin(), 2f32.cos(), 0.02f32.cos()];
+        for (a, b) in r[..4].iter().zip(expect) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        let expect = [1f32.sin(), 0.01f32.sin(), 1f32.cos(), 0.01f32.cos()];
+        for (a, b) in r[4..].iter().zip(expect) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        assert!(sincos_positional_embedding(3, 6).is_err());
+    }
+}
