@@ -29,16 +29,18 @@ fn main() -> Res<()> {
     let n: usize = args.get(3).map_or(Ok(2000), |s| s.parse())?;
     let device = Device::Cpu;
     let source = ModelSource::locate(Path::new(&args[0]), None, None)?;
-    // The checkpoint's own task, or for a multi-task folder one of its tasks with a fusion.
-    let loaded = [
-        None,
-        Some(Task::Grounding),
-        Some(Task::Vqa),
-        Some(Task::Retrieval),
-    ]
-    .into_iter()
-    .find_map(|task| source.load(task, &device).ok())
-    .ok_or("the model has no task with a fusion encoder (grounding, vqa, retrieval, pretrain)")?;
+    // The checkpoint's own task, or for a multi-task folder one of its tasks with a fusion
+    // encoder; when none loads, the error for the checkpoint's own task.
+    let mut loaded = source.load(None, &device);
+    for task in [Task::Grounding, Task::Vqa, Task::Retrieval] {
+        if loaded.is_ok() {
+            break;
+        }
+        if let Ok(found) = source.load(Some(task), &device) {
+            loaded = Ok(found);
+        }
+    }
+    let loaded = loaded?;
     let pipeline = &loaded.pipeline;
     let model = pipeline.model();
     let letterbox =
