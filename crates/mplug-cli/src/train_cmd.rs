@@ -312,15 +312,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
             let fresh = Trainable::new_seeded(&cfg, Task::Pretrain, &device, t.seed)?;
             initialize_from(&fresh, &cfg, a.init_bert.as_deref(), a.init_clip.as_deref())?;
             if a.sincos_positions {
-                let table = mplug::train::init::sincos_positional_embedding(
-                    cfg.grid_size(),
-                    cfg.vision.width,
-                )?;
-                let key = "visual_encoder.visual.positional_embedding".to_string();
-                let report = fresh.load_partial(&[(key, table)].into_iter().collect())?;
-                if report.loaded.len() != 1 {
-                    bail!("the fresh model has no visual positional embedding to initialize");
-                }
+                fresh.init_sincos_positions(&cfg)?;
             }
             fresh
         }

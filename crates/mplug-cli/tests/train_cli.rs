@@ -475,6 +475,39 @@ fn max_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .unwrap()
 }
 
+/// `mplug pretrain` of the golden tiny configuration on the pairs `ann` that [`scenes`] wrote
+/// into `dir`: one update of 2 pairs at lr 1e-7 (weights move by about 1e-7), plus `extra`.
+fn pretrain_one_tiny_step(dir: &Path, ann: &Path, out: &Path, extra: &[&str]) -> Output {
+    let k = tiny16().join("config.json");
+    let root = dir.join("images");
+    let mut args = vec![
+        "pretrain",
+        "--config",
+        s(&k),
+        "--data",
+        s(ann),
+        "--image-root",
+        s(&root),
+        "--out",
+        s(out),
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--queue-size",
+        "0",
+        "--lr1",
+        "1e-7",
+        "--lr2",
+        "1e-7",
+        "--warmup",
+        "0",
+        "--no-augment",
+    ];
+    args.extend_from_slice(extra);
+    mplug(&args)
+}
+
 #[test]
 fn pretrain_starts_from_bert_and_clip_checkpoints() {
     use candle_core::Tensor;
@@ -513,36 +546,12 @@ fn pretrain_starts_from_bert_and_clip_checkpoints() {
     candle_core::safetensors::save(&clip, &clip_file).unwrap();
 
     let out = dir.join("run");
-    let k = tiny16().join("config.json");
-    let root = dir.join("images");
-    let o = mplug(&[
-        "pretrain",
-        "--config",
-        s(&k),
-        "--init-bert",
-        s(&bert_dir),
-        "--init-clip",
-        s(&clip_file),
-        "--data",
-        s(&ann),
-        "--image-root",
-        s(&root),
-        "--out",
-        s(&out),
-        "--steps",
-        "1",
-        "--batch-size",
-        "2",
-        "--queue-size",
-        "0",
-        "--lr1",
-        "1e-7",
-        "--lr2",
-        "1e-7",
-        "--warmup",
-        "0",
-        "--no-augment",
-    ]);
+    let o = pretrain_one_tiny_step(
+        &dir,
+        &ann,
+        &out,
+        &["--init-bert", s(&bert_dir), "--init-clip", s(&clip_file)],
+    );
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stderr.contains("from BERT/CLIP"), "{}", o.stderr);
     let trained = mplug::Checkpoint::load(out.join("model").join("model.safetensors")).unwrap();
@@ -587,38 +596,13 @@ fn pretrain_starts_from_bert_and_clip_checkpoints() {
 fn pretrain_starts_positions_from_a_sincos_table() {
     let dir = scratch("train-sincos");
     let ann = scenes(&dir);
-    let k = tiny16().join("config.json");
-    let cfg = mplug::MplugConfig::from_file(&k).unwrap();
-    let root = dir.join("images");
+    let cfg = mplug::MplugConfig::from_file(tiny16().join("config.json")).unwrap();
     let run = |out: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "pretrain",
-            "--config",
-            s(&k),
-            "--data",
-            s(&ann),
-            "--image-root",
-            s(&root),
-            "--out",
-            s(out),
-            "--steps",
-            "1",
-            "--batch-size",
-            "2",
-            "--queue-size",
-            "0",
-            "--lr1",
-            "1e-7",
-            "--lr2",
-            "1e-7",
-            "--no-augment",
-        ];
-        args.extend_from_slice(extra);
-        let o = mplug(&args);
+        let o = pretrain_one_tiny_step(&dir, &ann, out, extra);
         assert_eq!(o.code, 0, "{}", o.stderr);
         mplug::Checkpoint::load(out.join("model").join("model.safetensors"))
             .unwrap()
-            .get("visual_encoder.visual.positional_embedding")
+            .get(mplug::train::init::POSITIONAL_EMBEDDING)
             .unwrap()
             .clone()
     };

@@ -175,17 +175,19 @@ pub fn clip_tensors(clip: &Checkpoint) -> Result<HashMap<String, Tensor>> {
     Ok(out)
 }
 
+/// The visual positional embedding's name in an mPLUG checkpoint.
+pub const POSITIONAL_EMBEDDING: &str = "visual_encoder.visual.positional_embedding";
+
 /// The positional embedding of a CLIP checkpoint resized to the configuration's grid (class
 /// token kept, bilinear), as the reference does when the image size differs.
 pub fn fit_positional_embedding(
     tensors: &mut HashMap<String, Tensor>,
     config: &MplugConfig,
 ) -> Result<()> {
-    let key = "visual_encoder.visual.positional_embedding";
-    if let Some(pe) = tensors.get(key) {
+    if let Some(pe) = tensors.get(POSITIONAL_EMBEDDING) {
         if pe.dim(0)? != config.num_visual_tokens() {
             let resized = crate::model::resize_pos_embed(pe, config.grid_size())?;
-            tensors.insert(key.to_string(), resized);
+            tensors.insert(POSITIONAL_EMBEDDING.to_string(), resized);
         }
     }
     Ok(())
@@ -225,6 +227,21 @@ pub fn sincos_positional_embedding(grid: usize, width: usize) -> Result<Tensor> 
         (1 + grid * grid, width),
         &candle_core::Device::Cpu,
     )?)
+}
+
+impl Trainable {
+    /// Sets the visual positional embedding to [`sincos_positional_embedding`] for the
+    /// configuration's grid and width (`mplug pretrain --sincos-positions`).
+    pub fn init_sincos_positions(&self, config: &MplugConfig) -> Result<()> {
+        let table = sincos_positional_embedding(config.grid_size(), config.vision.width)?;
+        let tensors = HashMap::from([(POSITIONAL_EMBEDDING.to_string(), table)]);
+        if self.load_partial(&tensors)?.loaded.len() != 1 {
+            return Err(Error::invalid(
+                "the model has no visual positional embedding to initialize",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
