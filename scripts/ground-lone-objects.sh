@@ -2,18 +2,22 @@
 # How fast does the tiny model learn where a lone object is? Trains grounding alone, from a
 # freshly initialized tiny model, on the single-object scenes of a 12000-image world, and
 # evaluates it on the unseen single-object test scenes: accuracy at IoU 0.5 next to the mean
-# box, and the correlation of predicted and true box centres (x) and widths. The README's
+# box, the correlation of predicted and true box centres (x) and widths, and how many boxes
+# repeat their x centre as y centre (a degenerate answer, rare in the data). The README's
 # grounding paragraph quotes this run.
 #
 #   scripts/ground-lone-objects.sh [OUT]     # default OUT: runs/lone-objects
 #
 # Environment: WORLD (default runs/w12k, generated with seed 1 if missing), STEPS (1500
-# updates of 32 expressions), MPLUG (the binary).
+# updates of 32 expressions), SINCOS_POSITIONS (1: the fresh model's visual positional
+# embedding starts as a 2D sine-cosine table, `pretrain --sincos-positions`), MPLUG (the binary).
 set -euo pipefail
 OUT=${1:-runs/lone-objects}
 WORLD=${WORLD:-runs/w12k}
 STEPS=${STEPS:-1500}
 MPLUG=${MPLUG:-target/release/mplug}
+init=()
+if [ "${SINCOS_POSITIONS:-0}" = 1 ]; then init+=(--sincos-positions); fi
 mkdir -p "$OUT"
 
 [ -f "$WORLD/scenes.json" ] || "$MPLUG" data generate "$WORLD" --seed 1 --size 12000
@@ -29,7 +33,7 @@ jq '.[:300]' "$OUT/lone_train.json" > "$OUT/lone_train300.json"
 
 # A fresh model: one pre-training update on top of the seeded initialization writes the
 # model folder.
-[ -d "$OUT/init/model" ] || "$MPLUG" pretrain --preset tiny --vocab "$WORLD/vocab.txt" \
+[ -d "$OUT/init/model" ] || "$MPLUG" pretrain --preset tiny "${init[@]}" --vocab "$WORLD/vocab.txt" \
   --data "$WORLD/pretrain.json" --image-root "$WORLD" --out "$OUT/init" --steps 1 \
   --batch-size 4 --queue-size 0 --workers 1 --no-augment --no-dropout
 
@@ -56,5 +60,7 @@ for split in test train300; do
     --json | jq .accuracy)
   echo "$split: accuracy $(jq .accuracy "$out/metrics.json") (mean box $blind)," \
     "centre x r = $(corr "$out/predictions.jsonl" '(.[0] + .[2]) / 2')," \
-    "width r = $(corr "$out/predictions.jsonl" '.[2] - .[0]')"
+    "width r = $(corr "$out/predictions.jsonl" '.[2] - .[0]')," \
+    "boxes with cx = cy: $(jq -s 'map(select(.box[0] + .box[2] == .box[1] + .box[3])) | length' \
+      "$out/predictions.jsonl") of $(jq -s length "$out/predictions.jsonl")"
 done
