@@ -2,9 +2,8 @@
 # How fast does the tiny model learn where a lone object is? Trains grounding alone, from a
 # freshly initialized tiny model, on the single-object scenes of a 12000-image world, and
 # evaluates it on the unseen single-object test scenes: accuracy at IoU 0.5 next to the mean
-# box, the correlation of predicted and true box centres (x) and widths, and how many boxes
-# repeat their x centre as y centre (a degenerate answer, rare in the data). The README's
-# grounding paragraph quotes this run.
+# box, and what the boxes get right (`scripts/box-stats.sh`: correlations of predicted and true
+# centres and widths, boxes with cx = cy). The README's grounding paragraph quotes this run.
 #
 #   scripts/ground-lone-objects.sh [OUT]     # default OUT: runs/lone-objects
 #
@@ -43,15 +42,6 @@ jq '.[:300]' "$OUT/lone_train.json" > "$OUT/lone_train300.json"
   --workers 1 --no-augment --no-dropout --steps "$STEPS" --lr1 5e-4 --lr2 5e-4 --warmup 20 \
   --save-every 250
 
-# Pearson correlation of a predicted and a true box quantity over predictions.jsonl.
-corr() { # file jq-expression-of-a-box
-  jq -s "[.[] | {p: (.box | $2), t: (.target | $2)}] as \$r | (\$r | length) as \$n
-    | (\$r | map(.p) | add / \$n) as \$mp | (\$r | map(.t) | add / \$n) as \$mt
-    | (\$r | map((.p - \$mp) * (.t - \$mt)) | add)
-      / (((\$r | map((.p - \$mp) * (.p - \$mp)) | add)
-          * (\$r | map((.t - \$mt) * (.t - \$mt)) | add)) | sqrt)
-    | . * 1000 | round / 1000" "$1"
-}
 for split in test train300; do
   out="$OUT/eval-$split"
   [ -f "$out/metrics.json" ] || "$MPLUG" eval grounding --model "$OUT/grounding/model" \
@@ -59,8 +49,5 @@ for split in test train300; do
   blind=$("$MPLUG" baseline grounding "$OUT/lone_$split.json" --train "$OUT/lone_train.json" \
     --json | jq .accuracy)
   echo "$split: accuracy $(jq .accuracy "$out/metrics.json") (mean box $blind)," \
-    "centre x r = $(corr "$out/predictions.jsonl" '(.[0] + .[2]) / 2')," \
-    "width r = $(corr "$out/predictions.jsonl" '.[2] - .[0]')," \
-    "boxes with cx = cy: $(jq -s 'map(select(.box[0] + .box[2] == .box[1] + .box[3])) | length' \
-      "$out/predictions.jsonl") of $(jq -s length "$out/predictions.jsonl")"
+    "$("$(dirname "$0")/box-stats.sh" "$out/predictions.jsonl")"
 done
