@@ -241,6 +241,65 @@ fn videoqa_matches_reference() {
     }
 }
 
+/// The reference encodes a clip's frames one by one and concatenates their tokens with no
+/// frame-order signal; fusion and decoder attend over them as a set. So a clip played backwards
+/// gets the same fused question and the same answers (which is why motion questions stay at
+/// the prior, README). A change that added a time embedding, or mixed frames of different
+/// clips, would break this.
+#[test]
+fn videoqa_does_not_see_frame_order() {
+    for dir in config_dirs() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let io = Io::load(&dir, "videoqa_io.safetensors");
+        let answers = Io::load(&dir, "vqa_io.safetensors");
+        let k = json(&dir, "vqa.json")["rank_k"].as_u64().unwrap() as usize;
+        let model = load(&dir, "vqa.pth", Task::Vqa);
+        let frames = io.get("frames");
+        let n = frames.dim(1).unwrap();
+        assert!(n > 1, "{name}: the golden clip has one frame");
+        let backwards: Vec<u32> = (0..n as u32).rev().collect();
+        let backwards = Tensor::new(backwards.as_slice(), frames.device()).unwrap();
+        let reversed = frames.index_select(&backwards, 1).unwrap();
+        let fuse = |frames: &Tensor| {
+            let embeds = video::encode_frames(&model, frames).unwrap();
+            vqa::encode_question(
+                &model,
+                &embeds,
+                &io.get("question_ids"),
+                &io.get("question_mask"),
+            )
+            .unwrap()
+        };
+        let (fwd, bwd) = (fuse(&frames), fuse(&reversed));
+        assert_close(
+            &format!("{name} fused question, clip backwards"),
+            &bwd.text,
+            &fwd.text,
+            TOL,
+        );
+        let rank = |q: &vqa::QuestionStates| {
+            vqa::rank_answers(
+                &model,
+                q,
+                &answers.get("answer_ids"),
+                &answers.get("answer_mask"),
+                k,
+            )
+            .unwrap()
+        };
+        let (a, b) = (rank(&fwd), rank(&bwd));
+        for (ra, rb) in a.iter().flatten().zip(b.iter().flatten()) {
+            assert_eq!(ra.index, rb.index, "{name}: answers of the clip backwards");
+            assert!(
+                (ra.prob - rb.prob).abs() < SCORE_TOL,
+                "{name}: answer probability {} forwards, {} backwards",
+                ra.prob,
+                rb.prob
+            );
+        }
+    }
+}
+
 #[test]
 fn retrieval_matches_reference() {
     for dir in config_dirs() {
