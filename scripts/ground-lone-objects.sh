@@ -23,18 +23,15 @@ mkdir -p "$OUT"
 
 # The expressions of the scenes that hold one object.
 for split in train test; do
-  jq --slurpfile s "$WORLD/scenes.json" \
-    '($s[0] | map(select((.objects | length) == 1) | {key: .image, value: true}) | from_entries)
-     as $one | map(select($one[.image]))' \
-    "$WORLD/grounding_$split.json" > "$OUT/lone_$split.json"
+  "$(dirname "$0")/lone-objects.sh" "$WORLD" "$split" > "$OUT/lone_$split.json"
 done
 jq '.[:300]' "$OUT/lone_train.json" > "$OUT/lone_train300.json"
 
 # A fresh model: one pre-training update on top of the seeded initialization writes the
 # model folder.
-[ -d "$OUT/init/model" ] || "$MPLUG" pretrain --preset tiny "${init[@]}" --vocab "$WORLD/vocab.txt" \
-  --data "$WORLD/pretrain.json" --image-root "$WORLD" --out "$OUT/init" --steps 1 \
-  --batch-size 4 --queue-size 0 --workers 1 --no-augment --no-dropout
+[ -d "$OUT/init/model" ] || "$MPLUG" pretrain --preset tiny "${init[@]}" \
+  --vocab "$WORLD/vocab.txt" --data "$WORLD/pretrain.json" --image-root "$WORLD" \
+  --out "$OUT/init" --steps 1 --batch-size 4 --queue-size 0 --workers 1 --no-augment --no-dropout
 
 [ -d "$OUT/grounding/model" ] || "$MPLUG" finetune grounding --model "$OUT/init/model" \
   --data "$OUT/lone_train.json" --image-root "$WORLD" --out "$OUT/grounding" \
