@@ -7,6 +7,8 @@
 #
 # MODEL: the multi-task folder (mplug-tiny-world); DATA: the world (`mplug data generate`);
 # VIDEO_MODEL: a model fine-tuned on clips, evaluated on the clips next to MODEL (zero-shot).
+# Grounding is evaluated with GROUNDING_MODEL (default: MODEL-grounding beside MODEL where it
+# exists, as train-tiny-world.sh writes it; else MODEL).
 # Environment: SPLITS (default "test heldout"), TASKS (default: every task), K (ITM re-ranking
 # depth, default 16), MPLUG (the binary).
 set -euo pipefail
@@ -18,6 +20,10 @@ SPLITS=${SPLITS:-test heldout}
 TASKS=${TASKS:-caption vqa retrieval grounding videoqa videoretrieval}
 K=${K:-16}
 MPLUG=${MPLUG:-target/release/mplug}
+if [ -z "${GROUNDING_MODEL:-}" ]; then
+  GROUNDING_MODEL=$MODEL
+  [ -f "${MODEL%/}-grounding/config.json" ] && GROUNDING_MODEL=${MODEL%/}-grounding
+fi
 mkdir -p "$OUT"
 
 has() { [[ " $TASKS " == *" $1 "* ]]; }
@@ -26,7 +32,7 @@ ev() { # name task annotations [args...]
   shift 3
   if [ ! -f "$OUT/$name/metrics.json" ]; then
     local t=$(date +%s.%N)
-    "$MPLUG" eval "$task" --model "$MODEL" "$DATA/$ann" "$DATA" --output "$OUT/$name" \
+    "$MPLUG" eval "$task" --model "${EV_MODEL:-$MODEL}" "$DATA/$ann" "$DATA" --output "$OUT/$name" \
       --quiet --json "$@" > /dev/null
     # Wall time of the whole evaluation (loading, preprocessing, model), for speed tables.
     echo "$(date +%s.%N) - $t" | bc > "$OUT/$name/seconds"
@@ -39,7 +45,7 @@ for split in $SPLITS; do
   has caption && ev "$split-caption" caption "caption_$split.json"
   has vqa && ev "$split-vqa" vqa "vqa_$split.json"
   has retrieval && ev "$split-retrieval" retrieval "retrieval_$split.json" --k "$K"
-  has grounding && ev "$split-grounding" grounding "grounding_$split.json"
+  has grounding && EV_MODEL=$GROUNDING_MODEL ev "$split-grounding" grounding "grounding_$split.json"
 done
 has videoqa && ev "video-zeroshot-qa" videoqa videoqa_test.jsonl --frames 8
 has videoretrieval && ev "video-zeroshot-retrieval" videoretrieval videoretrieval_test.jsonl --frames 8 --k "$K"

@@ -1,6 +1,7 @@
 //! `mplug demo`: every task end to end on the bundled examples with the default model,
 //! `mplug-tiny-world` (trained by `scripts/train-tiny-world.sh` on the generated world; see
-//! its card, `models/mplug-tiny-world/README.md`).
+//! its card, `models/mplug-tiny-world/README.md`), and its grounding folder,
+//! `mplug-tiny-world-grounding`, for grounding.
 //!
 //! The examples folder holds pictures and clips of the generated world's test split (never
 //! seen in training) and `examples.json`: per image, questions and referring expressions; per
@@ -25,6 +26,10 @@ pub struct DemoArgs {
     /// The model folder (a multi-task folder, or any folder serving every task).
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: PathBuf,
+    /// The model that grounds (default: the folder beside `--model` named like it with
+    /// `-grounding` appended, where there is one, as for the default model; else `--model`).
+    #[arg(long)]
+    pub grounding_model: Option<PathBuf>,
     /// Folder of the examples and their `examples.json` (default: the model's `examples/`).
     #[arg(long)]
     pub examples: Option<PathBuf>,
@@ -64,6 +69,22 @@ struct Examples {
 
 fn default_frames() -> usize {
     8
+}
+
+/// The folder that grounds: `--grounding-model`, else `<model>-grounding` beside the model
+/// where it exists, else the model itself.
+fn grounding_model(a: &DemoArgs) -> PathBuf {
+    if let Some(m) = &a.grounding_model {
+        return m.clone();
+    }
+    let mut name = a.model.file_name().unwrap_or_default().to_os_string();
+    name.push("-grounding");
+    let sibling = a.model.with_file_name(name);
+    if sibling.join("config.json").is_file() {
+        sibling
+    } else {
+        a.model.clone()
+    }
 }
 
 fn load(model: &Path, task: Task) -> Result<Pipeline> {
@@ -136,8 +157,12 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         }
     }
 
-    let p = load(&a.model, Task::Grounding)?;
-    println!("\n== grounding (box x0, y0, x1, y1 in pixels)");
+    let grounder = grounding_model(a);
+    let p = load(&grounder, Task::Grounding)?;
+    println!(
+        "\n== grounding (box x0, y0, x1, y1 in pixels; model {})",
+        grounder.display()
+    );
     for (e, file) in ex.images.iter().zip(&files) {
         if e.expressions.is_empty() {
             continue;

@@ -266,6 +266,12 @@ fn golden_folder_and_demo_run() {
     ] {
         assert!(o.stdout.contains(section), "{}", o.stdout);
     }
+    // It grounds with the grounding folder beside the default model.
+    assert!(
+        o.stdout.contains("mplug-tiny-world-grounding"),
+        "{}",
+        o.stdout
+    );
 }
 
 #[test]
