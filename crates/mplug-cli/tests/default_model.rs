@@ -1,5 +1,5 @@
-//! The shipped default model, `models/mplug-tiny-world`, still reaches the figures its card
-//! reports on a fixed test subset (a world generated from seed 2, never trained on), measured
+//! The shipped default model, `models/mplug-tiny-world` (with its grounding folder,
+//! `models/mplug-tiny-world-grounding`), still reaches the figures its card reports on a fixed test subset (a world generated from seed 2, never trained on), measured
 //! by `mplug eval` exactly as the README's commands do; and a short training run from scratch
 //! lowers every loss.
 //!
@@ -15,6 +15,11 @@ use std::path::{Path, PathBuf};
 
 fn model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mplug-tiny-world")
+}
+
+/// The folder that grounds: the default model's grounding round.
+fn grounding_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mplug-tiny-world-grounding")
 }
 
 fn s(p: &Path) -> &str {
@@ -35,15 +40,22 @@ fn subset(dir: &Path) -> PathBuf {
 /// with the size of the set it is averaged over (for the margin of one sample).
 struct Check {
     name: &'static str,
+    /// The model folder evaluated.
+    model: PathBuf,
     args: Vec<String>,
     metrics: &'static [&'static str],
 }
 
-fn checks(world: &Path) -> Vec<Check> {
+fn checks(world: &Path, model: &Path) -> Vec<Check> {
     let w = |f: &str| world.join(f).display().to_string();
     let root = world.display().to_string();
     let mk = |name, task: &str, ann: &str, extra: &[String], metrics| Check {
         name,
+        model: if task == "grounding" {
+            grounding_dir()
+        } else {
+            model.to_path_buf()
+        },
         args: [task.to_string(), w(ann), root.clone()]
             .into_iter()
             .chain(extra.iter().cloned())
@@ -109,11 +121,13 @@ fn samples_of(metrics: &Value, name: &str) -> f64 {
 #[test]
 fn default_model_reaches_its_reported_figures() {
     let model = model_dir();
-    assert!(
-        model.join("model.safetensors").is_file(),
-        "{} has no model",
-        model.display()
-    );
+    for m in [model.clone(), grounding_dir()] {
+        assert!(
+            m.join("model.safetensors").is_file(),
+            "{} has no model",
+            m.display()
+        );
+    }
     let dir = scratch("default-model-figures");
     let world = subset(&dir);
     let figures_path = model.join("ci-figures.json");
@@ -126,13 +140,13 @@ fn default_model_reaches_its_reported_figures() {
     };
     let mut measured = serde_json::Map::new();
     let mut failures = Vec::new();
-    for check in checks(&world) {
+    for check in checks(&world, &model) {
         let out = dir.join(format!("eval-{}", check.name));
         let mut args: Vec<&str> = vec!["eval"];
         args.extend(check.args.iter().map(String::as_str));
         args.extend([
             "--model",
-            s(&model),
+            s(&check.model),
             "--output",
             s(&out),
             "--json",
