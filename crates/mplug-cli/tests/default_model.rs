@@ -1,7 +1,8 @@
 //! The shipped default model, `models/mplug-tiny-world` (with its grounding folder,
-//! `models/mplug-tiny-world-grounding`), still reaches the figures its card reports on a fixed test subset (a world generated from seed 2, never trained on), measured
-//! by `mplug eval` exactly as the README's commands do; and a short training run from scratch
-//! lowers every loss.
+//! `models/mplug-tiny-world-grounding`), still reaches the figures its card reports on a fixed
+//! test subset (a world generated from seed 2, never trained on), measured by `mplug eval`
+//! exactly as the README's commands do; and a short training run from scratch lowers every
+//! loss.
 //!
 //! The expected figures live in `models/mplug-tiny-world/ci-figures.json`. After retraining
 //! the model, rewrite them with

@@ -194,50 +194,77 @@ fn check_ranking(what: &str, ranked: &[Vec<vqa::RankedAnswer>], io: &Io) {
     );
 }
 
+/// One golden configuration's video QA case: the clip and question (`videoqa_io`), the
+/// candidate answers (`vqa_io`), the ranking depth and the VQA model.
+struct VideoQa {
+    name: String,
+    io: Io,
+    answers: Io,
+    k: usize,
+    model: Mplug,
+}
+
+impl VideoQa {
+    fn load(dir: &Path) -> Self {
+        VideoQa {
+            name: dir.file_name().unwrap().to_string_lossy().to_string(),
+            io: Io::load(dir, "videoqa_io.safetensors"),
+            answers: Io::load(dir, "vqa_io.safetensors"),
+            k: json(dir, "vqa.json")["rank_k"].as_u64().unwrap() as usize,
+            model: load(dir, "vqa.pth", Task::Vqa),
+        }
+    }
+
+    /// The golden question fused with the tokens of a clip's frames.
+    fn fuse(&self, frame_embeds: &Tensor) -> vqa::QuestionStates {
+        vqa::encode_question(
+            &self.model,
+            frame_embeds,
+            &self.io.get("question_ids"),
+            &self.io.get("question_mask"),
+        )
+        .unwrap()
+    }
+
+    /// The golden candidate answers ranked for a fused question.
+    fn rank(&self, q: &vqa::QuestionStates) -> Vec<Vec<vqa::RankedAnswer>> {
+        vqa::rank_answers(
+            &self.model,
+            q,
+            &self.answers.get("answer_ids"),
+            &self.answers.get("answer_mask"),
+            self.k,
+        )
+        .unwrap()
+    }
+}
+
 #[test]
 fn videoqa_matches_reference() {
     for dir in config_dirs() {
-        let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        let io = Io::load(&dir, "videoqa_io.safetensors");
-        let answers = Io::load(&dir, "vqa_io.safetensors");
-        let json = json(&dir, "vqa.json");
-        let model = load(&dir, "vqa.pth", Task::Vqa);
-        let frames = video::encode_frames(&model, &io.get("frames")).unwrap();
+        let case = VideoQa::load(&dir);
+        let name = &case.name;
+        let frames = video::encode_frames(&case.model, &case.io.get("frames")).unwrap();
         assert_close(
             &format!("{name} frame_embeds"),
             &frames,
-            &io.get("frame_embeds"),
+            &case.io.get("frame_embeds"),
             TOL,
         );
-        let q = vqa::encode_question(
-            &model,
-            &frames,
-            &io.get("question_ids"),
-            &io.get("question_mask"),
-        )
-        .unwrap();
+        let q = case.fuse(&frames);
         assert_close(
             &format!("{name} video fusion_image_output"),
             &q.image,
-            &io.get("fusion_image_output"),
+            &case.io.get("fusion_image_output"),
             TOL,
         );
         assert_close(
             &format!("{name} video fusion_text_output"),
             &q.text,
-            &io.get("fusion_text_output"),
+            &case.io.get("fusion_text_output"),
             TOL,
         );
-        let k = json["rank_k"].as_u64().unwrap() as usize;
-        let ranked = vqa::rank_answers(
-            &model,
-            &q,
-            &answers.get("answer_ids"),
-            &answers.get("answer_mask"),
-            k,
-        )
-        .unwrap();
-        check_ranking(&format!("{name} videoqa"), &ranked, &io);
+        check_ranking(&format!("{name} videoqa"), &case.rank(&q), &case.io);
     }
 }
 
@@ -249,27 +276,15 @@ fn videoqa_matches_reference() {
 #[test]
 fn videoqa_does_not_see_frame_order() {
     for dir in config_dirs() {
-        let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        let io = Io::load(&dir, "videoqa_io.safetensors");
-        let answers = Io::load(&dir, "vqa_io.safetensors");
-        let k = json(&dir, "vqa.json")["rank_k"].as_u64().unwrap() as usize;
-        let model = load(&dir, "vqa.pth", Task::Vqa);
-        let frames = io.get("frames");
+        let case = VideoQa::load(&dir);
+        let name = &case.name;
+        let frames = case.io.get("frames");
         let n = frames.dim(1).unwrap();
         assert!(n > 1, "{name}: the golden clip has one frame");
         let backwards: Vec<u32> = (0..n as u32).rev().collect();
         let backwards = Tensor::new(backwards.as_slice(), frames.device()).unwrap();
         let reversed = frames.index_select(&backwards, 1).unwrap();
-        let fuse = |frames: &Tensor| {
-            let embeds = video::encode_frames(&model, frames).unwrap();
-            vqa::encode_question(
-                &model,
-                &embeds,
-                &io.get("question_ids"),
-                &io.get("question_mask"),
-            )
-            .unwrap()
-        };
+        let fuse = |frames: &Tensor| case.fuse(&video::encode_frames(&case.model, frames).unwrap());
         let (fwd, bwd) = (fuse(&frames), fuse(&reversed));
         assert_close(
             &format!("{name} fused question, clip backwards"),
@@ -277,17 +292,7 @@ fn videoqa_does_not_see_frame_order() {
             &fwd.text,
             TOL,
         );
-        let rank = |q: &vqa::QuestionStates| {
-            vqa::rank_answers(
-                &model,
-                q,
-                &answers.get("answer_ids"),
-                &answers.get("answer_mask"),
-                k,
-            )
-            .unwrap()
-        };
-        let (a, b) = (rank(&fwd), rank(&bwd));
+        let (a, b) = (case.rank(&fwd), case.rank(&bwd));
         for (ra, rb) in a.iter().flatten().zip(b.iter().flatten()) {
             assert_eq!(ra.index, rb.index, "{name}: answers of the clip backwards");
             assert!(
