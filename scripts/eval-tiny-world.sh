@@ -72,3 +72,20 @@ for split in $SPLITS; do
 done
 base blind-videoqa videoqa "$DATA/videoqa_test.jsonl" --train "$DATA/videoqa_train.jsonl"
 base blind-videoretrieval videoretrieval "$DATA/videoretrieval_test.jsonl"
+
+# Per question type (`per_question_type`): the model next to the blind prior, in percent.
+per_type() { # title model-metrics blind-json scale
+  [ -f "$2" ] && [ -f "$3" ] || return 0
+  echo "$1 per question type, model (blind):"
+  jq -r --slurpfile b "$3" --argjson s "$4" '
+    def pct: . * $s * 10 | round / 10;
+    ($b[0].per_question_type // {}) as $blind | (.per_question_type // {}) | to_entries[]
+    | "  \(.key): \(.value | pct) (\($blind[.key] // 0 | pct))"' "$2"
+}
+for split in $SPLITS; do
+  has vqa && per_type "$split VQA" "$OUT/$split-vqa/metrics.json" "$OUT/blind-$split-vqa.json" 1
+done
+if has videoqa; then
+  per_type "video QA zero-shot" "$OUT/video-zeroshot-qa/metrics.json" "$OUT/blind-videoqa.json" 100
+  per_type "video QA fine-tuned" "$OUT/video-finetuned-qa/metrics.json" "$OUT/blind-videoqa.json" 100
+fi

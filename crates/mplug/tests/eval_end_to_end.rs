@@ -477,9 +477,11 @@ fn videoqa_end_to_end() {
     let ann = write(
         &dir.join("test.jsonl"),
         concat!(
-            r#"{"video_id": "video7010", "question": "what is in the video?", "answer": "cat"}"#,
+            r#"{"video_id": "video7010", "question": "what is in the video?", "answer": "cat", "#,
+            r#""question_type": "static"}"#,
             "\n",
-            r#"{"video_id": "video7020", "question": "what flies?", "answer": "rocket"}"#,
+            r#"{"video_id": "video7020", "question": "what flies?", "answer": "rocket", "#,
+            r#""question_type": "change"}"#,
             "\n\n",
             r#"{"video_id": "video7030", "question": "what color is it?", "answer": "green"}"#,
             "\n",
@@ -506,6 +508,17 @@ fn videoqa_end_to_end() {
     assert!((acc - correct as f64 / 3.0).abs() < 1e-12);
     for p in &preds {
         assert!(["rocket", "cat", "green", "dog"].contains(&p["answer"].as_str().unwrap()));
+    }
+    // Per question type: the two typed questions, each its own type; the untyped one in none.
+    let by_type = r.metrics["per_question_type"].as_object().unwrap();
+    assert_eq!(by_type.len(), 2);
+    for (i, t) in [(0, "static"), (1, "change")] {
+        let hit = if preds[i]["correct"] == json!(true) {
+            1.0
+        } else {
+            0.0
+        };
+        assert_eq!(by_type[t], json!(hit), "{t}");
     }
 
     // Resume with a missing line.

@@ -5,8 +5,8 @@ mod common;
 
 use mplug::metrics::vqa::{process_digit_article, process_punctuation};
 use mplug::metrics::{
-    exact_match_accuracy, normalize_answer, vqa_accuracy, MetricsError, VqaEvaluator,
-    VqaPrediction, VqaQuestion,
+    exact_match_accuracy, exact_match_accuracy_by_type, normalize_answer, vqa_accuracy,
+    MetricsError, VqaEvaluator, VqaPrediction, VqaQuestion,
 };
 use serde_json::Value;
 
@@ -198,6 +198,28 @@ fn exact_match_accuracy_for_video_qa() {
     ));
     assert!(matches!(
         exact_match_accuracy(&["a"], &["a", "b"]),
+        Err(MetricsError::LengthMismatch { .. })
+    ));
+}
+
+#[test]
+fn exact_match_accuracy_by_question_type() {
+    let preds = ["a", "b", "c", "d", "e"];
+    let labels = ["a", "x", "c", "d", "y"];
+    let types = [Some("one"), Some("one"), Some("two"), None, Some("two")];
+    let by = exact_match_accuracy_by_type(&preds, &labels, &types).unwrap();
+    // "one": 1 of 2; "two": 1 of 2 (the untyped hit counts nowhere).
+    assert_eq!(by.len(), 2);
+    assert_eq!(by["one"], 0.5);
+    assert_eq!(by["two"], 0.5);
+    let untyped: [Option<&str>; 2] = [None, None];
+    assert!(
+        exact_match_accuracy_by_type(&["a", "b"], &["a", "b"], &untyped)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        exact_match_accuracy_by_type(&["a"], &["a"], &[Some("t"), Some("t")]),
         Err(MetricsError::LengthMismatch { .. })
     ));
 }

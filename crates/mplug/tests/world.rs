@@ -16,8 +16,9 @@ use mplug::eval::annotations::{
 use mplug::input::{Tokenizer, VideoConfig, VideoPreprocessor, BERT_BASE_UNCASED_VOCAB};
 use mplug::metrics::vqa::vqa_accuracy;
 use mplug::world::{
-    generate, generate_with_threads, is_heldout, render_scene, vocabulary, Background, Color,
-    Object, Scene, Shape, Size, Summary, Tone, WorldConfig, HELDOUT_PAIRS, MAX_VOCAB,
+    generate, generate_with_threads, is_heldout, render_scene, vocabulary, Background,
+    ClipQuestionKind, Color, Object, Scene, Shape, Size, Summary, Tone, WorldConfig, HELDOUT_PAIRS,
+    MAX_VOCAB,
 };
 use serde_json::Value;
 
@@ -313,6 +314,38 @@ fn every_file_reads_with_the_project_readers() {
     assert!(vc
         .iter()
         .all(|c| c.references.len() == 1 && c.image.ends_with(".gif")));
+}
+
+/// Each clip question says what it needs to see: its answer fits its type (directions and
+/// grow/shrink need the frames' order; counts any one frame), and each clip's first question,
+/// about its event, needs more than one frame.
+#[test]
+fn clip_questions_carry_what_they_need_to_see() {
+    let r = root();
+    let names: Vec<&str> = ClipQuestionKind::ALL.iter().map(|k| k.name()).collect();
+    let mut seen = HashSet::new();
+    let mut clips_seen = HashSet::new();
+    for split in ["train", "test"] {
+        for q in read_videoqa(r.join(format!("videoqa_{split}.jsonl"))).unwrap() {
+            let t = q
+                .question_type
+                .as_deref()
+                .expect("every clip question has a type");
+            assert!(names.contains(&t), "unknown question type {t}");
+            seen.insert(t.to_string());
+            let a = q.answer.as_deref().unwrap();
+            if ["left", "right", "up", "down", "grow", "shrink"].contains(&a) {
+                assert_eq!(t, "order", "{}", q.question);
+            }
+            if a.parse::<u32>().is_ok() {
+                assert_eq!(t, "static", "{}", q.question);
+            }
+            if clips_seen.insert(q.video.clone()) {
+                assert_ne!(t, "static", "first question of {}: {}", q.video, q.question);
+            }
+        }
+    }
+    assert_eq!(seen.len(), names.len(), "types seen: {seen:?}");
 }
 
 /// Every text the world writes.

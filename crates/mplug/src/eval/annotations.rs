@@ -100,6 +100,9 @@ pub struct VideoQaSample {
     pub question: String,
     /// The ground-truth answer, when given.
     pub answer: Option<String>,
+    /// Its `question_type`, when given (the generated world's `static`, `change` or `order`):
+    /// accuracy is then also reported per type.
+    pub question_type: Option<String>,
 }
 
 /// One video of a video-text retrieval test set with its caption.
@@ -716,7 +719,7 @@ pub fn read_grounding(path: impl AsRef<Path>, format: BoxFormat) -> Result<Vec<G
 }
 
 /// Reads video questions as MSRVTT-QA's `test.jsonl`: `{video_id, question, answer}` per line
-/// (a JSON array works too). Questions are numbered by their index, as the reference does,
+/// (a JSON array works too), with an optional `question_type`. Questions are numbered by their index, as the reference does,
 /// unless they carry a `question_id`.
 pub fn read_videoqa(path: impl AsRef<Path>) -> Result<Vec<VideoQaSample>> {
     let path = path.as_ref();
@@ -735,6 +738,7 @@ pub fn read_videoqa(path: impl AsRef<Path>) -> Result<Vec<VideoQaSample>> {
             video: e.string(&["video_id", "video", "clip_name"])?,
             question: e.string(&["question"])?,
             answer,
+            question_type: e.opt_string(&["question_type"])?,
         });
     }
     check_unique(

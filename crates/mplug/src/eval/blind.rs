@@ -10,6 +10,9 @@
 //!   recall@K is `K` over the number of candidates (for text retrieval, the number of
 //!   captions of the image times `K` over the number of captions, capped at 1).
 //!
+//! With question types in the test file (`question_type`), VQA and video QA also report
+//! `per_question_type`, as `mplug eval` does.
+//!
 //! Figures use `mplug eval`'s keys and units: percentages for VQA accuracy and recall,
 //! fractions for grounding and video QA accuracy, CIDEr and the other caption metrics as
 //! fractions.
@@ -21,9 +24,11 @@ use super::annotations::{
 use super::error::{EvalError, Result};
 use crate::metrics::caption::evaluate_raw_captions;
 use crate::metrics::grounding::grounding_accuracy;
-use crate::metrics::vqa::{normalize_answer, vqa_accuracy};
+use crate::metrics::vqa::{
+    exact_match_accuracy, exact_match_accuracy_by_type, normalize_answer, vqa_accuracy,
+};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// The answer a blind model gives to a question: the most frequent training answer of the
@@ -111,16 +116,25 @@ pub fn vqa(train: &Path, test: &Path) -> Result<Value> {
             .map(|s| (s.question.as_str(), s.answers.as_slice())),
     );
     let test_set = read_vqa(test)?;
-    let mut sum = 0.0;
-    let mut n = 0usize;
+    let mut all = Vec::new();
+    let mut by_type: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for s in test_set.iter().filter(|s| !s.answers.is_empty()) {
-        sum += vqa_accuracy(&prior.answer(&s.question), &s.answers)?;
-        n += 1;
+        let acc = vqa_accuracy(&prior.answer(&s.question), &s.answers)?;
+        all.push(acc);
+        if let Some(t) = &s.question_type {
+            by_type.entry(t).or_default().push(acc);
+        }
     }
-    if n == 0 {
+    if all.is_empty() {
         return Err(empty("answered questions", test));
     }
-    Ok(json!({"overall": 100.0 * sum / n as f64, "num_questions": n}))
+    let pct = |v: &[f64]| 100.0 * v.iter().sum::<f64>() / v.len() as f64;
+    let mut out = json!({"overall": pct(&all), "num_questions": all.len()});
+    if !by_type.is_empty() {
+        let by_type: BTreeMap<&str, f64> = by_type.iter().map(|(k, v)| (*k, pct(v))).collect();
+        out["per_question_type"] = json!(by_type);
+    }
+    Ok(out)
 }
 
 /// Video QA accuracy (fraction, exact match) of the answer prior fitted on `train`.
@@ -139,18 +153,27 @@ pub fn videoqa(train: &Path, test: &Path) -> Result<Value> {
             .zip(&answers)
             .map(|(s, a)| (s.question.as_str(), a.as_slice())),
     );
-    let mut hits = 0usize;
-    let mut n = 0usize;
-    for s in read_videoqa(test)? {
+    let (mut preds, mut labels, mut types) = (Vec::new(), Vec::new(), Vec::new());
+    let test_set = read_videoqa(test)?;
+    for s in &test_set {
         if let Some(label) = &s.answer {
-            hits += usize::from(prior.answer(&s.question) == normalize_answer(label));
-            n += 1;
+            preds.push(prior.answer(&s.question));
+            labels.push(normalize_answer(label));
+            types.push(s.question_type.as_deref());
         }
     }
-    if n == 0 {
+    if preds.is_empty() {
         return Err(empty("answered questions", test));
     }
-    Ok(json!({"accuracy": hits as f64 / n as f64, "num_questions": n}))
+    let mut out = json!({
+        "accuracy": exact_match_accuracy(&preds, &labels)?,
+        "num_questions": preds.len(),
+    });
+    let by_type = exact_match_accuracy_by_type(&preds, &labels, &types)?;
+    if !by_type.is_empty() {
+        out["per_question_type"] = json!(by_type);
+    }
+    Ok(out)
 }
 
 /// Caption metrics of the most frequent training caption given for every test image.
@@ -275,6 +298,34 @@ mod tests {
         assert_eq!(p.answer("what color is the cross?"), "red");
         assert_eq!(p.answer("how many shapes?"), "no");
         assert_eq!(AnswerPrior::default().answer("anything"), "");
+    }
+
+    #[test]
+    fn video_prior_reports_accuracy_per_question_type() {
+        let dir = std::env::temp_dir().join(format!("mplug-blind-videoqa-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let line = |q: &str, a: &str, t: &str| {
+            format!(r#"{{"video_id":"v","question":"{q}","answer":"{a}","question_type":"{t}"}}"#)
+        };
+        let train = [
+            line("which way does it move?", "left", "order"),
+            line("which way does it move?", "left", "order"),
+            line("which way does it move?", "up", "order"),
+            line("how many shapes?", "2", "static"),
+        ];
+        let test = [
+            line("which way does it move?", "left", "order"),
+            line("which way does it move?", "right", "order"),
+            line("how many shapes?", "2", "static"),
+        ];
+        std::fs::write(dir.join("train.jsonl"), train.join("\n")).unwrap();
+        std::fs::write(dir.join("test.jsonl"), test.join("\n")).unwrap();
+        let got = videoqa(&dir.join("train.jsonl"), &dir.join("test.jsonl")).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        // "left" for every direction question (1 of 2), "2" for the count (1 of 1).
+        assert!((got["accuracy"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(got["per_question_type"]["order"], json!(0.5));
+        assert_eq!(got["per_question_type"]["static"], json!(1.0));
     }
 
     #[test]

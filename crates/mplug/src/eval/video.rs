@@ -7,7 +7,7 @@ use super::retrieval::{rerank_logged, Visuals};
 use super::vqa::{answer_batch, Ranking};
 use super::{describe, num, EvalOptions, EvalReport, Output, Progress};
 use crate::input::{VideoConfig, VideoPreprocessor};
-use crate::metrics::{exact_match_accuracy, video_text_retrieval};
+use crate::metrics::{exact_match_accuracy, exact_match_accuracy_by_type, video_text_retrieval};
 use crate::pipeline::Pipeline;
 use crate::tasks::retrieval::{ImageSide, Rescore};
 use crate::tasks::video as task;
@@ -100,12 +100,13 @@ pub(super) fn run_qa(
     }
     progress.finish();
 
-    let (mut preds, mut labels) = (Vec::new(), Vec::new());
+    let (mut preds, mut labels, mut types) = (Vec::new(), Vec::new(), Vec::new());
     for s in samples {
         let answer = log.str_field(&s.question_id, "answer")?;
         if let Some(label) = &s.answer {
             preds.push(answer);
             labels.push(label.clone());
+            types.push(s.question_type.as_deref());
         }
     }
     let mut metrics = serde_json::Map::new();
@@ -114,6 +115,10 @@ pub(super) fn run_qa(
             "accuracy".into(),
             json!(exact_match_accuracy(&preds, &labels)?),
         );
+        let by_type = exact_match_accuracy_by_type(&preds, &labels, &types)?;
+        if !by_type.is_empty() {
+            metrics.insert("per_question_type".into(), json!(by_type));
+        }
     }
     metrics.insert("num_questions".into(), json!(samples.len()));
     metrics.insert("num_scored".into(), json!(preds.len()));

@@ -37,6 +37,6 @@ pub use retrieval::{
 };
 pub use rouge::{rouge_l, Rouge};
 pub use vqa::{
-    exact_match_accuracy, normalize_answer, vqa_accuracy, VqaEvaluator, VqaPrediction, VqaQuestion,
-    VqaReport,
+    exact_match_accuracy, exact_match_accuracy_by_type, normalize_answer, vqa_accuracy,
+    VqaEvaluator, VqaPrediction, VqaQuestion, VqaReport,
 };

@@ -469,3 +469,36 @@ pub fn exact_match_accuracy<P: AsRef<str>, L: AsRef<str>>(
         .count();
     Ok(correct as f64 / predictions.len() as f64)
 }
+
+/// [`exact_match_accuracy`] per question type: for every type that occurs in `types` (one
+/// entry per prediction; `None` leaves a question out of the breakdown), the fraction of its
+/// questions answered exactly.
+///
+/// Errors when the three inputs differ in length.
+pub fn exact_match_accuracy_by_type<P: AsRef<str>, L: AsRef<str>, T: AsRef<str>>(
+    predictions: &[P],
+    labels: &[L],
+    types: &[Option<T>],
+) -> Result<BTreeMap<String, f64>> {
+    for n in [labels.len(), types.len()] {
+        if predictions.len() != n {
+            return Err(MetricsError::LengthMismatch {
+                what: "exact-match accuracy by question type",
+                left: predictions.len(),
+                right: n,
+            });
+        }
+    }
+    let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for ((p, l), t) in predictions.iter().zip(labels).zip(types) {
+        if let Some(t) = t {
+            let c = counts.entry(t.as_ref().to_string()).or_default();
+            c.0 += usize::from(p.as_ref() == l.as_ref());
+            c.1 += 1;
+        }
+    }
+    Ok(counts
+        .into_iter()
+        .map(|(t, (hits, n))| (t, hits as f64 / n as f64))
+        .collect())
+}

@@ -284,11 +284,49 @@ pub(crate) fn sample_clip(rng: &mut StdRng, frames: usize) -> Clip {
     clip
 }
 
+/// What a clip question needs to see, written as its `question_type`. The reference's video
+/// path encodes frames one by one and concatenates them with no notion of time, so only the
+/// first two kinds are answerable by it; the split lets a report say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClipQuestionKind {
+    /// Any single frame answers it (how many shapes, which shape is in the clip).
+    Static,
+    /// Comparing frames answers it, in any order (which shape moves, appears, grows or changes
+    /// colour, and its colour).
+    Change,
+    /// Only the frames' order answers it (which way it moves, grow or shrink, the colour it
+    /// turns, its first colour).
+    Order,
+}
+
+impl ClipQuestionKind {
+    /// Every kind, in the order above.
+    pub const ALL: [ClipQuestionKind; 3] = [Self::Static, Self::Change, Self::Order];
+
+    /// The `question_type` written for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Static => "static",
+            Self::Change => "change",
+            Self::Order => "order",
+        }
+    }
+}
+
+/// One clip question with its answer and kind.
+#[derive(Debug, Clone)]
+pub(crate) struct ClipQa {
+    pub question: String,
+    pub answer: String,
+    pub kind: ClipQuestionKind,
+}
+
 /// A clip's caption and its questions with their answers.
 #[derive(Debug, Clone)]
 pub(crate) struct ClipText {
     pub caption: String,
-    pub questions: Vec<(String, String)>,
+    pub questions: Vec<ClipQa>,
 }
 
 /// The caption and two or three questions of `clip`.
@@ -299,7 +337,15 @@ pub(crate) fn describe(rng: &mut StdRng, clip: &Clip) -> ClipText {
     let other_np = clip
         .other
         .map(|o| indefinite(&format!("{} {}", o.color.name(), o.shape.name())));
-    let mut questions: Vec<(String, String)> = Vec::new();
+    use ClipQuestionKind::{Change, Order, Static};
+    let mut questions: Vec<ClipQa> = Vec::new();
+    let mut ask = |question: String, answer: String, kind| {
+        questions.push(ClipQa {
+            question,
+            answer,
+            kind,
+        })
+    };
     let caption = match clip.event {
         Event::Move { direction, .. } => {
             let way = match direction {
@@ -320,10 +366,10 @@ pub(crate) fn describe(rng: &mut StdRng, clip: &Clip) -> ClipText {
                 }
             }
             let d = direction.name().to_string();
-            questions.push((format!("which way does the {cs} move?"), d.clone()));
-            questions.push((format!("in which direction does the {s} move?"), d));
-            questions.push(("what color is the moving shape?".into(), c.into()));
-            questions.push(("what shape is moving?".into(), s.into()));
+            ask(format!("which way does the {cs} move?"), d.clone(), Order);
+            ask(format!("in which direction does the {s} move?"), d, Order);
+            ask("what color is the moving shape?".into(), c.into(), Change);
+            ask("what shape is moving?".into(), s.into(), Change);
             text
         }
         Event::Appear => {
@@ -333,9 +379,13 @@ pub(crate) fn describe(rng: &mut StdRng, clip: &Clip) -> ClipText {
                     text = format!("{text} next to {o}");
                 }
             }
-            questions.push(("what shape appears?".into(), s.into()));
-            questions.push(("what shape appears in the video?".into(), s.into()));
-            questions.push(("what color is the shape that appears?".into(), c.into()));
+            ask("what shape appears?".into(), s.into(), Change);
+            ask("what shape appears in the video?".into(), s.into(), Change);
+            ask(
+                "what color is the shape that appears?".into(),
+                c.into(),
+                Change,
+            );
             text
         }
         Event::Recolor { to } => {
@@ -345,10 +395,10 @@ pub(crate) fn describe(rng: &mut StdRng, clip: &Clip) -> ClipText {
                 1 => format!("{} changes color to {t}", indefinite(&cs)),
                 _ => format!("{} changes from {c} to {t}", indefinite(s)),
             };
-            questions.push((format!("what color does the {s} turn?"), t.into()));
-            questions.push((format!("what color does the {s} become?"), t.into()));
-            questions.push((format!("what color is the {s} at first?"), c.into()));
-            questions.push(("what shape changes color?".into(), s.into()));
+            ask(format!("what color does the {s} turn?"), t.into(), Order);
+            ask(format!("what color does the {s} become?"), t.into(), Order);
+            ask(format!("what color is the {s} at first?"), c.into(), Order);
+            ask("what shape changes color?".into(), s.into(), Change);
             text
         }
         Event::Grow | Event::Shrink => {
@@ -366,19 +416,20 @@ pub(crate) fn describe(rng: &mut StdRng, clip: &Clip) -> ClipText {
             } else {
                 ("shrink", "shrinking")
             };
-            questions.push((format!("does the {cs} grow or shrink?"), verb.into()));
-            questions.push((format!("what shape is {ing}?"), s.into()));
-            questions.push((format!("what color is the {ing} shape?"), c.into()));
+            ask(format!("does the {cs} grow or shrink?"), verb.into(), Order);
+            ask(format!("what shape is {ing}?"), s.into(), Change);
+            ask(format!("what color is the {ing} shape?"), c.into(), Change);
             text
         }
     };
     let count = 1 + clip.other.is_some() as usize;
-    questions.push((
+    ask(
         "how many shapes are in the video?".into(),
         count_answer(count),
-    ));
+        Static,
+    );
     if clip.other.is_none() {
-        questions.push(("what shape is in the video?".into(), s.into()));
+        ask("what shape is in the video?".into(), s.into(), Static);
     }
     // The first question is about the event itself; one or two more at random.
     let first = questions.remove(0);

@@ -19,7 +19,7 @@ pub mod render;
 pub mod scene;
 pub mod vocab;
 
-pub use clips::{Clip, Direction, Event, FRAME_DELAY_MS};
+pub use clips::{Clip, ClipQuestionKind, Direction, Event, FRAME_DELAY_MS};
 pub use render::{render_scene, Rendered};
 pub use scene::{
     is_heldout, Background, BackgroundKind, Color, Object, Scene, Shape, Size, Texture, Tone,
@@ -400,6 +400,7 @@ struct VideoQaEntry<'a> {
     video_id: &'a str,
     question: &'a str,
     answer: &'a str,
+    question_type: &'a str,
 }
 
 #[derive(Serialize)]
@@ -545,7 +546,8 @@ pub fn generate(out: &Path, cfg: &WorldConfig) -> Result<Summary> {
 /// - `grounding_{train,val,test,heldout}.json` (`[{id, image, text, bbox: [x, y, w, h]}]`);
 /// - `scenes.json`: every image's background and objects with their boxes;
 /// - with clips: `clips/<split>/<split>_<i>.gif` (train, test), `videoqa_{train,test}.jsonl`
-///   (`{question_id, video_id, question, answer}`), `videoqa_answers.json`,
+///   (`{question_id, video_id, question, answer, question_type}`, the type one of
+///   [`ClipQuestionKind`]'s names: `static`, `change`, `order`), `videoqa_answers.json`,
 ///   `videoretrieval_{train,test}.jsonl` (`{clip_name, caption}`), `videocaption_test.json`
 ///   (`[{image, caption: [1], image_id}]`) and `clips.json` (every clip's events);
 /// - `world.json`: the configuration, counts, held-out pairs and the files above.
@@ -619,9 +621,9 @@ pub fn generate_with_threads(out: &Path, cfg: &WorldConfig, threads: usize) -> R
     for (_, items) in &clip_splits {
         for it in items {
             check_text(&it.text.caption, &known)?;
-            for (q, a) in &it.text.questions {
-                check_text(q, &known)?;
-                check_text(a, &known)?;
+            for q in &it.text.questions {
+                check_text(&q.question, &known)?;
+                check_text(&q.answer, &known)?;
             }
         }
     }
@@ -770,13 +772,14 @@ pub fn generate_with_threads(out: &Path, cfg: &WorldConfig, threads: usize) -> R
         for (split, items) in &clip_splits {
             let mut entries = Vec::new();
             for it in items {
-                for (q, a) in &it.text.questions {
-                    video_answers.insert(a);
+                for q in &it.text.questions {
+                    video_answers.insert(&q.answer);
                     entries.push(VideoQaEntry {
                         question_id: next_qid,
                         video_id: &it.video,
-                        question: q,
-                        answer: a,
+                        question: &q.question,
+                        answer: &q.answer,
+                        question_type: q.kind.name(),
                     });
                     next_qid += 1;
                 }
