@@ -16,10 +16,10 @@
 //! | task | annotations | model | metrics |
 //! |---|---|---|---|
 //! | caption | COCO Karpathy test | caption | BLEU-1..4, ROUGE-L, CIDEr-D |
-//! | vqa | `[{question_id, image, question, answer}]` (+ answer list to rank) | vqa | VQA accuracy |
+//! | vqa | `[{question_id, image, question, answer}]` (+ answer list to rank) | vqa | VQA accuracy (per question and answer type when given) |
 //! | retrieval | `[{image, caption: [...]}]` | retrieval | TR/IR R@1/5/10 |
 //! | grounding | `{image, text, bbox}` or the RefCOCO tuples | grounding | accuracy at IoU 0.5 |
-//! | videoqa | MSRVTT-QA JSONL (+ answer list) | vqa | exact-match accuracy |
+//! | videoqa | MSRVTT-QA JSONL (+ answer list) | vqa | exact-match accuracy (per `question_type` when given) |
 //! | videoretrieval | MSRVTT JSONL `{clip_name, caption}` | retrieval | R@1/5/10, median rank |
 //!
 //! Progress is reported through [`Progress`]; the library draws nothing itself.
