@@ -64,10 +64,8 @@ pub fn run(a: &BaselineArgs) -> Result<()> {
     };
     if a.json {
         println!("{metrics}");
-    } else if let Some(m) = metrics.as_object() {
-        for (k, v) in m {
-            println!("{k}\t{v}");
-        }
+    } else {
+        crate::eval::print_metrics(&metrics);
     }
     Ok(())
 }

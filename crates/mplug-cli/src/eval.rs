@@ -194,17 +194,8 @@ pub fn run(a: &EvalArgs) -> Result<()> {
 
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report.metrics)?);
-    } else if let Value::Object(m) = &report.metrics {
-        for (k, v) in m {
-            match v {
-                Value::Object(inner) => {
-                    for (k2, v2) in inner {
-                        println!("{k}.{k2}\t{v2}");
-                    }
-                }
-                _ => println!("{k}\t{v}"),
-            }
-        }
+    } else {
+        print_metrics(&report.metrics);
     }
     eprintln!(
         "{} predictions ({} from an earlier run); wrote {}",
@@ -218,4 +209,23 @@ pub fn run(a: &EvalArgs) -> Result<()> {
             .join(", ")
     );
     Ok(())
+}
+
+/// Prints metrics one per line, `key<TAB>value`; a nested object's entries as `key.entry`
+/// (`per_question_type.how many`).
+pub(crate) fn print_metrics(metrics: &Value) {
+    let Value::Object(m) = metrics else {
+        println!("{metrics}");
+        return;
+    };
+    for (k, v) in m {
+        match v {
+            Value::Object(inner) => {
+                for (k2, v2) in inner {
+                    println!("{k}.{k2}\t{v2}");
+                }
+            }
+            _ => println!("{k}\t{v}"),
+        }
+    }
 }

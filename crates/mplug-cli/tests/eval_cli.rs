@@ -1,4 +1,4 @@
-//! `mplug eval` as a user runs it: every benchmark on a small annotation set made here, with the
+//! `mplug eval` (and `mplug baseline`) as a user runs it: every benchmark on a small annotation set made here, with the
 //! golden tiny checkpoints; the files written, resuming, and the errors of bad inputs.
 
 use serde_json::{json, Value};
@@ -312,4 +312,66 @@ fn bad_inputs_fail_with_one_clear_line() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// `mplug baseline` as a user runs it: a video QA prior with question types, in both output
+/// forms, and the error of a missing training file.
+#[test]
+fn baseline_reports_per_question_type() {
+    let dir = scratch("baseline");
+    let line = |q: &str, a: &str, t: &str| {
+        format!(r#"{{"video_id":"v","question":"{q}","answer":"{a}","question_type":"{t}"}}"#)
+    };
+    let train = write(
+        &dir.join("train.jsonl"),
+        &[
+            line("which way does it move?", "left", "order"),
+            line("which way does it move?", "left", "order"),
+            line("how many shapes?", "2", "static"),
+        ]
+        .join("\n"),
+    );
+    let test = write(
+        &dir.join("test.jsonl"),
+        &[
+            line("which way does it move?", "up", "order"),
+            line("how many shapes?", "2", "static"),
+        ]
+        .join("\n"),
+    );
+    let run = |extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_mplug"))
+            .args(["baseline", "videoqa"])
+            .arg(&test)
+            .args(extra)
+            .output()
+            .unwrap();
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    };
+    let train = train.to_str().unwrap();
+    let text = run(&["--train", train]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    let lines: Vec<&str> = text.stdout.lines().collect();
+    assert!(lines.contains(&"accuracy\t0.5"), "{}", text.stdout);
+    assert!(
+        lines.contains(&"per_question_type.order\t0.0"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        lines.contains(&"per_question_type.static\t1.0"),
+        "{}",
+        text.stdout
+    );
+    let json = run(&["--train", train, "--json"]);
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let v: Value = serde_json::from_str(json.stdout.trim()).unwrap();
+    assert_eq!(v["per_question_type"], json!({"order": 0.0, "static": 1.0}));
+    let missing = run(&[]);
+    assert_ne!(missing.code, 0);
+    assert!(missing.stderr.contains("--train"), "{}", missing.stderr);
 }
