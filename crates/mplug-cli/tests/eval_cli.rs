@@ -1,5 +1,6 @@
-//! `mplug eval` (and `mplug baseline`) as a user runs it: every benchmark on a small annotation set made here, with the
-//! golden tiny checkpoints; the files written, resuming, and the errors of bad inputs.
+//! `mplug eval` (and `mplug baseline`) as a user runs it: every benchmark on a small annotation
+//! set made here, with the golden tiny checkpoints; the files written, resuming, and the errors
+//! of bad inputs.
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
