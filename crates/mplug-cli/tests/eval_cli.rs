@@ -37,11 +37,21 @@ struct Run {
     stderr: String,
 }
 
+impl From<std::process::Output> for Run {
+    fn from(o: std::process::Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
 /// `mplug eval <task> --model <tiny checkpoint> --config <tiny config> <ann> <root> --output
 /// <out>` with fast decoding, plus `extra`.
 fn eval(task: &str, model: &str, ann: &Path, root: &Path, out: &Path, extra: &[&str]) -> Run {
     let tiny = golden().join("tiny16");
-    let o = Command::new(env!("CARGO_BIN_EXE_mplug"))
+    Command::new(env!("CARGO_BIN_EXE_mplug"))
         .arg("eval")
         .arg(task)
         .arg("--model")
@@ -63,12 +73,8 @@ fn eval(task: &str, model: &str, ann: &Path, root: &Path, out: &Path, extra: &[&
         ])
         .args(extra)
         .output()
-        .unwrap();
-    Run {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+        .unwrap()
+        .into()
 }
 
 fn ok(r: Run) -> Value {
@@ -340,18 +346,14 @@ fn baseline_reports_per_question_type() {
         ]
         .join("\n"),
     );
-    let run = |extra: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_mplug"))
+    let run = |extra: &[&str]| -> Run {
+        Command::new(env!("CARGO_BIN_EXE_mplug"))
             .args(["baseline", "videoqa"])
             .arg(&test)
             .args(extra)
             .output()
-            .unwrap();
-        Run {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
+            .unwrap()
+            .into()
     };
     let train = train.to_str().unwrap();
     let text = run(&["--train", train]);

@@ -719,8 +719,8 @@ pub fn read_grounding(path: impl AsRef<Path>, format: BoxFormat) -> Result<Vec<G
 }
 
 /// Reads video questions as MSRVTT-QA's `test.jsonl`: `{video_id, question, answer}` per line
-/// (a JSON array works too), with an optional `question_type`. Questions are numbered by their index, as the reference does,
-/// unless they carry a `question_id`.
+/// (a JSON array works too), with an optional `question_type`. Questions are numbered by their
+/// index, as the reference does, unless they carry a `question_id`.
 pub fn read_videoqa(path: impl AsRef<Path>) -> Result<Vec<VideoQaSample>> {
     let path = path.as_ref();
     let records = read_records(path, &[])?;

@@ -287,8 +287,7 @@ pub(crate) fn sample_clip(rng: &mut StdRng, frames: usize) -> Clip {
 /// What a clip question needs to see, written as its `question_type`. The reference's video
 /// path encodes frames one by one and concatenates them with no notion of time, so only the
 /// first two kinds are answerable by it; the split lets a report say so.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClipQuestionKind {
     /// Any single frame answers it (how many shapes, which shape is in the clip).
     Static,
