@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use candle_core::Device;
-use mplug::model_dir::{LoadedModel, ModelSource};
+use mplug::model_dir::{LoadedModel, ModelCard, ModelSource, VOCAB_FILE};
 use mplug::pipeline::Pipeline;
 use mplug::{MplugConfig, Task};
 use std::path::{Path, PathBuf};
@@ -24,6 +24,8 @@ pub struct ModelArgs {
 pub struct ConfigArgs {
     /// The configuration: a config.json (golden or model-folder form) or the reference's task
     /// YAML (its bert_config is read from beside it). Default: config.json beside the checkpoint.
+    /// A checkpoint with no vocab.txt beside it reads the one beside this file, else BERT
+    /// uncased's (its first vocab_size entries).
     #[arg(long, conflicts_with = "preset")]
     pub config: Option<PathBuf>,
     /// A named configuration instead of a file: base, large or tiny.
@@ -57,12 +59,33 @@ pub fn read_config(path: &Path) -> Result<MplugConfig> {
     })
 }
 
-/// Locates the configuration, checkpoint and vocabulary of `model`.
+/// Locates the configuration, checkpoint and vocabulary of `model`. With no `vocab.txt`
+/// beside the checkpoint, the one beside a `--config` file is used, and a `--config` that is
+/// a model folder's `config.json` gives its task or tasks too (so a training run's `step-N/`
+/// checkpoint read with `--config OUT/model/config.json` loads as that folder); with neither, the
+/// embedded BERT vocabulary (its first `vocab_size` entries, as the golden test models use).
 pub fn locate(model: &Path, config: &ConfigArgs, task: Option<Task>) -> Result<ModelSource> {
     if !model.exists() {
         anyhow::bail!("model {} does not exist", model.display());
     }
-    Ok(ModelSource::locate(model, config.explicit()?, task)?)
+    let mut source = ModelSource::locate(model, config.explicit()?, task)?;
+    if let Some(path) = config.config.as_deref() {
+        if source.vocab.is_none() {
+            source.vocab = path
+                .parent()
+                .map(|dir| dir.join(VOCAB_FILE))
+                .filter(|p| p.is_file());
+        }
+        // A model folder's config.json also names its task or tasks; a golden one names none
+        // and a YAML one is not a card.
+        if source.task.is_none() && source.tasks.is_empty() {
+            if let Ok(card) = ModelCard::from_file(path) {
+                source.task = card.task;
+                source.tasks = card.tasks;
+            }
+        }
+    }
+    Ok(source)
 }
 
 /// Loads `model` for `task` (or the task its folder names or its keys show) on the CPU.

@@ -409,3 +409,37 @@ fn bad_inputs_fail_with_one_line() {
     assert_eq!(mplug(&["caption"]).code, 2);
     assert_eq!(mplug(&["convert", "--dtype", "f8", "a", "b"]).code, 2);
 }
+
+/// A checkpoint file read with `--config` takes the vocabulary and the tasks of that
+/// config.json's folder when it has none of its own (a training run's `step-N/` read with its
+/// `model/config.json`). The default model's vocabulary is its own (the world's words after
+/// BERT's first 104 entries), so its questions read with BERT's would be other token ids, and
+/// its weights alone look like a grounding model's.
+#[test]
+fn checkpoint_file_reads_the_vocabulary_beside_its_config() {
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mplug-tiny-world");
+    let dir = scratch("vocab-beside-config");
+    let ckpt = dir.join("model.safetensors");
+    std::fs::copy(folder.join("model.safetensors"), &ckpt).unwrap();
+    let img = folder.join("examples/scene_3.png");
+    let question = "what color is the dotted square?";
+    // With --json the answer's score is printed too, which other token ids would change.
+    let from_folder = mplug_ok(&["vqa", "--model", s(&folder), s(&img), question, "--json"]);
+    let with_config = folder.join("config.json");
+    let from_ckpt = mplug_ok(&[
+        "vqa",
+        "--model",
+        s(&ckpt),
+        "--config",
+        s(&with_config),
+        s(&img),
+        question,
+        "--json",
+    ]);
+    assert_eq!(from_ckpt.stdout, from_folder.stdout);
+    assert!(
+        !from_ckpt.stderr.contains("vocab.txt"),
+        "{}",
+        from_ckpt.stderr
+    );
+}
