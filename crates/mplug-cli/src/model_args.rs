@@ -25,7 +25,8 @@ pub struct ConfigArgs {
     /// The configuration: a config.json (golden or model-folder form) or the reference's task
     /// YAML (its bert_config is read from beside it). Default: config.json beside the checkpoint.
     /// A checkpoint with no vocab.txt beside it reads the one beside this file, else BERT
-    /// uncased's (its first vocab_size entries).
+    /// uncased's (its first vocab_size entries); a model folder's config.json here also gives
+    /// its task or tasks.
     #[arg(long, conflicts_with = "preset")]
     pub config: Option<PathBuf>,
     /// A named configuration instead of a file: base, large or tiny.

@@ -14,13 +14,9 @@ use common::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
-fn model_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mplug-tiny-world")
-}
-
 /// The folder that grounds: the default model's grounding round.
 fn grounding_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mplug-tiny-world-grounding")
+    default_model().with_file_name("mplug-tiny-world-grounding")
 }
 
 fn s(p: &Path) -> &str {
@@ -121,7 +117,7 @@ fn samples_of(metrics: &Value, name: &str) -> f64 {
 
 #[test]
 fn default_model_reaches_its_reported_figures() {
-    let model = model_dir();
+    let model = default_model();
     for m in [model.clone(), grounding_dir()] {
         assert!(
             m.join("model.safetensors").is_file(),

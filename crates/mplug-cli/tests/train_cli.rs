@@ -402,7 +402,7 @@ fn multitask_continues_a_multitask_folder_with_task_weights() {
     )
     .unwrap();
     // A multi-task run trains every part: the shipped multi-task model has them all.
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mplug-tiny-world");
+    let model = default_model();
     let img = images_dir();
     let data = format!("caption={}", s(&ann));
     let run = |weight: &str, out: &str| {

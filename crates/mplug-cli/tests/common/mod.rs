@@ -20,6 +20,11 @@ pub fn tiny16() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/tiny16")
 }
 
+/// The shipped default model folder, `models/mplug-tiny-world`.
+pub fn default_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mplug-tiny-world")
+}
+
 /// The golden example images.
 pub fn images_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/io/images")
