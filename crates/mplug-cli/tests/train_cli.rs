@@ -262,6 +262,40 @@ fn pretrain_from_scratch_logs_each_loss() {
             .unwrap();
     assert_eq!(card["task"], "pretrain");
 
+    // The pre-trained folder retrieves zero-shot (its ITC and ITM heads are pre-training's
+    // own), and is refused for the tasks it was not trained for.
+    let model = out.join("model");
+    let image = root.join("red_left.png");
+    let o = mplug(&[
+        "retrieve",
+        "--model",
+        s(&model),
+        "--json",
+        "--text",
+        "a red block on the left",
+        "--text",
+        "a blue block on the right",
+        s(&image),
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let ranked: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(
+        ranked
+            .to_string()
+            .matches("a red block on the left")
+            .count()
+            + ranked
+                .to_string()
+                .matches("a blue block on the right")
+                .count(),
+        2,
+        "both texts ranked: {ranked}"
+    );
+    mplug_fails(
+        &["vqa", "--model", s(&model), s(&image), "what is it?"],
+        "is a pretrain model, not a vqa model",
+    );
+
     // A switched-off objective is not computed and logs null.
     let out2 = dir.join("run-itc-off");
     let o = mplug(&[

@@ -283,9 +283,17 @@ pub fn write_folder(
 }
 
 /// Whether a checkpoint detected as `found` can serve `wanted`. Caption and VQA checkpoints
-/// share one layout (detection answers VQA for both), so a VQA-looking checkpoint may caption.
+/// share one layout (detection answers VQA for both), so a VQA-looking checkpoint may caption;
+/// and a pre-trained model may retrieve (see [`declared_task_fits`]).
 pub fn task_fits(found: Task, wanted: Task) -> bool {
-    found == wanted || (found == Task::Vqa && wanted == Task::Caption)
+    declared_task_fits(found, wanted) || (found == Task::Vqa && wanted == Task::Caption)
+}
+
+/// Whether a model whose folder declares it `declared` can serve `wanted`: its own task, or
+/// retrieval for a pre-trained model, whose ITC projections and ITM head are trained by
+/// pre-training itself (zero-shot retrieval, as ALBEF and mPLUG evaluate pre-training).
+pub fn declared_task_fits(declared: Task, wanted: Task) -> bool {
+    declared == wanted || (declared == Task::Pretrain && wanted == Task::Retrieval)
 }
 
 /// Where a model's configuration, weights and vocabulary are.
@@ -435,7 +443,7 @@ impl ModelSource {
         Ok(match (task, found) {
             (Some(wanted), Some(found)) => {
                 let fits = if self.task.is_some() {
-                    wanted == found
+                    declared_task_fits(found, wanted)
                 } else {
                     task_fits(found, wanted)
                 };
@@ -539,5 +547,8 @@ mod tests {
         assert!(!is_buffer("itm_head.weight"));
         assert!(task_fits(Task::Vqa, Task::Caption));
         assert!(!task_fits(Task::Grounding, Task::Vqa));
+        assert!(task_fits(Task::Pretrain, Task::Retrieval));
+        assert!(!declared_task_fits(Task::Pretrain, Task::Vqa));
+        assert!(!declared_task_fits(Task::Retrieval, Task::Pretrain));
     }
 }
