@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use candle_core::Device;
-use mplug::model_dir::{LoadedModel, ModelCard, ModelSource, VOCAB_FILE};
+use mplug::model_dir::{LoadedModel, ModelSource};
 use mplug::pipeline::Pipeline;
 use mplug::{MplugConfig, Task};
 use std::path::{Path, PathBuf};
@@ -69,24 +69,11 @@ pub fn locate(model: &Path, config: &ConfigArgs, task: Option<Task>) -> Result<M
     if !model.exists() {
         anyhow::bail!("model {} does not exist", model.display());
     }
-    let mut source = ModelSource::locate(model, config.explicit()?, task)?;
-    if let Some(path) = config.config.as_deref() {
-        if source.vocab.is_none() {
-            source.vocab = path
-                .parent()
-                .map(|dir| dir.join(VOCAB_FILE))
-                .filter(|p| p.is_file());
-        }
-        // A model folder's config.json also names its task or tasks; a golden one names none
-        // and a YAML one is not a card.
-        if source.task.is_none() && source.tasks.is_empty() {
-            if let Ok(card) = ModelCard::from_file(path) {
-                source.task = card.task;
-                source.tasks = card.tasks;
-            }
-        }
-    }
-    Ok(source)
+    let source = ModelSource::locate(model, config.explicit()?, task)?;
+    Ok(match config.config.as_deref() {
+        Some(path) => source.with_config_folder(path),
+        None => source,
+    })
 }
 
 /// Loads `model` for `task` (or the task its folder names or its keys show) on the CPU.

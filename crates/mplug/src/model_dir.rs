@@ -382,6 +382,27 @@ impl ModelSource {
         })
     }
 
+    /// Takes what the folder of a configuration file read with [`ModelSource::locate`]'s
+    /// explicit `config` holds and the source lacks: its `vocab.txt`, and the task or tasks
+    /// its `config.json` names when that is a model folder's (a golden `config.json` names
+    /// none, and a reference YAML is not one). A training run's `step-N/model.safetensors`
+    /// read with `OUT/model/config.json` then loads as the finished folder.
+    pub fn with_config_folder(mut self, config_file: &Path) -> Self {
+        if self.vocab.is_none() {
+            self.vocab = config_file
+                .parent()
+                .map(|dir| dir.join(VOCAB_FILE))
+                .filter(|p| p.is_file());
+        }
+        if self.task.is_none() && self.tasks.is_empty() {
+            if let Ok(card) = ModelCard::from_file(config_file) {
+                self.task = card.task;
+                self.tasks = card.tasks;
+            }
+        }
+        self
+    }
+
     /// The tokenizer: `vocab.txt` when the source has one, else the embedded BERT uncased
     /// vocabulary (its first entries for a model with a smaller vocabulary).
     pub fn tokenizer(&self) -> Result<Tokenizer> {
@@ -482,6 +503,39 @@ pub struct LoadedModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_folder_lends_its_vocabulary_and_tasks() {
+        let dir = std::env::temp_dir().join(format!("mplug-config-folder-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let card = ModelCard {
+            config: MplugConfig::tiny(),
+            task: None,
+            tasks: vec![Task::Caption, Task::Vqa],
+        };
+        std::fs::write(dir.join(CONFIG_FILE), card.to_json()).unwrap();
+        std::fs::write(dir.join(VOCAB_FILE), "[PAD]\n").unwrap();
+        let bare = ModelSource {
+            config: MplugConfig::tiny(),
+            task: None,
+            tasks: vec![],
+            checkpoint: PathBuf::from("step-100/model.safetensors"),
+            vocab: None,
+        };
+        let lent = bare.clone().with_config_folder(&dir.join(CONFIG_FILE));
+        assert_eq!(lent.vocab, Some(dir.join(VOCAB_FILE)));
+        assert_eq!(lent.tasks, vec![Task::Caption, Task::Vqa]);
+        // What the source has of its own stays.
+        let own = ModelSource {
+            vocab: Some(PathBuf::from("own/vocab.txt")),
+            task: Some(Task::Retrieval),
+            ..bare
+        }
+        .with_config_folder(&dir.join(CONFIG_FILE));
+        assert_eq!(own.vocab, Some(PathBuf::from("own/vocab.txt")));
+        assert_eq!((own.task, own.tasks.len()), (Some(Task::Retrieval), 0));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn card_round_trips_with_task() {
