@@ -36,12 +36,6 @@ fn convert(dir: &Path, task: &str, name_task: bool, extra: &[&str]) -> PathBuf {
     out
 }
 
-fn json_lines(text: &str) -> Vec<serde_json::Value> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
-
 #[test]
 fn caption_folder_matches_checkpoint() {
     let dir = scratch("caption");

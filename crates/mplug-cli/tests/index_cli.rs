@@ -12,12 +12,6 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-fn json_lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
-
 /// A folder `dir/photos` with copies of the named example images.
 fn photos(dir: &Path, names: &[&str]) -> PathBuf {
     let root = dir.join("photos");

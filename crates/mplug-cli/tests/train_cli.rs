@@ -15,11 +15,7 @@ fn s(p: &Path) -> &str {
 }
 
 fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
+    json_lines(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 
 /// The bytes of the model a run in `out` wrote.
@@ -266,31 +262,28 @@ fn pretrain_from_scratch_logs_each_loss() {
     // own), and is refused for the tasks it was not trained for.
     let model = out.join("model");
     let image = root.join("red_left.png");
-    let o = mplug(&[
+    let texts = ["a red block on the left", "a blue block on the right"];
+    let o = mplug_ok(&[
         "retrieve",
         "--model",
         s(&model),
         "--json",
         "--text",
-        "a red block on the left",
+        texts[0],
         "--text",
-        "a blue block on the right",
+        texts[1],
         s(&image),
     ]);
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    let ranked: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
-    assert_eq!(
-        ranked
-            .to_string()
-            .matches("a red block on the left")
-            .count()
-            + ranked
-                .to_string()
-                .matches("a blue block on the right")
-                .count(),
-        2,
-        "both texts ranked: {ranked}"
-    );
+    let rows = json_lines(&o.stdout);
+    assert_eq!(rows.len(), 1, "{}", o.stdout);
+    let mut ranked: Vec<&str> = rows[0]["texts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no ranked texts in {}", rows[0]))
+        .iter()
+        .map(|t| t["text"].as_str().unwrap())
+        .collect();
+    ranked.sort_unstable();
+    assert_eq!(ranked, [texts[1], texts[0]], "both texts ranked");
     mplug_fails(
         &["vqa", "--model", s(&model), s(&image), "what is it?"],
         "is a pretrain model, not a vqa model",

@@ -25,6 +25,14 @@ pub fn default_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mplug-tiny-world")
 }
 
+/// One JSON value per line of `text` (the `--json` output of commands over several inputs, or
+/// a JSON-lines file); a line that does not parse fails the test naming it.
+pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
 /// The golden example images.
 pub fn images_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/io/images")
