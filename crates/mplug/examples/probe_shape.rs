@@ -11,14 +11,24 @@
 //! mplug data generate runs/lone --seed 1 --size 8000 --clips 0
 //! cargo run --release -p mplug --example probe_shape -- runs/lone 300 3e-4 [MODEL.safetensors]
 //! ```
+//!
+//! `--config FILE` probes the tower of another configuration (a `config.json`, for example
+//! 96 px images with patches of 12) instead of the tiny preset's; `--sincos` starts its
+//! positional embedding from the 2D sine-cosine table, as `mplug pretrain --sincos-positions`;
+//! `--attribute color` (or `size`, `texture`) classifies another attribute of the object, a
+//! control for how fast the tower learns anything; `--crop SCALE` trains and tests on square
+//! crops of SCALE times the object's box around it (1.3: the object centred and filling most
+//! of the image), which tells the object's place and size in the image from its form as
+//! what makes shapes slow to learn.
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{linear, AdamW, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use image::RgbImage;
 use mplug::input::{ImageConfig, ImagePreprocessor};
 use mplug::model::vision::VisualEncoder;
+use mplug::train::init::sincos_positional_embedding;
 use mplug::MplugConfig;
 use rand::{Rng, SeedableRng};
 use std::error::Error;
-use std::path::Path;
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
@@ -28,67 +38,162 @@ struct Split {
     labels: Vec<u32>,
 }
 
+/// The probe's settings: `WORLD STEPS LR [MODEL.safetensors]` and the options.
+struct Options {
+    root: std::path::PathBuf,
+    steps: usize,
+    lr: f64,
+    model: Option<String>,
+    config: MplugConfig,
+    attribute: String,
+    sincos: bool,
+    crop: Option<f64>,
+}
+
+const USAGE: &str = "usage: probe_shape WORLD STEPS LR [MODEL.safetensors] [--config FILE] \
+                     [--sincos] [--attribute NAME] [--crop SCALE]";
+
+impl Options {
+    fn parse(mut args: Vec<String>) -> Res<Self> {
+        let mut value = |flag: &str| -> Res<Option<String>> {
+            match args.iter().position(|a| a == flag) {
+                Some(i) if i + 1 < args.len() => {
+                    let v = args.remove(i + 1);
+                    args.remove(i);
+                    Ok(Some(v))
+                }
+                Some(_) => Err(format!("{flag} needs a value; {USAGE}").into()),
+                None => Ok(None),
+            }
+        };
+        let config = match value("--config")? {
+            Some(file) => MplugConfig::from_file(&file)?,
+            None => MplugConfig::tiny(),
+        };
+        let attribute = value("--attribute")?.unwrap_or_else(|| "shape".into());
+        let crop = value("--crop")?.map(|v| v.parse::<f64>()).transpose()?;
+        if crop.is_some_and(|c| c.is_nan() || c < 1.0) {
+            return Err("--crop takes a scale of at least 1 (times the object's box)".into());
+        }
+        let sincos = match args.iter().position(|a| a == "--sincos") {
+            Some(i) => {
+                args.remove(i);
+                true
+            }
+            None => false,
+        };
+        if !(3..=4).contains(&args.len()) {
+            return Err(USAGE.into());
+        }
+        Ok(Self {
+            root: args[0].clone().into(),
+            steps: args[1].parse()?,
+            lr: args[2].parse()?,
+            model: args.get(3).cloned(),
+            config,
+            attribute,
+            sincos,
+            crop,
+        })
+    }
+}
+
+/// The square of `scale` times the longer side of the object's box (`bbox`, pixels), centred
+/// on the box and shifted inside the image.
+fn crop_around(image: &RgbImage, object: &serde_json::Value, scale: f64) -> Res<RgbImage> {
+    let b: Vec<f64> = object["bbox"]
+        .as_array()
+        .ok_or("object without `bbox`")?
+        .iter()
+        .map(|v| v.as_f64().ok_or("`bbox` holds a non-number"))
+        .collect::<Result<_, _>>()?;
+    let [x, y, w, h] = b[..] else {
+        return Err("`bbox` is not [x, y, w, h]".into());
+    };
+    let (iw, ih) = image.dimensions();
+    let side = ((w.max(h) * scale).round() as u32).clamp(1, iw.min(ih));
+    let start = |centre: f64, limit: u32| {
+        ((centre - side as f64 / 2.0).round().max(0.0) as u32).min(limit - side)
+    };
+    let (x0, y0) = (start(x + w / 2.0, iw), start(y + h / 2.0, ih));
+    Ok(image::imageops::crop_imm(image, x0, y0, side, side).to_image())
+}
+
+/// Normalized pixels and labels (indices into `values`) of the single-object scenes of one
+/// split.
 fn split(
     scenes: &[serde_json::Value],
     name: &str,
-    root: &Path,
+    opts: &Options,
     pre: &ImagePreprocessor,
-    shapes: &mut Vec<String>,
+    values: &mut Vec<String>,
 ) -> Res<Split> {
     let mut out = Split {
         pixels: Vec::new(),
         labels: Vec::new(),
     };
+    let attribute = &opts.attribute;
     for s in scenes.iter().filter(|s| s["split"] == name) {
         let objects = s["objects"].as_array().ok_or("scene without objects")?;
         let [object] = objects.as_slice() else {
             continue;
         };
-        let shape = object["shape"].as_str().ok_or("object without shape")?;
-        let label = match shapes.iter().position(|c| c == shape) {
+        let value = object[attribute]
+            .as_str()
+            .ok_or_else(|| format!("object without `{attribute}`"))?;
+        let label = match values.iter().position(|c| c == value) {
             Some(i) => i,
             None => {
-                shapes.push(shape.to_string());
-                shapes.len() - 1
+                values.push(value.to_string());
+                values.len() - 1
             }
         };
         let image = s["image"].as_str().ok_or("scene without image")?;
-        out.pixels
-            .push(pre.pixels(&pre.load_rgb(root.join(image))?)?);
+        let rgb = pre.load_rgb(opts.root.join(image))?;
+        let rgb = match opts.crop {
+            Some(scale) => crop_around(&rgb, object, scale)?,
+            None => rgb,
+        };
+        out.pixels.push(pre.pixels(&rgb)?);
         out.labels.push(label as u32);
     }
     Ok(out)
 }
 
 fn main() -> Res<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() < 3 {
-        return Err("usage: probe_shape WORLD STEPS LR [MODEL.safetensors]".into());
-    }
-    let root = Path::new(&args[0]);
-    let steps: usize = args[1].parse()?;
-    let lr: f64 = args[2].parse()?;
+    let opts = Options::parse(std::env::args().skip(1).collect())?;
+    let (cfg, steps, lr) = (&opts.config, opts.steps, opts.lr);
     let device = Device::Cpu;
-    let cfg = MplugConfig::tiny();
     let r = cfg.image_res;
     let pre = ImagePreprocessor::new(ImageConfig::new(r as u32))?;
     let scenes: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(root.join("scenes.json"))?)?;
+        serde_json::from_str(&std::fs::read_to_string(opts.root.join("scenes.json"))?)?;
     let mut shapes = Vec::new();
-    let train = split(&scenes, "train", root, &pre, &mut shapes)?;
-    let test = split(&scenes, "test", root, &pre, &mut shapes)?;
+    let train = split(&scenes, "train", &opts, &pre, &mut shapes)?;
+    let test = split(&scenes, "test", &opts, &pre, &mut shapes)?;
     println!(
-        "{} training and {} test scenes of one object, {} shapes",
+        "{} training and {} test scenes of one object, {} values of `{}`",
         train.labels.len(),
         test.labels.len(),
-        shapes.len()
+        shapes.len(),
+        opts.attribute
     );
 
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let tower = VisualEncoder::new(&cfg, &vb)?;
+    let tower = VisualEncoder::new(cfg, &vb)?;
     let head = linear(cfg.vision.width, shapes.len(), vb.pp("head"))?;
-    if let Some(model) = args.get(3) {
+    if opts.sincos {
+        let table = sincos_positional_embedding(cfg.grid_size(), cfg.vision.width)?;
+        let vars = varmap.data().lock().map_err(|_| "poisoned variables")?;
+        let var = vars
+            .iter()
+            .find(|(n, _)| n.ends_with(".positional_embedding"))
+            .ok_or("the tower has no positional embedding")?
+            .1;
+        var.set(&table.reshape(var.shape())?)?;
+    }
+    if let Some(model) = &opts.model {
         let tensors = candle_core::safetensors::load(model, &device)?;
         let vars = varmap.data().lock().map_err(|_| "poisoned variables")?;
         let mut loaded = 0;
