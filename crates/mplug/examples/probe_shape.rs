@@ -19,7 +19,8 @@
 //! control for how fast the tower learns anything; `--crop SCALE` trains and tests on square
 //! crops of SCALE times the object's box around it (1.3: the object centred and filling most
 //! of the image), which tells the object's place and size in the image from its form as
-//! what makes shapes slow to learn.
+//! what makes shapes slow to learn. `--save OUT.safetensors` writes the trained tower (with
+//! MODEL: a copy of MODEL with its tower replaced).
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{linear, AdamW, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use image::RgbImage;
@@ -48,10 +49,11 @@ struct Options {
     attribute: String,
     sincos: bool,
     crop: Option<f64>,
+    save: Option<String>,
 }
 
 const USAGE: &str = "usage: probe_shape WORLD STEPS LR [MODEL.safetensors] [--config FILE] \
-                     [--sincos] [--attribute NAME] [--crop SCALE]";
+                     [--sincos] [--attribute NAME] [--crop SCALE] [--save OUT.safetensors]";
 
 impl Options {
     fn parse(mut args: Vec<String>) -> Res<Self> {
@@ -75,6 +77,7 @@ impl Options {
         if crop.is_some_and(|c| c.is_nan() || c < 1.0) {
             return Err("--crop takes a scale of at least 1 (times the object's box)".into());
         }
+        let save = value("--save")?;
         let sincos = match args.iter().position(|a| a == "--sincos") {
             Some(i) => {
                 args.remove(i);
@@ -94,6 +97,7 @@ impl Options {
             attribute,
             sincos,
             crop,
+            save,
         })
     }
 }
@@ -267,5 +271,29 @@ fn main() -> Res<()> {
             );
         }
     }
+    if let Some(out) = &opts.save {
+        save_tower(&varmap, opts.model.as_deref(), out)?;
+        println!("wrote {out}");
+    }
+    Ok(())
+}
+
+/// Writes the trained tower's tensors (`visual_encoder.*`) to `out`; with `model`, a copy of
+/// all of the model's tensors with its tower replaced, each in the model's dtype (a model
+/// file to put back into its folder).
+fn save_tower(varmap: &VarMap, model: Option<&str>, out: &str) -> Res<()> {
+    let vars = varmap.data().lock().map_err(|_| "poisoned variables")?;
+    let mut tensors = match model {
+        Some(m) => candle_core::safetensors::load(m, &Device::Cpu)?,
+        None => Default::default(),
+    };
+    for (name, var) in vars
+        .iter()
+        .filter(|(n, _)| n.starts_with("visual_encoder."))
+    {
+        let dtype = tensors.get(name).map_or(DType::F32, |t| t.dtype());
+        tensors.insert(name.clone(), var.as_tensor().to_dtype(dtype)?);
+    }
+    candle_core::safetensors::save(&tensors, out)?;
     Ok(())
 }
