@@ -2,7 +2,8 @@
 //!
 //! Trains the tiny preset's CLIP tower with a linear head on its class token to classify the
 //! shape of the single-object scenes of a generated world's train split (AdamW, batches of 32
-//! drawn with replacement, constant learning rate), and prints the accuracy on the test split's
+//! drawn with replacement, constant learning rate; `--seed N`, default 1, draws the fresh
+//! weights and the batches, so a run is reproducible), and prints the accuracy on the test split's
 //! single-object scenes every 50 updates. The tower starts from random values, or from MODEL's
 //! `visual_encoder.visual.*` tensors: a tower that learned shapes in training starts above
 //! chance (1/6) and climbs faster. The README's VQA reading quotes this probe.
@@ -21,11 +22,12 @@
 //! of the image), which tells the object's place and size in the image from its form as
 //! what makes shapes slow to learn. `--save OUT.safetensors` writes the trained tower (with
 //! MODEL: a copy of MODEL with its tower replaced).
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::{linear, AdamW, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use image::RgbImage;
 use mplug::input::{ImageConfig, ImagePreprocessor};
 use mplug::model::vision::VisualEncoder;
+use mplug::train::draw_seeded;
 use mplug::train::init::sincos_positional_embedding;
 use mplug::MplugConfig;
 use rand::{Rng, SeedableRng};
@@ -50,10 +52,11 @@ struct Options {
     sincos: bool,
     crop: Option<f64>,
     save: Option<String>,
+    seed: u64,
 }
 
 const USAGE: &str = "usage: probe_shape WORLD STEPS LR [MODEL.safetensors] [--config FILE] \
-                     [--sincos] [--attribute NAME] [--crop SCALE] [--save OUT.safetensors]";
+                     [--sincos] [--attribute NAME] [--crop SCALE] [--save OUT.safetensors] [--seed N]";
 
 impl Options {
     fn parse(mut args: Vec<String>) -> Res<Self> {
@@ -78,6 +81,7 @@ impl Options {
             return Err("--crop takes a scale of at least 1 (times the object's box)".into());
         }
         let save = value("--save")?;
+        let seed = value("--seed")?.map_or(Ok(1), |v| v.parse::<u64>())?;
         let sincos = match args.iter().position(|a| a == "--sincos") {
             Some(i) => {
                 args.remove(i);
@@ -98,6 +102,7 @@ impl Options {
             sincos,
             crop,
             save,
+            seed,
         })
     }
 }
@@ -187,6 +192,17 @@ fn main() -> Res<()> {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
     let tower = VisualEncoder::new(cfg, &vb)?;
     let head = linear(cfg.vision.width, shapes.len(), vb.pp("head"))?;
+    // The head and the fresh tower are drawn as `mplug pretrain` draws a fresh model, from
+    // the seed (the batches' order follows it too), so a run is a function of its arguments.
+    let mut vars: Vec<(String, Var)> = varmap
+        .data()
+        .lock()
+        .map_err(|_| "poisoned variables")?
+        .iter()
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    draw_seeded(&vars, opts.seed)?;
     if opts.sincos {
         let table = sincos_positional_embedding(cfg.grid_size(), cfg.vision.width)?;
         let vars = varmap.data().lock().map_err(|_| "poisoned variables")?;
@@ -249,7 +265,7 @@ fn main() -> Res<()> {
         Ok(right as f64 / all.len() as f64)
     };
 
-    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     let start = std::time::Instant::now();
     for step in 1..=steps {
         let idx: Vec<usize> = (0..32)

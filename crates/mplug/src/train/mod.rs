@@ -55,35 +55,8 @@ impl Trainable {
         device: &Device,
         seed: u64,
     ) -> Result<Self> {
-        use rand::{Rng, SeedableRng};
         let t = Self::new(config, task, device)?;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        for (_, var) in t.named_vars() {
-            let tensor = var.as_tensor();
-            let (min, max) = (
-                tensor.min_all()?.to_scalar::<f32>()?,
-                tensor.max_all()?.to_scalar::<f32>()?,
-            );
-            if min == max {
-                continue;
-            }
-            let dims = var.dims().to_vec();
-            let n = var.elem_count();
-            let std = if dims.len() >= 2 {
-                (1.0 / (n / dims[0]).max(1) as f32).sqrt()
-            } else {
-                0.02
-            };
-            // Box-Muller.
-            let values: Vec<f32> = (0..n)
-                .map(|_| {
-                    let u1: f32 = rng.random::<f32>().max(f32::MIN_POSITIVE);
-                    let u2: f32 = rng.random();
-                    std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-                })
-                .collect();
-            var.set(&candle_core::Tensor::from_vec(values, dims, device)?)?;
-        }
+        draw_seeded(&t.named_vars(), seed)?;
         Ok(t)
     }
 
@@ -153,6 +126,44 @@ impl Trainable {
     }
 }
 
+/// Redraws `vars`, in the given order, from a generator seeded with `seed` (candle's CPU
+/// generator cannot be seeded): constants (LayerNorm weights and biases, the ITC temperature)
+/// keep their value; matrices and kernels are drawn from N(0, 1/fan_in) with fan_in the
+/// product of all but the first dimension; other vectors from N(0, 0.02^2). The same names
+/// in the same order give the same values, which makes a fresh model a function of the seed
+/// ([`Trainable::new_seeded`]; `examples/probe_shape`).
+pub fn draw_seeded(vars: &[(String, Var)], seed: u64) -> Result<()> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for (_, var) in vars {
+        let tensor = var.as_tensor();
+        let (min, max) = (
+            tensor.min_all()?.to_scalar::<f32>()?,
+            tensor.max_all()?.to_scalar::<f32>()?,
+        );
+        if min == max {
+            continue;
+        }
+        let dims = var.dims().to_vec();
+        let n = var.elem_count();
+        let std = if dims.len() >= 2 {
+            (1.0 / (n / dims[0]).max(1) as f32).sqrt()
+        } else {
+            0.02
+        };
+        // Box-Muller.
+        let values: Vec<f32> = (0..n)
+            .map(|_| {
+                let u1: f32 = rng.random::<f32>().max(f32::MIN_POSITIVE);
+                let u2: f32 = rng.random();
+                std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+            })
+            .collect();
+        var.set(&candle_core::Tensor::from_vec(values, dims, var.device())?)?;
+    }
+    Ok(())
+}
+
 /// Removes variables that the reference holds as one parameter with another: the decoder's
 /// output matrix when it equals (is tied to) the word embeddings, and `decoder.bias`, which is
 /// `predictions.bias`. The model reads the kept variable, so only it receives gradients.
@@ -185,4 +196,58 @@ fn drop_aliases(varmap: &VarMap) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Tensor};
+
+    fn vars() -> Vec<(String, Var)> {
+        let dev = Device::Cpu;
+        vec![
+            (
+                "a.bias".into(),
+                Var::from_tensor(&Tensor::rand(-1f32, 1.0, 64, &dev).unwrap()).unwrap(),
+            ),
+            (
+                "a.weight".into(),
+                Var::from_tensor(&Tensor::rand(-1f32, 1.0, (400, 100), &dev).unwrap()).unwrap(),
+            ),
+            ("ln.weight".into(), Var::ones(8, DType::F32, &dev).unwrap()),
+        ]
+    }
+
+    fn values(vars: &[(String, Var)]) -> Vec<Vec<f32>> {
+        vars.iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn seeded_draws_are_a_function_of_the_seed() {
+        let (x, y, z) = (vars(), vars(), vars());
+        draw_seeded(&x, 7).unwrap();
+        draw_seeded(&y, 7).unwrap();
+        draw_seeded(&z, 8).unwrap();
+        assert_eq!(
+            values(&x),
+            values(&y),
+            "candle's unseeded start is replaced"
+        );
+        assert_ne!(values(&x)[1], values(&z)[1]);
+        // Constants keep their value; a matrix has the spread N(0, 1/fan_in), a vector 0.02.
+        assert!(values(&x)[2].iter().all(|&v| v == 1.0));
+        let std = |v: &[f32]| (v.iter().map(|a| a * a).sum::<f32>() / v.len() as f32).sqrt();
+        assert!(
+            (std(&values(&x)[1]) - 0.1).abs() < 0.005,
+            "{}",
+            std(&values(&x)[1])
+        );
+        assert!(
+            (std(&values(&x)[0]) - 0.02).abs() < 0.006,
+            "{}",
+            std(&values(&x)[0])
+        );
+    }
 }
