@@ -27,10 +27,11 @@ use candle_nn::{linear, AdamW, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMa
 use image::RgbImage;
 use mplug::input::{ImageConfig, ImagePreprocessor};
 use mplug::model::vision::VisualEncoder;
-use mplug::train::draw_seeded;
-use mplug::train::init::sincos_positional_embedding;
+use mplug::train::init::{load_partial, sincos_positional_embedding, POSITIONAL_EMBEDDING};
+use mplug::train::{draw_seeded, named_vars};
 use mplug::MplugConfig;
 use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
 use std::error::Error;
 
 type Res<T> = Result<T, Box<dyn Error>>;
@@ -194,40 +195,29 @@ fn main() -> Res<()> {
     let head = linear(cfg.vision.width, shapes.len(), vb.pp("head"))?;
     // The head and the fresh tower are drawn as `mplug pretrain` draws a fresh model, from
     // the seed (the batches' order follows it too), so a run is a function of its arguments.
-    let mut vars: Vec<(String, Var)> = varmap
-        .data()
-        .lock()
-        .map_err(|_| "poisoned variables")?
-        .iter()
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let vars = named_vars(&varmap);
     draw_seeded(&vars, opts.seed)?;
+    let tower_vars: Vec<(String, Var)> = vars
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("visual_encoder."))
+        .collect();
     if opts.sincos {
         let table = sincos_positional_embedding(cfg.grid_size(), cfg.vision.width)?;
-        let vars = varmap.data().lock().map_err(|_| "poisoned variables")?;
-        let var = vars
-            .iter()
-            .find(|(n, _)| n.ends_with(".positional_embedding"))
-            .ok_or("the tower has no positional embedding")?
-            .1;
-        var.set(&table.reshape(var.shape())?)?;
+        let table = HashMap::from([(POSITIONAL_EMBEDDING.to_string(), table)]);
+        if load_partial(&tower_vars, &table)?.loaded.is_empty() {
+            return Err("the tower has no positional embedding".into());
+        }
     }
     if let Some(model) = &opts.model {
         let tensors = candle_core::safetensors::load(model, &device)?;
-        let vars = varmap.data().lock().map_err(|_| "poisoned variables")?;
-        let mut loaded = 0;
-        for (name, var) in vars
-            .iter()
-            .filter(|(n, _)| n.starts_with("visual_encoder."))
-        {
-            let t = tensors
-                .get(name)
-                .ok_or_else(|| format!("{model} has no `{name}`"))?;
-            var.set(&t.to_dtype(DType::F32)?)?;
-            loaded += 1;
+        let report = load_partial(&tower_vars, &tensors)?;
+        if let Some(name) = report.missing.first() {
+            return Err(format!("{model} has no `{name}`").into());
         }
-        println!("the tower starts from {model} ({loaded} tensors)");
+        println!(
+            "the tower starts from {model} ({} tensors)",
+            report.loaded.len()
+        );
     }
     let mut opt = AdamW::new(
         varmap.all_vars(),
@@ -288,7 +278,7 @@ fn main() -> Res<()> {
         }
     }
     if let Some(out) = &opts.save {
-        save_tower(&varmap, opts.model.as_deref(), out)?;
+        save_tower(&tower_vars, opts.model.as_deref(), out)?;
         println!("wrote {out}");
     }
     Ok(())
@@ -297,16 +287,12 @@ fn main() -> Res<()> {
 /// Writes the trained tower's tensors (`visual_encoder.*`) to `out`; with `model`, a copy of
 /// all of the model's tensors with its tower replaced, each in the model's dtype (a model
 /// file to put back into its folder).
-fn save_tower(varmap: &VarMap, model: Option<&str>, out: &str) -> Res<()> {
-    let vars = varmap.data().lock().map_err(|_| "poisoned variables")?;
+fn save_tower(tower_vars: &[(String, Var)], model: Option<&str>, out: &str) -> Res<()> {
     let mut tensors = match model {
         Some(m) => candle_core::safetensors::load(m, &Device::Cpu)?,
         None => Default::default(),
     };
-    for (name, var) in vars
-        .iter()
-        .filter(|(n, _)| n.starts_with("visual_encoder."))
-    {
+    for (name, var) in tower_vars {
         let dtype = tensors.get(name).map_or(DType::F32, |t| t.dtype());
         tensors.insert(name.clone(), var.as_tensor().to_dtype(dtype)?);
     }

@@ -13,7 +13,7 @@ use super::Trainable;
 use crate::checkpoint::Checkpoint;
 use crate::config::MplugConfig;
 use crate::error::{Error, Result};
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 use std::collections::HashMap;
 
 /// What [`Trainable::load_partial`] did.
@@ -29,32 +29,40 @@ impl Trainable {
     /// Sets every variable whose name is in `tensors` (shapes must match); the others keep
     /// their values.
     pub fn load_partial(&self, tensors: &HashMap<String, Tensor>) -> Result<PartialLoad> {
-        let mut report = PartialLoad::default();
-        for (name, var) in self.named_vars() {
-            match tensors.get(&name) {
-                // A scalar and a one-element vector are the same parameter (the ITC
-                // temperature is a scalar in released checkpoints, `(1,)` here).
-                Some(t)
-                    if t.dims() == var.dims()
-                        || (t.elem_count() == var.elem_count()
-                            && t.rank().max(var.rank()) <= 1) =>
-                {
-                    let t = t.to_device(var.device())?.to_dtype(var.dtype())?;
-                    var.set(&t.reshape(var.shape())?)?;
-                    report.loaded.push(name);
-                }
-                Some(t) => {
-                    return Err(Error::invalid(format!(
-                        "initial value of `{name}` has shape {:?}, expected {:?}",
-                        t.dims(),
-                        var.dims()
-                    )))
-                }
-                None => report.missing.push(name),
-            }
-        }
-        Ok(report)
+        load_partial(&self.named_vars(), tensors)
     }
+}
+
+/// Sets each of `vars` whose name is in `tensors` (shapes must match, converted to the
+/// variable's dtype and device); the others keep their values.
+pub fn load_partial(
+    vars: &[(String, Var)],
+    tensors: &HashMap<String, Tensor>,
+) -> Result<PartialLoad> {
+    let mut report = PartialLoad::default();
+    for (name, var) in vars {
+        match tensors.get(name) {
+            // A scalar and a one-element vector are the same parameter (the ITC
+            // temperature is a scalar in released checkpoints, `(1,)` here).
+            Some(t)
+                if t.dims() == var.dims()
+                    || (t.elem_count() == var.elem_count() && t.rank().max(var.rank()) <= 1) =>
+            {
+                let t = t.to_device(var.device())?.to_dtype(var.dtype())?;
+                var.set(&t.reshape(var.shape())?)?;
+                report.loaded.push(name.clone());
+            }
+            Some(t) => {
+                return Err(Error::invalid(format!(
+                    "initial value of `{name}` has shape {:?}, expected {:?}",
+                    t.dims(),
+                    var.dims()
+                )))
+            }
+            None => report.missing.push(name.clone()),
+        }
+    }
+    Ok(report)
 }
 
 /// Maps a BERT checkpoint (Hugging Face `BertModel` / `BertForMaskedLM` keys, with or without

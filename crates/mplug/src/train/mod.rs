@@ -118,12 +118,17 @@ impl Trainable {
 
     /// Every variable with its name, sorted by name.
     pub fn named_vars(&self) -> Vec<(String, Var)> {
-        let data = self.varmap.data().lock().expect("varmap lock");
-        let mut vars: Vec<(String, Var)> =
-            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        vars
+        named_vars(&self.varmap)
     }
+}
+
+/// The variables of `varmap` with their names, sorted by name (the order [`draw_seeded`]
+/// needs to give the same values for the same seed).
+pub fn named_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
 }
 
 /// Redraws `vars`, in the given order, from a generator seeded with `seed` (candle's CPU
