@@ -43,6 +43,12 @@ pub struct GenerateArgs {
     /// Frames per clip (8 to 16), 100 ms each.
     #[arg(long, default_value_t = 8)]
     pub frames: usize,
+    /// Objects stand on the cell centres of an N x N lattice; 0 puts them anywhere. The
+    /// default, 8, lines them up with the default model's 8 x 8 patches: a visual tower trained
+    /// from nothing learns a shape at one alignment with its patches in a few hundred updates,
+    /// at every alignment only in thousands.
+    #[arg(long, default_value_t = mplug::world::DEFAULT_PLACES)]
+    pub places: u32,
 }
 
 /// Runs `mplug data`.
@@ -59,6 +65,7 @@ fn generate_cmd(a: &GenerateArgs) -> Result<()> {
         image_size: a.image_size,
         train_clips: a.clips.unwrap_or(a.size / 4),
         frames: a.frames,
+        places: a.places,
     };
     let start = Instant::now();
     // Library errors name the path or the setting at fault.

@@ -38,6 +38,7 @@ fn config(seed: u64) -> WorldConfig {
         image_size: 96,
         train_clips: CLIPS,
         frames: FRAMES,
+        places: mplug::world::DEFAULT_PLACES,
     }
 }
 

@@ -12,8 +12,8 @@ use serde::Serialize;
 use super::language::{count_answer, indefinite, pick};
 use super::render::render_scene;
 use super::scene::{
-    is_heldout, Background, BackgroundKind, Color, Object, Scene, Shape, Size, Texture, Tone,
-    LARGE_RADIUS, SMALL_RADIUS,
+    is_heldout, snap_to_lattice, Background, BackgroundKind, Color, Object, Scene, Shape, Size,
+    Texture, Tone, LARGE_RADIUS, SMALL_RADIUS,
 };
 
 /// Frame delay of the written GIFs, in milliseconds.
@@ -143,8 +143,10 @@ impl Clip {
     }
 }
 
-/// A random clip of `frames` frames (held-out pairs never occur).
-pub(crate) fn sample_clip(rng: &mut StdRng, frames: usize) -> Clip {
+/// A random clip of `frames` frames (held-out pairs never occur). Its objects stand on the
+/// lattice of `places` ([`snap_to_lattice`]; a moving one starts and ends on it).
+pub(crate) fn sample_clip(rng: &mut StdRng, frames: usize, places: u32) -> Clip {
+    let snap = |v: f32, margin: f32| snap_to_lattice(v, margin, places);
     let kind = rng.random_range(0..6);
     let (color, shape) = loop {
         let c = *Color::ALL.choose(rng).expect("colours");
@@ -179,8 +181,8 @@ pub(crate) fn sample_clip(rng: &mut StdRng, frames: usize) -> Clip {
         color,
         size,
         texture: Texture::Solid,
-        x: rng.random_range(m..1.0 - m),
-        y: rng.random_range(m..1.0 - m),
+        x: snap(rng.random_range(m..1.0 - m), m),
+        y: snap(rng.random_range(m..1.0 - m), m),
         radius,
         rotation,
     };
@@ -194,9 +196,9 @@ pub(crate) fn sample_clip(rng: &mut StdRng, frames: usize) -> Clip {
             ]
             .choose(rng)
             .expect("directions");
-            let near = rng.random_range(m..m + 0.08);
-            let far = rng.random_range(1.0 - m - 0.08..1.0 - m);
-            let across = rng.random_range(m..1.0 - m);
+            let near = snap(rng.random_range(m..m + 0.08), m);
+            let far = snap(rng.random_range(1.0 - m - 0.08..1.0 - m), m);
+            let across = snap(rng.random_range(m..1.0 - m), m);
             let (from, to) = match direction {
                 Direction::Left => ((far, across), (near, across)),
                 Direction::Right => ((near, across), (far, across)),
@@ -250,8 +252,8 @@ pub(crate) fn sample_clip(rng: &mut StdRng, frames: usize) -> Clip {
                 color: c,
                 size: osize,
                 texture: Texture::Solid,
-                x: rng.random_range(om..1.0 - om),
-                y: rng.random_range(om..1.0 - om),
+                x: snap(rng.random_range(om..1.0 - om), om),
+                y: snap(rng.random_range(om..1.0 - om), om),
                 radius: r,
                 rotation: if s == Shape::Circle {
                     0.0

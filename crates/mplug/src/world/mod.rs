@@ -22,8 +22,9 @@ pub mod vocab;
 pub use clips::{Clip, ClipQuestionKind, Direction, Event, FRAME_DELAY_MS};
 pub use render::{render_scene, Rendered};
 pub use scene::{
-    is_heldout, Background, BackgroundKind, Color, Object, Scene, Shape, Size, Texture, Tone,
-    HELDOUT_PAIRS, LARGE_RADIUS, MAX_OVERLAP, MAX_TOTAL_OVERLAP, SMALL_RADIUS,
+    is_heldout, snap_to_lattice, Background, BackgroundKind, Color, Object, Scene, Shape, Size,
+    Texture, Tone, DEFAULT_PLACES, HELDOUT_PAIRS, LARGE_RADIUS, MAX_OVERLAP, MAX_TOTAL_OVERLAP,
+    SMALL_RADIUS,
 };
 pub use vocab::{vocabulary, MAX_VOCAB, WORDS};
 
@@ -55,6 +56,8 @@ pub const MAX_FRAMES: usize = 16;
 pub const MIN_EVAL_IMAGES: usize = 50;
 /// Fewest test clips.
 pub const MIN_TEST_CLIPS: usize = 40;
+/// Most places per image side of the objects' lattice.
+pub const MAX_PLACES: u32 = 64;
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -71,11 +74,16 @@ pub struct WorldConfig {
     pub train_clips: usize,
     /// Frames per clip (8 to 16; default 8), shown 100 ms each.
     pub frames: usize,
+    /// Objects' centres stand on the cell centres of a `places` x `places` lattice
+    /// ([`snap_to_lattice`]; default [`DEFAULT_PLACES`], lined up with the default model's
+    /// patches); 0 puts them anywhere. The random stream does not depend on it: a world of
+    /// `places` 0 holds the same scenes with their objects where they were drawn.
+    pub places: u32,
 }
 
 impl WorldConfig {
     /// `train_images` train images from `seed`, with the default image size (96), clips
-    /// (`train_images / 4`) and frames (8).
+    /// (`train_images / 4`), frames (8) and lattice ([`DEFAULT_PLACES`]).
     pub fn new(seed: u64, train_images: usize) -> Self {
         Self {
             seed,
@@ -83,6 +91,7 @@ impl WorldConfig {
             image_size: 96,
             train_clips: train_images / 4,
             frames: 8,
+            places: DEFAULT_PLACES,
         }
     }
 
@@ -117,6 +126,12 @@ impl WorldConfig {
             return Err(Error::Config(format!(
                 "{} frames per clip is out of range ({MIN_FRAMES} to {MAX_FRAMES})",
                 self.frames
+            )));
+        }
+        if self.places > MAX_PLACES {
+            return Err(Error::Config(format!(
+                "{} places per side is out of range (0 to {MAX_PLACES})",
+                self.places
             )));
         }
         Ok(())
@@ -306,7 +321,8 @@ fn image_split(
     create_dir(&dir)?;
     par_map(spec.images, threads, |i| {
         let mut rng = item_rng(cfg.seed, spec.stream, i);
-        let (scene, rasters, focus) = scene::sample_scene(&mut rng, cfg.image_size, spec.heldout);
+        let (scene, rasters, focus) =
+            scene::sample_scene(&mut rng, cfg.image_size, spec.heldout, cfg.places);
         let rendered = render::compose(&scene, cfg.image_size, &rasters);
         let name = format!("{}_{i}.png", spec.name);
         let path = dir.join(&name);
@@ -333,7 +349,7 @@ fn clip_split(
     create_dir(&dir)?;
     par_map(count, threads, |i| {
         let mut rng = item_rng(cfg.seed, stream, i);
-        let clip = clips::sample_clip(&mut rng, cfg.frames);
+        let clip = clips::sample_clip(&mut rng, cfg.frames, cfg.places);
         let text = clips::describe(&mut rng, &clip);
         let name = format!("{split}_{i}.gif");
         let path = dir.join(&name);

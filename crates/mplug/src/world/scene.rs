@@ -375,8 +375,36 @@ pub(crate) fn sample_texture(rng: &mut StdRng) -> Texture {
     }
 }
 
-/// A random object of `(color, shape)` placed at a random spot, not yet checked for overlap.
-fn sample_object(rng: &mut StdRng, color: Color, shape: Shape, size: Size) -> Object {
+/// Default number of places per image side that objects stand on (see [`snap_to_lattice`]):
+/// the default model's 8 x 8 patches.
+pub const DEFAULT_PLACES: u32 = 8;
+
+/// Moves `v`, an object's centre coordinate (a fraction of the image side) that lies in
+/// `[margin, 1 - margin]`, to the nearest centre of the `places` equal cells of the side that
+/// lies in that range too. `places == 0` (objects anywhere), or a range that holds no cell
+/// centre, leaves `v` as it is.
+///
+/// A lattice matching a ViT's patch grid puts every object at one of a few alignments with the
+/// patches. A tower trained from nothing learns a shape seen at one alignment in a few hundred
+/// updates, and one seen at every alignment only in thousands (README, the generated world);
+/// the released models' towers start from CLIP's and meet no such limit.
+pub fn snap_to_lattice(v: f32, margin: f32, places: u32) -> f32 {
+    if places == 0 {
+        return v;
+    }
+    let n = places as f32;
+    let nearest = ((v * n - 0.5).round().clamp(0.0, n - 1.0) + 0.5) / n;
+    [nearest, nearest - 1.0 / n, nearest + 1.0 / n]
+        .into_iter()
+        .filter(|c| (margin..=1.0 - margin).contains(c))
+        .min_by(|a, b| (a - v).abs().total_cmp(&(b - v).abs()))
+        .unwrap_or(v)
+}
+
+/// A random object of `(color, shape)` placed at a random spot (on the lattice of `places`,
+/// see [`snap_to_lattice`]), not yet checked for overlap. The lattice moves the spot drawn,
+/// so the random stream is the same for every `places`.
+fn sample_object(rng: &mut StdRng, color: Color, shape: Shape, size: Size, places: u32) -> Object {
     let radius = size.radius() * rng.random_range(0.94..1.06);
     let margin = radius * 1.12 + 0.01;
     let rotation = if shape == Shape::Circle {
@@ -389,20 +417,21 @@ fn sample_object(rng: &mut StdRng, color: Color, shape: Shape, size: Size) -> Ob
         color,
         size,
         texture: sample_texture(rng),
-        x: rng.random_range(margin..1.0 - margin),
-        y: rng.random_range(margin..1.0 - margin),
+        x: snap_to_lattice(rng.random_range(margin..1.0 - margin), margin, places),
+        y: snap_to_lattice(rng.random_range(margin..1.0 - margin), margin, places),
         radius,
         rotation,
     }
 }
 
-/// A random scene of 1 to 4 objects at `size` px with their coverage rasters (in drawing
-/// order). Held-out pairs are left out unless `heldout`, in which case at least one object is
+/// A random scene of 1 to 4 objects at `size` px, their centres on the lattice of `places`
+/// ([`snap_to_lattice`]), with their coverage rasters (in drawing order). Held-out pairs are left out unless `heldout`, in which case at least one object is
 /// one (and it comes first in the returned focus index).
 pub(crate) fn sample_scene(
     rng: &mut StdRng,
     size: u32,
     heldout: bool,
+    places: u32,
 ) -> (Scene, Vec<Raster>, Option<usize>) {
     let wanted = rng.random_range(1..=4usize);
     let mut objects: Vec<Object> = Vec::new();
@@ -435,7 +464,7 @@ pub(crate) fn sample_scene(
             if attempt == 30 {
                 size_choice = Size::Small;
             }
-            let obj = sample_object(rng, color, shape, size_choice);
+            let obj = sample_object(rng, color, shape, size_choice, places);
             let r = rasterize(&obj, size);
             if let Some(overlaps) = fits(&rasters, &areas, &shared, &r) {
                 for (total, s) in shared.iter_mut().zip(&overlaps) {
@@ -504,8 +533,9 @@ mod tests {
     fn sampled_scenes_keep_their_promises() {
         for i in 0..300u64 {
             let heldout = i % 3 == 0;
+            let places = if i % 2 == 0 { DEFAULT_PLACES } else { 0 };
             let mut rng = StdRng::seed_from_u64(i);
-            let (scene, rasters, focus) = sample_scene(&mut rng, 96, heldout);
+            let (scene, rasters, focus) = sample_scene(&mut rng, 96, heldout, places);
             let n = scene.objects.len();
             assert!((1..=4).contains(&n));
             assert_eq!(rasters.len(), n);
@@ -538,5 +568,48 @@ mod tests {
                 assert_eq!((held, focus), (0, None));
             }
         }
+    }
+
+    #[test]
+    fn objects_stand_on_the_lattice_inside_the_image() {
+        let mut off_lattice = 0;
+        for i in 0..200u64 {
+            for places in [0, 4, DEFAULT_PLACES, 16] {
+                let mut rng = StdRng::seed_from_u64(i);
+                let (scene, _, _) = sample_scene(&mut rng, 96, i % 4 == 0, places);
+                for o in &scene.objects {
+                    for c in [o.x, o.y] {
+                        // Whole objects stay inside the image, lattice or not.
+                        assert!(c - o.radius > 0.0 && c + o.radius < 1.0, "{o:?}");
+                        let on = |n: u32| {
+                            let cell = c * n as f32 - 0.5;
+                            (cell - cell.round()).abs() < 1e-4
+                        };
+                        if places > 0 {
+                            assert!(on(places), "{places} places: {o:?}");
+                        } else if !on(DEFAULT_PLACES) {
+                            off_lattice += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            off_lattice > 300,
+            "without a lattice, objects stand anywhere"
+        );
+    }
+
+    #[test]
+    fn snapping_picks_the_nearest_cell_centre_in_range() {
+        assert_eq!(snap_to_lattice(0.437, 0.2, 0), 0.437);
+        assert_eq!(snap_to_lattice(0.437, 0.2, 8), 0.4375);
+        assert_eq!(snap_to_lattice(0.51, 0.2, 8), 0.5625);
+        // 0.1875 is nearest but outside [0.21, 0.79]: the next centre inward.
+        assert_eq!(snap_to_lattice(0.21, 0.21, 8), 0.3125);
+        assert_eq!(snap_to_lattice(0.79, 0.21, 8), 0.6875);
+        assert_eq!(snap_to_lattice(0.3, 0.3, 1), 0.5);
+        // No cell centre in range: left as drawn.
+        assert_eq!(snap_to_lattice(0.3, 0.3, 2), 0.3);
     }
 }
