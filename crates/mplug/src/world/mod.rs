@@ -24,7 +24,7 @@ pub use render::{render_scene, Rendered};
 pub use scene::{
     is_heldout, snap_to_lattice, Background, BackgroundKind, Color, Object, Scene, Shape, Size,
     Texture, Tone, DEFAULT_PLACES, HELDOUT_PAIRS, LARGE_RADIUS, MAX_OVERLAP, MAX_TOTAL_OVERLAP,
-    SMALL_RADIUS,
+    SMALL_RADIUS, TINY_PATCH_PLACES,
 };
 pub use vocab::{vocabulary, MAX_VOCAB, WORDS};
 
@@ -75,15 +75,15 @@ pub struct WorldConfig {
     /// Frames per clip (8 to 16; default 8), shown 100 ms each.
     pub frames: usize,
     /// Objects' centres stand on the cell centres of a `places` x `places` lattice
-    /// ([`snap_to_lattice`]; default [`DEFAULT_PLACES`], lined up with the default model's
-    /// patches); 0 puts them anywhere. The random stream does not depend on it: a world of
-    /// `places` 0 holds the same scenes with their objects where they were drawn.
+    /// ([`snap_to_lattice`]; [`TINY_PATCH_PLACES`] lines them up with the tiny preset's
+    /// patches); 0 (the default) puts them anywhere. The random stream does not depend on it:
+    /// a lattice moves the objects of the same scenes onto it.
     pub places: u32,
 }
 
 impl WorldConfig {
     /// `train_images` train images from `seed`, with the default image size (96), clips
-    /// (`train_images / 4`), frames (8) and lattice ([`DEFAULT_PLACES`]).
+    /// (`train_images / 4`), frames (8) and no lattice ([`DEFAULT_PLACES`]).
     pub fn new(seed: u64, train_images: usize) -> Self {
         Self {
             seed,
