@@ -51,7 +51,12 @@ DATA_PARALLEL=${DATA_PARALLEL:-2}
 DATA=${DATA:-$OUT/world}
 MODEL_CONFIG=${MODEL_CONFIG:-}
 if [ -n "$MODEL_CONFIG" ]; then model=(--config "$MODEL_CONFIG"); else model=(--preset tiny); fi
-if [ "${SINCOS_POSITIONS:-1}" = 1 ]; then model+=(--sincos-positions); fi
+INIT_TOWER=${INIT_TOWER:-}
+if [ -n "$INIT_TOWER" ]; then
+  model+=(--init-clip "$INIT_TOWER")
+elif [ "${SINCOS_POSITIONS:-1}" = 1 ]; then
+  model+=(--sincos-positions)
+fi
 
 if [ ! -x "$MPLUG" ]; then
   cargo build --release

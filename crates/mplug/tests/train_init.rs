@@ -166,3 +166,34 @@ fn bert_and_clip_checkpoints_initialize_the_towers() {
         "a BERT file is not a CLIP checkpoint"
     );
 }
+
+#[test]
+fn the_tower_of_an_mplug_checkpoint_initializes_the_visual_tower() {
+    let dir = &config_dirs()[0];
+    let cfg = MplugConfig::from_file(file(dir, "config.json")).unwrap();
+    let golden = Checkpoint::load(file(dir, "vqa.pth")).unwrap();
+    let tower = clip_tensors(&golden).unwrap();
+    let root = "visual_encoder.visual.";
+    // Every tensor of the tower but CLIP's unused projection, nothing else.
+    let expected = golden
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with(root) && *k != "visual_encoder.visual.proj")
+        .count();
+    assert!(expected > 0);
+    assert_eq!(tower.len(), expected);
+    assert!(tower.keys().all(|k| k.starts_with(root)));
+
+    let t = Trainable::new_seeded(&cfg, Task::Vqa, &Device::Cpu, 1).unwrap();
+    let report = t.load_partial(&tower).unwrap();
+    assert_eq!(report.loaded.len(), tower.len());
+    let io = Io::load(dir, "vqa_io.safetensors");
+    if !cfg.has_visn_fc() {
+        assert_close(
+            "visual tokens of the tower taken from an mPLUG checkpoint",
+            &t.model.encode_image(&io.get("image")).unwrap(),
+            &io.get("image_embeds"),
+            TOL,
+        );
+    }
+}

@@ -106,10 +106,22 @@ pub fn bert_tensors(bert: &Checkpoint, config: &MplugConfig) -> Result<HashMap<S
 
 /// Maps a CLIP checkpoint onto the visual tower: OpenAI's layout (`visual.*`, as the
 /// reference loads it) or Hugging Face's `CLIPVisionModel` (`vision_model.*`, separate q/k/v
-/// projections packed here into `in_proj`).
+/// projections packed here into `in_proj`); the tower of an mPLUG checkpoint
+/// (`visual_encoder.visual.*`, for example one trained on its own beforehand) is taken as it is.
 pub fn clip_tensors(clip: &Checkpoint) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
     let root = "visual_encoder.visual.";
+    // The tower of an mPLUG checkpoint (or a file of it alone) is already in our layout.
+    for key in clip.keys() {
+        // CLIP's own projection (`proj`) is left out, as from OpenAI's layout below: the
+        // model projects with `vision_proj`.
+        if key.starts_with(root) && key != format!("{root}proj") {
+            out.insert(key.to_string(), clip.get(key).expect("listed").clone());
+        }
+    }
+    if !out.is_empty() {
+        return Ok(out);
+    }
     for key in clip.keys() {
         if let Some(rest) = key.strip_prefix("visual.") {
             if rest != "proj" {
