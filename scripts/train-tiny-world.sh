@@ -21,6 +21,11 @@
 #                     stages (--lr1 and --lr2 alike)
 #   SINCOS_POSITIONS=1  pre-training starts the visual positional embedding from a 2D
 #                     sine-cosine table (--sincos-positions); 0: from random values
+#   INIT_TOWER        a checkpoint whose visual tower pre-training starts from (--init-clip:
+#                     CLIP's, or an mPLUG tower such as examples/probe_shape --save writes)
+#                     instead of the sine-cosine table
+#   PLACES=0          objects of the generated world stand on a PLACES x PLACES lattice
+#                     (mplug data generate --places; 0: anywhere)
 #   GROUNDING_SIZE=12000  training images generated (same seed) for the grounding round, which
 #                     trains on the expressions of their single-object scenes (GROUNDING_STEPS=0:
 #                     no grounding round, no grounding folder)
@@ -34,6 +39,7 @@ set -euo pipefail
 OUT=${1:-runs/tiny-world}
 SEED=${SEED:-1}
 SIZE=${SIZE:-3000}
+PLACES=${PLACES:-0}
 STRIDE=${STRIDE:-3}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-450}
 PRETRAIN_SPLIT=${PRETRAIN_SPLIT:-2}
@@ -67,7 +73,7 @@ stage() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$OUT/stages.log"; }
 
 if [ ! -f "$DATA/world.json" ]; then
   stage "generate the world (seed $SEED, $SIZE training images)"
-  "$MPLUG" data generate "$DATA" --seed "$SEED" --size "$SIZE"
+  "$MPLUG" data generate "$DATA" --seed "$SEED" --size "$SIZE" --places "$PLACES"
 fi
 
 # A stage whose model folder exists is skipped: running the script again continues.
@@ -133,7 +139,7 @@ if [ "$GROUNDING_STEPS" -gt 0 ]; then
   LONE=$OUT/lone-world
   if [ ! -f "$LONE/world.json" ]; then
     stage "generate $GROUNDING_SIZE training images (seed $SEED) for the grounding round"
-    "$MPLUG" data generate "$LONE" --seed "$SEED" --size "$GROUNDING_SIZE" --clips 0
+    "$MPLUG" data generate "$LONE" --seed "$SEED" --size "$GROUNDING_SIZE" --clips 0 --places "$PLACES"
   fi
   "$(dirname "$0")/lone-objects.sh" "$LONE" train > "$OUT/lone_train.json"
   done_ "$OUT/grounding" || {
