@@ -25,9 +25,9 @@
 //! tower: what is left is whether its tokens say its shape). `--save OUT.safetensors` writes
 //! the trained tower (with MODEL: a copy of MODEL with its tower replaced).
 //!
-//! On a world whose objects stand anywhere (`mplug data generate ... --places 0`) shapes come
-//! slowly; on the default lattice, lined up with the tiny tower's patches, in a few hundred
-//! updates (README, the generated world).
+//! On a world whose objects stand anywhere (the default of `mplug data generate`) shapes come
+//! slowly; on the lattice of the tiny tower's patches (`--places 8`), in a few hundred updates
+//! (README, the generated world).
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::{linear, AdamW, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use image::RgbImage;
@@ -128,18 +128,22 @@ impl Options {
     }
 }
 
-/// The square of `scale` times the longer side of the object's box (`bbox`, pixels), centred
-/// on the box and shifted inside the image.
-fn crop_around(image: &RgbImage, object: &serde_json::Value, scale: f64) -> Res<RgbImage> {
+/// The object's box `[x, y, w, h]` (`bbox`, pixels).
+fn bbox(object: &serde_json::Value) -> Res<[f64; 4]> {
     let b: Vec<f64> = object["bbox"]
         .as_array()
         .ok_or("object without `bbox`")?
         .iter()
         .map(|v| v.as_f64().ok_or("`bbox` holds a non-number"))
         .collect::<Result<_, _>>()?;
-    let [x, y, w, h] = b[..] else {
-        return Err("`bbox` is not [x, y, w, h]".into());
-    };
+    b.try_into()
+        .map_err(|_| "`bbox` is not [x, y, w, h]".into())
+}
+
+/// The square of `scale` times the longer side of the object's box (`bbox`, pixels), centred
+/// on the box and shifted inside the image.
+fn crop_around(image: &RgbImage, object: &serde_json::Value, scale: f64) -> Res<RgbImage> {
+    let [x, y, w, h] = bbox(object)?;
     let (iw, ih) = image.dimensions();
     let side = ((w.max(h) * scale).round() as u32).clamp(1, iw.min(ih));
     let start = |centre: f64, limit: u32| {
@@ -152,15 +156,7 @@ fn crop_around(image: &RgbImage, object: &serde_json::Value, scale: f64) -> Res<
 /// Uniform weights over the tokens of the patches that the object's box (`bbox`, pixels of an
 /// image of `dims`) overlaps, zero elsewhere and on the class token.
 fn box_weights(object: &serde_json::Value, dims: (u32, u32), cfg: &MplugConfig) -> Res<Vec<f32>> {
-    let b: Vec<f64> = object["bbox"]
-        .as_array()
-        .ok_or("object without `bbox`")?
-        .iter()
-        .map(|v| v.as_f64().ok_or("`bbox` holds a non-number"))
-        .collect::<Result<_, _>>()?;
-    let [x, y, w, h] = b[..] else {
-        return Err("`bbox` is not [x, y, w, h]".into());
-    };
+    let [x, y, w, h] = bbox(object)?;
     let g = cfg.grid_size();
     let cells = |lo: f64, len: f64, side: u32| {
         let cell = side as f64 / g as f64;
@@ -168,7 +164,7 @@ fn box_weights(object: &serde_json::Value, dims: (u32, u32), cfg: &MplugConfig) 
         let last = (((lo + len) / cell).ceil() as usize).clamp(first + 1, g);
         first..last
     };
-    let mut weights = vec![0f32; 1 + g * g];
+    let mut weights = vec![0f32; cfg.num_visual_tokens()];
     let (cols, rows) = (cells(x, w, dims.0), cells(y, h, dims.1));
     let n = (cols.len() * rows.len()) as f32;
     for row in rows {
@@ -291,7 +287,7 @@ fn main() -> Res<()> {
         Ok(Tensor::from_vec(flat, (idx.len(), 3, r, r), &device)?)
     };
     // The head reads the class token, or with `--pool box` the mean of the object's tokens.
-    let tokens = 1 + cfg.grid_size() * cfg.grid_size();
+    let tokens = cfg.num_visual_tokens();
     let logits = |tower: &VisualEncoder,
                   head: &Linear,
                   x: &Tensor,
