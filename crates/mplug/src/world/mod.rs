@@ -76,8 +76,10 @@ pub struct WorldConfig {
     pub frames: usize,
     /// Objects' centres stand on the cell centres of a `places` x `places` lattice
     /// ([`snap_to_lattice`]; [`TINY_PATCH_PLACES`] lines them up with the tiny preset's
-    /// patches); 0 (the default) puts them anywhere. The random stream does not depend on it:
-    /// a lattice moves the objects of the same scenes onto it.
+    /// patches); 0 (the default) puts them anywhere. A lattice moves each object drawn onto it
+    /// and draws nothing itself: single-object scenes stay the same but for their place; in
+    /// a scene of several, a move that makes objects overlap too much redraws the object, so
+    /// such scenes can differ.
     pub places: u32,
 }
 

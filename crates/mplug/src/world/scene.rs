@@ -406,8 +406,8 @@ pub fn snap_to_lattice(v: f32, margin: f32, places: u32) -> f32 {
 }
 
 /// A random object of `(color, shape)` placed at a random spot (on the lattice of `places`,
-/// see [`snap_to_lattice`]), not yet checked for overlap. The lattice moves the spot drawn,
-/// so the random stream is the same for every `places`.
+/// see [`snap_to_lattice`]), not yet checked for overlap. The lattice moves the spot drawn and
+/// draws nothing itself, so `places` 0 gives the spots of a world without the option.
 fn sample_object(rng: &mut StdRng, color: Color, shape: Shape, size: Size, places: u32) -> Object {
     let radius = size.radius() * rng.random_range(0.94..1.06);
     let margin = radius * 1.12 + 0.01;
