@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Trains mplug-tiny-world from nothing on the CPU: generates the world, pre-trains (ITC, ITM,
-# MLM, PrefixLM), fine-tunes caption + VQA + retrieval + grounding jointly and writes the f16
+# Trains mplug-tiny-world from nothing on the CPU: generates the world, pre-trains the visual
+# tower alone on the images' labels (the stand-in for CLIP), pre-trains (ITC, ITM, MLM,
+# PrefixLM) from that tower, fine-tunes caption + VQA + retrieval + grounding jointly and writes the f16
 # model folder (mplug-tiny-world), then fine-tunes grounding alone on single-object scenes and
 # writes the grounding folder (mplug-tiny-world-grounding). Every step is an `mplug` command;
 # the log says how long each took.
@@ -26,9 +27,9 @@
 #                     instead of the sine-cosine table
 #   PLACES=0          objects of the generated world stand on a PLACES x PLACES lattice
 #                     (mplug data generate --places; 0: anywhere)
-#   GROUNDING_SIZE=12000  training images generated (same seed) for the grounding round, which
-#                     trains on the expressions of their single-object scenes (GROUNDING_STEPS=0:
-#                     no grounding round, no grounding folder)
+#   GROUNDING_SIZE=12000  training images generated (same seed) for the tower stage and the
+#                     grounding round, which trains on the expressions of their single-object
+#                     scenes (GROUNDING_STEPS=0: no grounding round, no grounding folder)
 #   PRETRAIN_SPLIT=2  micro-batches of a pre-training update (32 pairs in all; ITC and ITM
 #                     compare the pairs of one micro-batch)
 #   MPLUG             the mplug binary (default: target/release/mplug, built if missing)
@@ -39,7 +40,7 @@ set -euo pipefail
 OUT=${1:-runs/tiny-world}
 SEED=${SEED:-1}
 SIZE=${SIZE:-3000}
-PLACES=${PLACES:-0}
+PLACES=${PLACES:-8}
 STRIDE=${STRIDE:-3}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-450}
 PRETRAIN_SPLIT=${PRETRAIN_SPLIT:-2}
@@ -47,6 +48,8 @@ MULTITASK_STEPS=${MULTITASK_STEPS:-800}
 MULTITASK2_STEPS=${MULTITASK2_STEPS:-250}
 GROUNDING_STEPS=${GROUNDING_STEPS:-1200}
 GROUNDING_SIZE=${GROUNDING_SIZE:-12000}
+TOWER_STEPS=${TOWER_STEPS:-1500}
+TOWER_LR=${TOWER_LR:-3e-4}
 PRETRAIN_LR=${PRETRAIN_LR:-3e-4}
 MULTITASK_LR=${MULTITASK_LR:-5e-4}
 MULTITASK2_LR=${MULTITASK2_LR:-2e-4}
@@ -58,6 +61,9 @@ DATA=${DATA:-$OUT/world}
 MODEL_CONFIG=${MODEL_CONFIG:-}
 if [ -n "$MODEL_CONFIG" ]; then model=(--config "$MODEL_CONFIG"); else model=(--preset tiny); fi
 INIT_TOWER=${INIT_TOWER:-}
+if [ -z "$INIT_TOWER" ] && [ "$TOWER_STEPS" -gt 0 ]; then
+  INIT_TOWER=$OUT/tower/tower.safetensors
+fi
 if [ -n "$INIT_TOWER" ]; then
   model+=(--init-clip "$INIT_TOWER")
 elif [ "${SINCOS_POSITIONS:-1}" = 1 ]; then
@@ -78,6 +84,29 @@ fi
 
 # A stage whose model folder exists is skipped: running the script again continues.
 done_() { [ -f "$1/model/model.safetensors" ]; }
+
+# A bigger world of the same seed for the tower stage and the grounding round: its train split
+# begins with this world's training images and holds no val, test or held-out image of it
+# (each split has its own seed stream).
+LONE=$OUT/lone-world
+if [ "$TOWER_STEPS" -gt 0 ] || [ "$GROUNDING_STEPS" -gt 0 ]; then
+  if [ ! -f "$LONE/world.json" ]; then
+    stage "generate $GROUNDING_SIZE training images (seed $SEED) for the tower stage and the grounding round"
+    "$MPLUG" data generate "$LONE" --seed "$SEED" --size "$GROUNDING_SIZE" --clips 0 --places "$PLACES"
+  fi
+fi
+
+# The released models' tower comes from CLIP; this world's comes from learning which shapes,
+# colours and colour-shape pairs each image holds (a sigmoid per label on the class token).
+if [ "$TOWER_STEPS" -gt 0 ] && [ ! -f "$OUT/tower/tower.safetensors" ]; then
+  stage "pre-train the visual tower alone on the images' labels, $TOWER_STEPS updates"
+  "$MPLUG" pretrain-tower --preset tiny --sincos-positions \
+    --data "$LONE/labels_train.json" --image-root "$LONE" --out "$OUT/tower" \
+    --eval "$LONE/labels_val.json" \
+    --steps "$TOWER_STEPS" --batch-size 16 --accumulate 2 --lr1 "$TOWER_LR" --lr2 "$TOWER_LR" \
+    --warmup 40 --save-every 500 --workers 1 --seed 1 \
+    --data-parallel $((DATA_PARALLEL < 2 ? DATA_PARALLEL : 2)) --no-augment --no-dropout
+fi
 
 # No augmentation: the world's texts name counts, positions and exact colours, which the
 # reference's crops and colour operations would falsify, and these runs see each image only a
@@ -132,15 +161,8 @@ stage "the default model is ready: $OUT/mplug-tiny-world"
 # updates; one object per scene breaks it after a few hundred, and what it learns there
 # carries over to scenes of several objects (README, "What the table says"). The 3000-image
 # world holds only about 700 single-object expressions, which a round this long learns by
-# heart, so the round draws its own training images from the same seed: the train split of a
-# bigger world of that seed begins with this world's training images and holds no val, test
-# or held-out image of it (each split has its own seed stream).
+# heart, so the round trains on the single-object scenes of the bigger world above.
 if [ "$GROUNDING_STEPS" -gt 0 ]; then
-  LONE=$OUT/lone-world
-  if [ ! -f "$LONE/world.json" ]; then
-    stage "generate $GROUNDING_SIZE training images (seed $SEED) for the grounding round"
-    "$MPLUG" data generate "$LONE" --seed "$SEED" --size "$GROUNDING_SIZE" --clips 0 --places "$PLACES"
-  fi
   "$(dirname "$0")/lone-objects.sh" "$LONE" train > "$OUT/lone_train.json"
   done_ "$OUT/grounding" || {
   stage "fine-tune grounding alone on $(jq length "$OUT/lone_train.json") single-object expressions, $GROUNDING_STEPS updates"

@@ -60,6 +60,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Pre-train on image-text pairs (ITC, ITM, MLM, PrefixLM).
     Pretrain(train_cmd::PretrainArgs),
+    /// Pre-train the visual tower alone on labelled images (the stand-in for CLIP's
+    /// pre-training; its tower then starts `pretrain --init-clip`).
+    PretrainTower(train_cmd::PretrainTowerArgs),
     /// Fine-tune a model for a task on its annotation file.
     Finetune(train_cmd::FinetuneArgs),
     /// Generate datasets.
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
     // Training with concurrent micro-batches runs each on one tensor-math thread.
     let threads = cli.threads.or(match &cli.command {
         Command::Pretrain(a) => a.train.math_threads(),
+        Command::PretrainTower(a) => a.train.math_threads(),
         Command::Finetune(a) => a.train_opts().math_threads(),
         _ => None,
     });
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
         Command::Info(a) => info::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Pretrain(a) => train_cmd::pretrain(a),
+        Command::PretrainTower(a) => train_cmd::pretrain_tower(a),
         Command::Finetune(a) => train_cmd::finetune(a),
         Command::Data(a) => data_cmd::run(a),
     };

@@ -5,13 +5,13 @@
 
 use crate::model_args::{locate, ConfigArgs};
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use mplug::checkpoint::Checkpoint;
 use mplug::data::loader::derive_seed;
 use mplug::data::{AugmentConfig, Batch, Dataset, Loader, LoaderConfig};
 use mplug::eval::BoxFormat;
-use mplug::input::Tokenizer;
+use mplug::input::{ImageConfig, ImagePreprocessor, Tokenizer};
 use mplug::model_dir::{default_vocab, is_buffer, write_folder, ModelCard};
 use mplug::tasks::grounding::GroundingTokens;
 use mplug::tasks::pretrain::{self, LossWeights, MaskTokens, Momentum, PretrainBatch};
@@ -155,6 +155,29 @@ pub struct PretrainArgs {
     /// Distillation weight, ramped from 0 over the first epoch.
     #[arg(long, default_value_t = 0.4)]
     pub alpha: f64,
+}
+
+/// `mplug pretrain-tower`.
+#[derive(Debug, clap::Args)]
+pub struct PretrainTowerArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Start the visual positional embedding from a 2D sine-cosine table instead of random
+    /// values.
+    #[arg(long, conflicts_with = "init_clip")]
+    pub sincos_positions: bool,
+    /// Start the tower from a CLIP checkpoint or an mPLUG model's tower (as `mplug pretrain
+    /// --init-clip`) instead of random values.
+    #[arg(long)]
+    pub init_clip: Option<PathBuf>,
+    /// --data: labelled images `[{image, labels: [...]}]` (the generated world's
+    /// labels_train.json); the head learns every label they name.
+    #[command(flatten)]
+    pub train: TrainOpts,
+    /// Labelled images to score the trained tower on (for example labels_val.json); the scores
+    /// are printed and written to OUT/scores.json.
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
 }
 
 /// `mplug finetune <task>`.
@@ -357,6 +380,90 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
     )?;
     finish(&trainable, &cfg, &[Task::Pretrain], vocab, None, None, t)
 }
+
+/// Runs `mplug pretrain-tower`: the visual tower (with a label head on its class token) learns
+/// the images' labels (see [`mplug::train::tower`]); writes OUT/tower.safetensors (the tower as
+/// `visual_encoder.visual.*` and the head as `label_head.*`, ready for `mplug pretrain
+/// --init-clip`) and OUT/labels.json (the head's labels, in the order of its outputs).
+pub fn pretrain_tower(a: &PretrainTowerArgs) -> Result<()> {
+    use mplug::train::tower::{label_loss, LabelHead, LabelScores, LABEL_HEAD};
+    let cfg = a
+        .config
+        .explicit()?
+        .context("pretrain-tower needs --config or --preset")?;
+    let device = Device::Cpu;
+    let t = &a.train;
+    check_out(t)?;
+    let dataset = Dataset::labels(one_data(t)?)?;
+    let labels = dataset.label_names();
+    if labels.is_empty() {
+        bail!(
+            "{}: no image has a label; the head needs at least one",
+            dataset.source.display()
+        );
+    }
+    let trainable = Trainable::new_seeded(&cfg, Task::Pretrain, &device, t.seed)?;
+    initialize_from(&trainable, &cfg, None, a.init_clip.as_deref())?;
+    if a.sincos_positions {
+        trainable.init_sincos_positions(&cfg)?;
+    }
+    let vb = candle_nn::VarBuilder::from_varmap(&trainable.varmap, DType::F32, &device);
+    let head = LabelHead::new(cfg.vision_width, labels, vb)?;
+    let head_vars: Vec<_> = trainable
+        .named_vars()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with(LABEL_HEAD))
+        .collect();
+    mplug::train::draw_seeded(&head_vars, derive_seed(t.seed, HEAD_STREAM, 0))?;
+    let vocab = default_vocab(&cfg);
+    let tokenizer = Tokenizer::from_vocab_bytes(vocab.as_bytes(), Path::new("<vocab>"))?;
+    let loader = make_loader(dataset, t, &cfg, tokenizer, AugmentConfig::pretrain(), "")?;
+    simple_run(&trainable, &loader, t, None, |model, b| {
+        let logits = head.logits(model, &b.images)?;
+        let targets = head.targets(loader.dataset(), &b.samples, &device)?;
+        label_loss(&logits, &targets)
+    })?;
+
+    let tensors: HashMap<String, Tensor> = trainable
+        .named_vars()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("visual_encoder.visual.") || n.starts_with(LABEL_HEAD))
+        .map(|(n, v)| (n, v.as_tensor().clone()))
+        .collect();
+    let file = t.out.join("tower.safetensors");
+    candle_core::safetensors::save(&tensors, &file).with_context(|| file.display().to_string())?;
+    let names = t.out.join("labels.json");
+    std::fs::write(&names, serde_json::to_string_pretty(head.labels())? + "\n")
+        .with_context(|| names.display().to_string())?;
+    println!("{}", file.display());
+
+    if let Some(path) = &a.eval {
+        let data = Dataset::labels(path)?;
+        let r = cfg.image_res;
+        let pre = ImagePreprocessor::new(ImageConfig::new(r as u32))?;
+        let (mut logits, mut targets) = (Vec::new(), Vec::new());
+        let all: Vec<usize> = (0..data.len()).collect();
+        for chunk in all.chunks(64) {
+            let mut pixels = Vec::with_capacity(chunk.len() * 3 * r * r);
+            for &i in chunk {
+                let image = t.image_root.join(&data.samples[i].image);
+                pixels.extend(pre.pixels(&pre.load_rgb(&image)?)?);
+            }
+            let images = Tensor::from_vec(pixels, (chunk.len(), 3, r, r), &device)?;
+            logits.push(head.logits(&trainable.model, &images)?);
+            targets.push(head.targets(&data, chunk, &device)?);
+        }
+        let scores = LabelScores::of(&Tensor::cat(&logits, 0)?, &Tensor::cat(&targets, 0)?)?;
+        let text = serde_json::to_string(&scores)?;
+        println!("{}: {text}", path.display());
+        let out = t.out.join("scores.json");
+        std::fs::write(&out, text + "\n").with_context(|| out.display().to_string())?;
+    }
+    Ok(())
+}
+
+/// Random stream of the label head's fresh weights (see [`derive_seed`]).
+const HEAD_STREAM: u64 = 0x68656164; // "head"
 
 /// Runs `mplug finetune <task>`.
 pub fn finetune(a: &FinetuneArgs) -> Result<()> {

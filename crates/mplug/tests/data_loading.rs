@@ -361,3 +361,55 @@ fn grounding_flip_swaps_text_and_mirrors_box() {
     }
     assert!(flipped > 0 && kept > 0, "{flipped} flipped, {kept} kept");
 }
+
+#[test]
+fn labelled_images_load_without_text() {
+    let dir = scratch("labels");
+    let names = images(&dir, 3);
+    let ann = write(
+        &dir,
+        "labels.json",
+        &format!(
+            r#"[{{"image": "{}", "labels": ["red", "circle"]}},
+                {{"image": "{}", "labels": "square"}},
+                {{"image": "{}", "labels": []}}]"#,
+            names[0], names[1], names[2]
+        ),
+    );
+    let d = Dataset::labels(&ann).unwrap();
+    assert_eq!(d.task, DataTask::Labels);
+    assert_eq!(d.samples[0].labels, ["red", "circle"]);
+    assert_eq!(d.samples[1].labels, ["square"]);
+    assert!(d.samples[2].labels.is_empty());
+    assert_eq!(d.label_names(), ["circle", "red", "square"]);
+    let l = Loader::new(
+        d,
+        &dir,
+        tokenizer(),
+        LoaderConfig {
+            batch_size: 3,
+            seed: 1,
+            resolution: 32,
+            max_text_len: 16,
+            augment: None,
+            workers: 1,
+            prompt: String::new(),
+        },
+        &Device::Cpu,
+    )
+    .unwrap();
+    let b = l.batch(0).unwrap();
+    assert_eq!(b.images.dims(), [3, 3, 32, 32]);
+    assert_eq!(b.ids.dims(), [3, 0]);
+
+    let bad = write(&dir, "bad.json", r#"[{"image": "a.png", "label": "red"}]"#);
+    let e = Dataset::labels(&bad).unwrap_err().to_string();
+    assert!(e.contains("bad.json") && e.contains("labels"), "{e}");
+    let bad = write(
+        &dir,
+        "blank.json",
+        r#"[{"image": "a.png", "labels": ["red", " "]}]"#,
+    );
+    let e = Dataset::labels(&bad).unwrap_err().to_string();
+    assert!(e.contains("blank.json") && e.contains("empty"), "{e}");
+}

@@ -736,3 +736,38 @@ fn split_sizes_follow_the_train_size() {
         (50, 10, 40)
     );
 }
+
+#[test]
+fn labels_name_each_object_shape_colour_and_pair() {
+    let r = root();
+    let scenes = json("scenes.json");
+    let scenes = scenes.as_array().unwrap();
+    for split in SPLITS {
+        let data = Dataset::labels(r.join(format!("labels_{split}.json"))).unwrap();
+        assert_eq!(data.len(), split_images(split), "{split}");
+        let of_split: Vec<&Value> = scenes.iter().filter(|s| s["split"] == split).collect();
+        for (sample, scene) in data.samples.iter().zip(&of_split) {
+            assert_eq!(sample.image, scene["image"].as_str().unwrap());
+            let mut want: Vec<String> = Vec::new();
+            for o in scene["objects"].as_array().unwrap() {
+                let (shape, colour) = (o["shape"].as_str().unwrap(), o["color"].as_str().unwrap());
+                want.extend([
+                    shape.to_string(),
+                    colour.to_string(),
+                    format!("{colour} {shape}"),
+                ]);
+            }
+            want.sort();
+            want.dedup();
+            assert_eq!(sample.labels, want, "{}", sample.image);
+        }
+    }
+    let train = Dataset::labels(r.join("labels_train.json")).unwrap();
+    let names = train.label_names();
+    assert!(names.contains(&"circle".to_string()) && names.contains(&"red".to_string()));
+    // Held-out colour-shape pairs never label a training image.
+    for (colour, shape) in HELDOUT_PAIRS {
+        let pair = format!("{} {}", colour.name(), shape.name());
+        assert!(!names.contains(&pair), "{pair} labels a training image");
+    }
+}

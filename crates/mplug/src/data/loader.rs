@@ -24,7 +24,7 @@ use crate::input::{
     DecodeOptions, EncodeOptions, GroundingPreprocessor, ImageConfig, ImagePreprocessor,
     InputError, LetterboxConfig, RgbImage, Tokenizer, VideoConfig, VideoPreprocessor,
 };
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
@@ -408,16 +408,21 @@ impl Loader {
             samples: samples.clone(),
             msg,
         };
-        let enc = self
-            .tokenizer
-            .encode_batch(
-                &texts,
-                &EncodeOptions::longest().truncate(self.config.max_text_len),
-            )
-            .map_err(|e| text_err(e.to_string()))?;
-        let (ids, mask) = enc
-            .to_tensors(&self.device)
-            .map_err(|e| text_err(e.to_string()))?;
+        let (ids, mask) = if self.dataset.task == DataTask::Labels {
+            // Labelled images carry no text: ids and mask of length 0.
+            let none = Tensor::zeros((b, 0), DType::U32, &self.device)?;
+            (none.clone(), none)
+        } else {
+            let enc = self
+                .tokenizer
+                .encode_batch(
+                    &texts,
+                    &EncodeOptions::longest().truncate(self.config.max_text_len),
+                )
+                .map_err(|e| text_err(e.to_string()))?;
+            enc.to_tensors(&self.device)
+                .map_err(|e| text_err(e.to_string()))?
+        };
         let mut batch = Batch {
             index,
             image_ids: samples

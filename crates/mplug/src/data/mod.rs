@@ -109,6 +109,8 @@ pub enum DataTask {
     VideoQa,
     /// Video retrieval: one sample per (clip, caption) line, with the clip's id.
     VideoRetrieval,
+    /// Image labels (multi-label classification, which pre-trains the visual tower alone).
+    Labels,
 }
 
 impl DataTask {
@@ -136,6 +138,8 @@ pub struct Sample {
     pub image_id: u64,
     /// Grounding: the box `[x0, y0, x1, y1]` in original-image pixels.
     pub bbox: Option<[f64; 4]>,
+    /// Image labels: the labels that apply to the image.
+    pub labels: Vec<String>,
 }
 
 /// The samples of one annotation file.
@@ -202,6 +206,7 @@ fn sample(image: String, texts: Vec<String>, image_id: u64) -> Sample {
         weights: Vec::new(),
         image_id,
         bbox: None,
+        labels: Vec::new(),
     }
 }
 
@@ -387,6 +392,34 @@ impl Dataset {
             samples.push(sample(e.video, vec![text], id));
         }
         Self::video(DataTask::VideoRetrieval, samples, path, frames)
+    }
+
+    /// Labelled images `[{image, labels: [...]}]` (see [`annotations::read_labels`]): one
+    /// sample per entry, with no text.
+    pub fn labels(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let entries = annotations::read_labels(path)?;
+        let ids = image_ids(entries.iter().map(|e| e.image.as_str()));
+        let samples = entries
+            .into_iter()
+            .zip(ids)
+            .map(|(e, id)| {
+                let mut s = sample(e.image, Vec::new(), id);
+                s.labels = e.labels;
+                s
+            })
+            .collect();
+        Self::new(DataTask::Labels, samples, path)
+    }
+
+    /// The distinct labels of the samples, sorted: the classes of a head trained on them.
+    pub fn label_names(&self) -> Vec<String> {
+        let set: std::collections::BTreeSet<&str> = self
+            .samples
+            .iter()
+            .flat_map(|s| s.labels.iter().map(String::as_str))
+            .collect();
+        set.into_iter().map(str::to_string).collect()
     }
 
     /// Grounding expressions with their boxes (see [`annotations::read_grounding`]).

@@ -53,6 +53,15 @@ pub struct RetrievalSample {
     pub captions: Vec<String>,
 }
 
+/// One labelled image of an image-classification file (`mplug pretrain-tower`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelsSample {
+    /// Image path relative to the image root.
+    pub image: String,
+    /// Its labels (an empty list: none of the labels applies).
+    pub labels: Vec<String>,
+}
+
 /// How a grounding file writes its boxes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BoxFormat {
@@ -587,6 +596,24 @@ pub fn read_retrieval(path: impl AsRef<Path>) -> Result<Vec<RetrievalSample>> {
             )));
         }
         out.push(RetrievalSample { image, captions });
+    }
+    Ok(out)
+}
+
+/// Reads image labels `[{image, labels: [...]}]` (a JSON array or JSON Lines; `labels` may
+/// also be one string), as the generated world's `labels_{split}.json`. An entry without
+/// `labels` or with an empty label is an error naming it.
+pub fn read_labels(path: impl AsRef<Path>) -> Result<Vec<LabelsSample>> {
+    let path = path.as_ref();
+    let records = read_records(path, &["images"])?;
+    let mut out = Vec::with_capacity(records.len());
+    for rec in &records {
+        let e = Entry::new(path, rec)?;
+        let image = e.string(&["image", "file_name", "filename"])?;
+        let labels = e
+            .opt_texts(&["labels"])?
+            .ok_or_else(|| e.missing(&["labels"]))?;
+        out.push(LabelsSample { image, labels });
     }
     Ok(out)
 }

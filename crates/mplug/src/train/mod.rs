@@ -4,6 +4,7 @@
 pub mod init;
 pub mod optim;
 pub mod schedule;
+pub mod tower;
 pub mod trainer;
 
 use crate::checkpoint::Checkpoint;

@@ -1,6 +1,7 @@
 //! A procedural visual world: seeded synthetic images and clips of coloured shapes, annotated in
 //! the file formats of the benchmarks mPLUG trains and evaluates on (COCO captions, VQA v2,
-//! image-text retrieval, RefCOCO grounding, MSRVTT video QA, retrieval and captioning).
+//! image-text retrieval, RefCOCO grounding, MSRVTT video QA, retrieval and captioning), and
+//! image labels (`labels_{split}.json`, [`scene_labels`]) that pre-train the visual tower alone.
 //!
 //! - [`scene`]: shapes, colours, sizes, textures, backgrounds and the sampling of unambiguous
 //!   scenes; [`HELDOUT_PAIRS`] never occur outside the held-out split.
@@ -413,6 +414,12 @@ struct GroundingEntry<'a> {
 }
 
 #[derive(Serialize)]
+struct LabelsEntry<'a> {
+    image: &'a str,
+    labels: Vec<String>,
+}
+
+#[derive(Serialize)]
 struct VideoQaEntry<'a> {
     question_id: u64,
     video_id: &'a str,
@@ -471,6 +478,22 @@ struct WorldFile<'a> {
     colors: Vec<&'static str>,
     vocab_size: usize,
     files: &'a [String],
+}
+
+/// The labels of a scene in `labels_{split}.json`: each object's shape, its colour and the two
+/// together ("red circle", which ties a colour to its shape), sorted, each once.
+pub fn scene_labels(objects: &[Object]) -> Vec<String> {
+    let labels: BTreeSet<String> = objects
+        .iter()
+        .flat_map(|o| {
+            [
+                o.shape.name().to_string(),
+                o.color.name().to_string(),
+                format!("{} {}", o.color.name(), o.shape.name()),
+            ]
+        })
+        .collect();
+    labels.into_iter().collect()
 }
 
 /// Collects the annotation files as they are written.
@@ -752,6 +775,19 @@ pub fn generate_with_threads(out: &Path, cfg: &WorldConfig, threads: usize) -> R
             }
         }
         w.array(&format!("grounding_{}.json", spec.name), &entries)?;
+    }
+
+    // Image labels for pre-training the visual tower on its own (`mplug pretrain-tower`, the
+    // world's stand-in for CLIP's pre-training): what the scene holds, without where.
+    for (spec, items) in &splits {
+        let entries: Vec<LabelsEntry> = items
+            .iter()
+            .map(|it| LabelsEntry {
+                image: &it.image,
+                labels: scene_labels(&it.scene.objects),
+            })
+            .collect();
+        w.array(&format!("labels_{}.json", spec.name), &entries)?;
     }
 
     let scenes: Vec<SceneEntry> = splits
