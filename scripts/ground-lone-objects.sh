@@ -7,7 +7,7 @@
 #
 #   scripts/ground-lone-objects.sh [OUT]     # default OUT: runs/lone-objects
 #
-# Environment: WORLD (default runs/w12k, generated with seed 1 if missing), STEPS (1500
+# Environment: WORLD (default runs/w12k, generated with seed 1, objects anywhere, if missing), STEPS (1500
 # updates of 32 expressions), SINCOS_POSITIONS (1: the fresh model's visual positional
 # embedding starts as a 2D sine-cosine table, `pretrain --sincos-positions`), MPLUG (the binary).
 set -euo pipefail
@@ -19,7 +19,7 @@ init=()
 if [ "${SINCOS_POSITIONS:-0}" = 1 ]; then init+=(--sincos-positions); fi
 mkdir -p "$OUT"
 
-[ -f "$WORLD/scenes.json" ] || "$MPLUG" data generate "$WORLD" --seed 1 --size 12000
+[ -f "$WORLD/scenes.json" ] || "$MPLUG" data generate "$WORLD" --seed 1 --size 12000 --places 0
 
 # The expressions of the scenes that hold one object.
 for split in train test; do

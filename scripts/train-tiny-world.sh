@@ -61,7 +61,9 @@ DATA=${DATA:-$OUT/world}
 MODEL_CONFIG=${MODEL_CONFIG:-}
 if [ -n "$MODEL_CONFIG" ]; then model=(--config "$MODEL_CONFIG"); else model=(--preset tiny); fi
 INIT_TOWER=${INIT_TOWER:-}
-if [ -z "$INIT_TOWER" ] && [ "$TOWER_STEPS" -gt 0 ]; then
+if [ -n "$INIT_TOWER" ]; then
+  TOWER_STEPS=0 # the tower is given: no tower stage
+elif [ "$TOWER_STEPS" -gt 0 ]; then
   INIT_TOWER=$OUT/tower/tower.safetensors
 fi
 if [ -n "$INIT_TOWER" ]; then

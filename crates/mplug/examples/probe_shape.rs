@@ -9,7 +9,7 @@
 //! chance (1/6) and climbs faster. The README's VQA reading quotes this probe.
 //!
 //! ```sh
-//! mplug data generate runs/lone --seed 1 --size 8000 --clips 0
+//! mplug data generate runs/lone --seed 1 --size 8000 --clips 0 --places 0
 //! cargo run --release -p mplug --example probe_shape -- runs/lone 300 3e-4 [MODEL.safetensors]
 //! ```
 //!
@@ -25,7 +25,7 @@
 //! tower: what is left is whether its tokens say its shape). `--save OUT.safetensors` writes
 //! the trained tower (with MODEL: a copy of MODEL with its tower replaced).
 //!
-//! On a world whose objects stand anywhere (the default of `mplug data generate`) shapes come
+//! On a world whose objects stand anywhere (`mplug data generate --places 0`) shapes come
 //! slowly; on the lattice of the tiny tower's patches (`--places 8`), in a few hundred updates
 //! (README, the generated world).
 use candle_core::{DType, Device, Module, Tensor, Var, D};
