@@ -43,8 +43,8 @@ pub struct GenerateArgs {
     /// Frames per clip (8 to 16), 100 ms each.
     #[arg(long, default_value_t = 8)]
     pub frames: usize,
-    /// Objects stand on the cell centres of an N x N lattice; 0 (the default) puts them
-    /// anywhere. 8 lines them up with the tiny model's 8 x 8 patches: a visual tower trained
+    /// Objects stand on the cell centres of an N x N lattice; 0 puts them anywhere. The
+    /// default, 8, lines them up with the tiny model's 8 x 8 patches: a visual tower trained
     /// from nothing learns a shape seen at one alignment with its patches in a few hundred
     /// updates, at every alignment only in thousands (README, the generated world).
     #[arg(long, default_value_t = mplug::world::DEFAULT_PLACES)]

@@ -76,17 +76,17 @@ pub struct WorldConfig {
     /// Frames per clip (8 to 16; default 8), shown 100 ms each.
     pub frames: usize,
     /// Objects' centres stand on the cell centres of a `places` x `places` lattice
-    /// ([`snap_to_lattice`]; [`TINY_PATCH_PLACES`] lines them up with the tiny preset's
-    /// patches); 0 (the default) puts them anywhere. A lattice moves each object drawn onto it
-    /// and draws nothing itself: single-object scenes stay the same but for their place; in
-    /// a scene of several, a move that makes objects overlap too much redraws the object, so
-    /// such scenes can differ.
+    /// ([`snap_to_lattice`]; [`TINY_PATCH_PLACES`], the default [`DEFAULT_PLACES`], lines
+    /// them up with the tiny preset's patches); 0 puts them anywhere. A lattice moves each
+    /// object drawn onto it and draws nothing itself: single-object scenes stay the same but
+    /// for their place; in a scene of several, a move that makes objects overlap too much
+    /// redraws the object, so such scenes can differ.
     pub places: u32,
 }
 
 impl WorldConfig {
     /// `train_images` train images from `seed`, with the default image size (96), clips
-    /// (`train_images / 4`), frames (8) and no lattice ([`DEFAULT_PLACES`]).
+    /// (`train_images / 4`), frames (8) and lattice ([`DEFAULT_PLACES`]).
     pub fn new(seed: u64, train_images: usize) -> Self {
         Self {
             seed,

@@ -375,13 +375,14 @@ pub(crate) fn sample_texture(rng: &mut StdRng) -> Texture {
     }
 }
 
-/// Default number of places per image side that objects stand on ([`snap_to_lattice`]): 0,
-/// anywhere.
-pub const DEFAULT_PLACES: u32 = 0;
-
 /// The lattice of the tiny preset's 8 x 8 patches (64 px, patch 8): objects on it stand at
 /// one alignment with the patches.
 pub const TINY_PATCH_PLACES: u32 = 8;
+
+/// Default number of places per image side that objects stand on ([`snap_to_lattice`]): the
+/// tiny preset's patches ([`TINY_PATCH_PLACES`]), the world the shipped model learned. 0 puts
+/// objects anywhere.
+pub const DEFAULT_PLACES: u32 = TINY_PATCH_PLACES;
 
 /// Moves `v`, an object's centre coordinate (a fraction of the image side) that lies in
 /// `[margin, 1 - margin]`, to the nearest centre of the `places` equal cells of the side that
