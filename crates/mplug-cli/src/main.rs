@@ -60,8 +60,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Pre-train on image-text pairs (ITC, ITM, MLM, PrefixLM).
     Pretrain(train_cmd::PretrainArgs),
-    /// Pre-train the visual tower alone on labelled images (the stand-in for CLIP's
-    /// pre-training; its tower then starts `pretrain --init-clip`).
+    /// Pre-train the visual tower alone on labelled images (`[{image, labels: [...]}]`), the
+    /// stand-in for CLIP's pre-training: writes OUT/tower.safetensors, which `pretrain
+    /// --init-clip` starts from.
     PretrainTower(train_cmd::PretrainTowerArgs),
     /// Fine-tune a model for a task on its annotation file.
     Finetune(train_cmd::FinetuneArgs),
