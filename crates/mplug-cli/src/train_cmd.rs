@@ -439,17 +439,15 @@ pub fn pretrain_tower(a: &PretrainTowerArgs) -> Result<()> {
 
     if let Some(path) = &a.eval {
         let data = Dataset::labels(path)?;
-        let r = cfg.image_res;
-        let pre = ImagePreprocessor::new(ImageConfig::new(r as u32))?;
+        let pre = ImagePreprocessor::new(ImageConfig::new(cfg.image_res as u32))?;
         let (mut logits, mut targets) = (Vec::new(), Vec::new());
         let all: Vec<usize> = (0..data.len()).collect();
         for chunk in all.chunks(64) {
-            let mut pixels = Vec::with_capacity(chunk.len() * 3 * r * r);
-            for &i in chunk {
-                let image = t.image_root.join(&data.samples[i].image);
-                pixels.extend(pre.pixels(&pre.load_rgb(&image)?)?);
-            }
-            let images = Tensor::from_vec(pixels, (chunk.len(), 3, r, r), &device)?;
+            let paths: Vec<PathBuf> = chunk
+                .iter()
+                .map(|&i| t.image_root.join(&data.samples[i].image))
+                .collect();
+            let images = pre.preprocess_paths(&paths, &device)?;
             logits.push(head.logits(&trainable.model, &images)?);
             targets.push(head.targets(&data, chunk, &device)?);
         }

@@ -203,6 +203,21 @@ fn first_and_last(rows: &[Value], key: &str, n: usize) -> (f64, f64) {
     (mean(&v[..n]), mean(&v[v.len() - n..]))
 }
 
+/// The options every stage of the short training run shares (its updates and warm-up apart).
+const SHORT_RUN: &[&str] = &[
+    "--batch-size",
+    "8",
+    "--lr1",
+    "1e-3",
+    "--lr2",
+    "1e-3",
+    "--save-every",
+    "100",
+    "--workers",
+    "2",
+    "--no-augment",
+];
+
 #[test]
 fn short_training_from_scratch_lowers_every_loss() {
     let dir = scratch("default-model-training");
@@ -211,33 +226,28 @@ fn short_training_from_scratch_lowers_every_loss() {
     // The recipe's first stage: the visual tower alone learns the images' labels.
     let tower = dir.join("tower");
     let labels = world.join("labels_train.json");
-    mplug_ok(&[
-        "pretrain-tower",
-        "--preset",
-        "tiny",
-        "--sincos-positions",
-        "--data",
-        s(&labels),
-        "--image-root",
-        w,
-        "--out",
-        s(&tower),
-        "--steps",
-        "40",
-        "--batch-size",
-        "8",
-        "--lr1",
-        "1e-3",
-        "--lr2",
-        "1e-3",
-        "--warmup",
-        "4",
-        "--save-every",
-        "100",
-        "--workers",
-        "2",
-        "--no-augment",
-    ]);
+    mplug_ok(
+        &[
+            &[
+                "pretrain-tower",
+                "--preset",
+                "tiny",
+                "--sincos-positions",
+                "--data",
+                s(&labels),
+                "--image-root",
+                w,
+                "--out",
+                s(&tower),
+                "--steps",
+                "40",
+                "--warmup",
+                "4",
+            ],
+            SHORT_RUN,
+        ]
+        .concat(),
+    );
     let rows = losses(&tower.join("train_log.jsonl"));
     let (first, last) = first_and_last(&rows, "loss", 8);
     assert!(last < first, "tower pre-training: {first:.4} -> {last:.4}");
@@ -245,38 +255,33 @@ fn short_training_from_scratch_lowers_every_loss() {
 
     let pre = dir.join("pretrain");
     let pretrain = world.join("pretrain.json");
-    mplug_ok(&[
-        "pretrain",
-        "--preset",
-        "tiny",
-        "--init-clip",
-        s(&tower_file),
-        "--vocab",
-        s(&vocab),
-        "--data",
-        s(&pretrain),
-        "--image-root",
-        w,
-        "--out",
-        s(&pre),
-        "--steps",
-        "40",
-        "--batch-size",
-        "8",
-        "--lr1",
-        "1e-3",
-        "--lr2",
-        "1e-3",
-        "--warmup",
-        "4",
-        "--queue-size",
-        "32",
-        "--save-every",
-        "100",
-        "--workers",
-        "2",
-        "--no-augment",
-    ]);
+    mplug_ok(
+        &[
+            &[
+                "pretrain",
+                "--preset",
+                "tiny",
+                "--init-clip",
+                s(&tower_file),
+                "--vocab",
+                s(&vocab),
+                "--data",
+                s(&pretrain),
+                "--image-root",
+                w,
+                "--out",
+                s(&pre),
+                "--steps",
+                "40",
+                "--warmup",
+                "4",
+                "--queue-size",
+                "32",
+            ],
+            SHORT_RUN,
+        ]
+        .concat(),
+    );
     let rows = losses(&pre.join("losses.jsonl"));
     for key in ["itc", "itm", "mlm", "prefix_lm"] {
         let (first, last) = first_and_last(&rows, key, 8);
@@ -290,43 +295,38 @@ fn short_training_from_scratch_lowers_every_loss() {
         data("retrieval", "retrieval_train.json"),
         data("grounding", "grounding_train.json"),
     );
-    mplug_ok(&[
-        "finetune",
-        "multitask",
-        "--model",
-        s(&pre.join("model")),
-        "--data",
-        &c,
-        "--data",
-        &v,
-        "--data",
-        &r,
-        "--data",
-        &g,
-        "--prefix-token",
-        "[unused0]",
-        "--bins",
-        "64",
-        "--image-root",
-        w,
-        "--out",
-        s(&multi),
-        "--steps",
-        "30",
-        "--batch-size",
-        "8",
-        "--lr1",
-        "1e-3",
-        "--lr2",
-        "1e-3",
-        "--warmup",
-        "3",
-        "--save-every",
-        "100",
-        "--workers",
-        "2",
-        "--no-augment",
-    ]);
+    mplug_ok(
+        &[
+            &[
+                "finetune",
+                "multitask",
+                "--model",
+                s(&pre.join("model")),
+                "--data",
+                &c,
+                "--data",
+                &v,
+                "--data",
+                &r,
+                "--data",
+                &g,
+                "--prefix-token",
+                "[unused0]",
+                "--bins",
+                "64",
+                "--image-root",
+                w,
+                "--out",
+                s(&multi),
+                "--steps",
+                "30",
+                "--warmup",
+                "3",
+            ],
+            SHORT_RUN,
+        ]
+        .concat(),
+    );
     let rows = losses(&multi.join("losses.jsonl"));
     for key in ["caption", "vqa", "retrieval", "grounding"] {
         let (first, last) = first_and_last(&rows, key, 6);

@@ -53,6 +53,10 @@ pub struct RetrievalSample {
     pub captions: Vec<String>,
 }
 
+/// The names an image path goes by in caption, retrieval and label entries (`image`, as the
+/// reference's files write it, or `file_name` / `filename`).
+const IMAGE_FIELDS: &[&str] = &["image", "file_name", "filename"];
+
 /// One labelled image of an image-classification file (`mplug pretrain-tower`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelsSample {
@@ -432,7 +436,7 @@ pub fn read_caption(path: impl AsRef<Path>, split: Option<&str>) -> Result<Vec<C
                 references,
             }
         } else {
-            let image = e.string(&["image", "file_name", "filename"])?;
+            let image = e.string(IMAGE_FIELDS)?;
             let references = e
                 .opt_texts(&["caption", "captions", "gold_caption"])?
                 .unwrap_or_default();
@@ -582,7 +586,7 @@ pub fn read_retrieval(path: impl AsRef<Path>) -> Result<Vec<RetrievalSample>> {
     let mut out = Vec::with_capacity(records.len());
     for rec in &records {
         let e = Entry::new(path, rec)?;
-        let image = e.string(&["image", "file_name", "filename"])?;
+        let image = e.string(IMAGE_FIELDS)?;
         let captions = e
             .opt_texts(&["caption", "captions", "sentences"])?
             .ok_or_else(|| e.missing(&["caption"]))?;
@@ -609,7 +613,7 @@ pub fn read_labels(path: impl AsRef<Path>) -> Result<Vec<LabelsSample>> {
     let mut out = Vec::with_capacity(records.len());
     for rec in &records {
         let e = Entry::new(path, rec)?;
-        let image = e.string(&["image", "file_name", "filename"])?;
+        let image = e.string(IMAGE_FIELDS)?;
         let labels = e
             .opt_texts(&["labels"])?
             .ok_or_else(|| e.missing(&["labels"]))?;
