@@ -26,8 +26,8 @@ here=$(dirname "$0")
 for stride in 1 3 6; do
   run="$OUT/stride-$stride"
   DATA=$DATA PLACES=$PLACES STRIDE=$stride GROUNDING=0 PRETRAIN_SPLIT=2 PRETRAIN_STEPS=$PRE \
-    TOWER_STEPS=$TOWER MULTITASK_STEPS=$MULTI MULTITASK2_STEPS=0 GROUNDING_STEPS=0 VIDEO_STEPS=0 \
-    "$here/train-tiny-world.sh" "$run"
+    TOWER_STEPS=$TOWER MULTITASK_STEPS=$MULTI MULTITASK2_STEPS=0 MULTITASK3_STEPS=0 \
+    GROUNDING_STEPS=0 VIDEO_STEPS=0 "$here/train-tiny-world.sh" "$run"
   SPLITS=test TASKS="caption vqa retrieval" "$here/eval-tiny-world.sh" \
     "$run/mplug-tiny-world" "$DATA" "$run/eval"
 done
