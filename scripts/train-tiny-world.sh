@@ -2,9 +2,10 @@
 # Trains mplug-tiny-world from nothing on the CPU: generates the world, pre-trains the visual
 # tower alone on the images' labels (the stand-in for CLIP), pre-trains (ITC, ITM, MLM,
 # PrefixLM) from that tower, fine-tunes caption + VQA + retrieval + grounding jointly (two rounds
-# on this world, a third on a bigger one) and writes the f16 model folder (mplug-tiny-world), then fine-tunes grounding alone on single-object scenes and
-# writes the grounding folder (mplug-tiny-world-grounding). Every step is an `mplug` command;
-# the log says how long each took.
+# on this world, a third on a bigger one) and writes the f16 model folder (mplug-tiny-world),
+# then fine-tunes grounding alone on single-object scenes and writes the grounding folder
+# (mplug-tiny-world-grounding). Every step is an `mplug` command; the log says how long each
+# took.
 #
 #   scripts/train-tiny-world.sh [OUT]          # default OUT: runs/tiny-world
 #
@@ -97,7 +98,7 @@ done_() { [ -f "$1/model/model.safetensors" ]; }
 LONE=$OUT/lone-world
 if [ "$TOWER_STEPS" -gt 0 ] || [ "$GROUNDING_STEPS" -gt 0 ] || [ "$MULTITASK3_STEPS" -gt 0 ]; then
   if [ ! -f "$LONE/world.json" ]; then
-    stage "generate $GROUNDING_SIZE training images (seed $SEED) for the tower stage and the grounding round"
+    stage "generate $GROUNDING_SIZE training images (seed $SEED) for the tower stage, the third round and the grounding round"
     "$MPLUG" data generate "$LONE" --seed "$SEED" --size "$GROUNDING_SIZE" --clips 0 --places "$PLACES"
   fi
 fi

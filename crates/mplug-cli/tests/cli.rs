@@ -260,6 +260,12 @@ fn golden_folder_and_demo_run() {
     ] {
         assert!(o.stdout.contains(section), "{}", o.stdout);
     }
+    // Retrieval shows ITC's choice next to the ITM re-ranking's.
+    assert!(
+        o.stdout.contains("ITC: ") && o.stdout.contains("ITM: "),
+        "{}",
+        o.stdout
+    );
     // It grounds with the grounding folder beside the default model.
     assert!(
         o.stdout.contains("mplug-tiny-world-grounding"),
