@@ -73,6 +73,11 @@ pub struct EvalArgs {
     /// Candidates re-ranked: answers for vqa/videoqa, texts or images per retrieval query.
     #[arg(long, default_value_t = 128)]
     k: usize,
+    /// Retrieval and video retrieval: rank candidates by ITC similarity alone, without the ITM
+    /// re-scoring of the top k (the reference's protocol re-scores; this reads the ITC
+    /// features alone)
+    #[arg(long)]
+    itc_only: bool,
     /// Beam size for captions and generated answers (1: greedy).
     #[arg(long, default_value_t = 5)]
     beam: usize,
@@ -152,6 +157,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     let mut opts = EvalOptions::new(task, output);
     opts.batch_size = a.batch_size;
     opts.k = a.k;
+    opts.itc_only = a.itc_only;
     opts.beam.beam_size = a.beam;
     if let Some(n) = a.min_len {
         opts.beam.min_length = n;

@@ -186,6 +186,19 @@ fn every_other_task_runs() {
     let out = dir.join("retrieval");
     let m = ok(eval("retrieval", "retrieval", &ann, &images(), &out, &[]));
     assert_keys(&m, &["txt_r1", "img_r1", "r_mean"]);
+    assert_eq!(m["rescore"], json!("itm"));
+    assert_eq!(predictions(&out).len(), 2 + 3);
+    // Ranked by ITC alone: the metrics say so.
+    let out = dir.join("retrieval-itc");
+    let m = ok(eval(
+        "retrieval",
+        "retrieval",
+        &ann,
+        &images(),
+        &out,
+        &["--itc-only"],
+    ));
+    assert_eq!(m["rescore"], json!("itc"));
     assert_eq!(predictions(&out).len(), 2 + 3);
 
     // Grounding with xyxy boxes.
@@ -289,6 +302,17 @@ fn bad_inputs_fail_with_one_clear_line() {
     );
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("--answers"), "{}", r.stderr);
+    // Ranking by ITC alone is for retrieval only.
+    let r = eval(
+        "caption",
+        "caption",
+        &ann,
+        &images(),
+        &dir.join("out2b"),
+        &["--itc-only"],
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("ITC alone"), "{}", r.stderr);
 
     let r = eval(
         "caption",

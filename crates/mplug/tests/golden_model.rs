@@ -385,6 +385,29 @@ fn retrieval_matches_reference() {
             &io.get("score_v2t"),
             TOL,
         );
+
+        // Ranking by ITC alone keeps each query's k most similar candidates, scored by the
+        // reference's similarity, and nothing else.
+        let (i2t, t2i) =
+            retrieval::rerank(&model, &images, &texts, k, retrieval::Rescore::Similarity).unwrap();
+        let sims = io.get("sims").to_vec2::<f32>().unwrap();
+        let sims_t: Vec<Vec<f32>> = (0..sims[0].len())
+            .map(|j| sims.iter().map(|row| row[j]).collect())
+            .collect();
+        for (scores, sims, side) in [(&i2t, &sims, "i2t"), (&t2i, &sims_t, "t2i")] {
+            for (q, (row, sim)) in scores.iter().zip(sims).enumerate() {
+                let kept: Vec<usize> = (0..row.len()).filter(|&c| row[c] > -100.0).collect();
+                assert_eq!(kept.len(), k, "{name} {side} query {q}: {row:?}");
+                let lowest_kept = kept.iter().map(|&c| sim[c]).fold(f32::INFINITY, f32::min);
+                for (c, (&score, &s)) in row.iter().zip(sim).enumerate() {
+                    if score > -100.0 {
+                        assert!((score - s).abs() < 1e-4, "{name} {side} ({q}, {c})");
+                    } else {
+                        assert!(s <= lowest_kept + 1e-6, "{name} {side} ({q}, {c}) dropped");
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -119,6 +119,10 @@ pub struct EvalOptions {
     /// Candidates kept: answers re-ranked for VQA / video QA (`k_test`, 128), texts or images
     /// re-scored by ITM per retrieval query (`k_test`, 128). Capped by the number available.
     pub k: usize,
+    /// Retrieval and video retrieval: rank the top `k` candidates by ITC similarity alone,
+    /// with no ITM re-scoring (not the reference's protocol; for a model whose ITM head ranks
+    /// worse than its ITC features). The metrics say which (`rescore`).
+    pub itc_only: bool,
     /// Decoding of captions and free-form answers.
     pub beam: BeamConfig,
     /// Candidate answers to rank (VQA, video QA); `None` generates answers freely.
@@ -151,6 +155,7 @@ impl EvalOptions {
             output_dir: output_dir.into(),
             batch_size: 8,
             k: 128,
+            itc_only: false,
             beam,
             answer_list: None,
             num_frames: if task == EvalTask::VideoRetrieval {
@@ -225,6 +230,11 @@ pub fn run(
     progress: &mut dyn Progress,
 ) -> Result<EvalReport> {
     opts.validate()?;
+    if opts.itc_only && !matches!(task, EvalTask::Retrieval | EvalTask::VideoRetrieval) {
+        return Err(EvalError::Options(format!(
+            "ranking by ITC alone applies to retrieval and videoretrieval, not {task}"
+        )));
+    }
     let have = pipeline.model().task;
     if have != task.model_task() {
         return Err(EvalError::Options(format!(

@@ -135,25 +135,22 @@ pub(super) fn rerank_logged(
                             .map(move |&(c, _)| if visual_major { (q, c) } else { (c, q) })
                     })
                     .collect();
-                let itm = task::itm_pairs(p.model(), &vis, &txt, &pairs)
-                    .and_then(|t| Ok(t.narrow(1, 1, 1)?.squeeze(1)?.to_dtype(DType::F32)?))
-                    .and_then(|t| Ok(t.to_vec1::<f32>()?))
-                    .map_err(|source| EvalError::Samples {
-                        what: describe(chunk.iter().map(|&i| (&ids[i], kind))),
-                        source,
-                    })?;
+                let itm = if rescore.uses_itm() {
+                    task::itm_pairs(p.model(), &vis, &txt, &pairs)
+                        .and_then(|t| Ok(t.narrow(1, 1, 1)?.squeeze(1)?.to_dtype(DType::F32)?))
+                        .and_then(|t| Ok(t.to_vec1::<f32>()?))
+                        .map_err(|source| EvalError::Samples {
+                            what: describe(chunk.iter().map(|&i| (&ids[i], kind))),
+                            source,
+                        })?
+                } else {
+                    vec![0.0; pairs.len()]
+                };
                 for (r, (&q, row)) in chunk.iter().zip(&top).enumerate() {
                     let mut scored: Vec<(usize, f32)> = row
                         .iter()
                         .enumerate()
-                        .map(|(j, &(c, sim))| {
-                            let s = itm[r * k + j];
-                            let s = match rescore {
-                                Rescore::Itm => s,
-                                Rescore::ItmPlusSimilarity => s + sim,
-                            };
-                            (c, s)
-                        })
+                        .map(|(j, &(c, sim))| (c, rescore.score(itm[r * k + j], sim)))
                         .collect();
                     scored.sort_by(|a, b| b.1.total_cmp(&a.1));
                     let top: Vec<Value> = scored.iter().map(|&(c, s)| json!([c, num(s)])).collect();
@@ -223,6 +220,11 @@ pub(super) fn run(
         }
         img2txts.push(mine);
     }
+    let rescore = if opts.itc_only {
+        Rescore::Similarity
+    } else {
+        Rescore::Itm
+    };
     let visuals = Visuals {
         kind: "image",
         files: samples.iter().map(|s| s.image.as_str()).collect(),
@@ -236,7 +238,7 @@ pub(super) fn run(
         &visuals,
         &texts,
         IMAGE_TEXT_TOKENS,
-        Rescore::Itm,
+        rescore,
         &mut encode,
         opts,
         out,
@@ -256,6 +258,7 @@ pub(super) fn run(
         "num_images": samples.len(),
         "num_texts": texts.len(),
         "k": scores.k,
+        "rescore": rescore.name(),
     });
     out.finish(&scores.log, scores.resumed, metrics, Vec::new())
 }

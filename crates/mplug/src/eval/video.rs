@@ -146,6 +146,11 @@ pub(super) fn run_retrieval(
         .iter()
         .map(|s| pre_caption(&s.caption, VIDEO_TEXT_WORDS))
         .collect();
+    let rescore = if opts.itc_only {
+        Rescore::Similarity
+    } else {
+        Rescore::ItmPlusSimilarity
+    };
     let visuals = Visuals {
         kind: "video",
         files: samples.iter().map(|s| s.video.as_str()).collect(),
@@ -159,7 +164,7 @@ pub(super) fn run_retrieval(
         &visuals,
         &texts,
         VIDEO_TEXT_TOKENS,
-        Rescore::ItmPlusSimilarity,
+        rescore,
         &mut encode,
         opts,
         out,
@@ -181,6 +186,7 @@ pub(super) fn run_retrieval(
         "r_mean": m.r_mean,
         "num_videos": n,
         "k": scores.k,
+        "rescore": rescore.name(),
     });
     out.finish(&scores.log, scores.resumed, metrics, Vec::new())
 }

@@ -86,6 +86,34 @@ pub enum Rescore {
     Itm,
     /// The ITM positive logit plus the ITC similarity (video retrieval evaluation).
     ItmPlusSimilarity,
+    /// The ITC similarity alone, no ITM: not the reference's evaluation, but the ranking to
+    /// read when a model's ITM head ranks worse than its ITC features.
+    Similarity,
+}
+
+impl Rescore {
+    /// Whether the candidates are re-scored by the ITM head.
+    pub fn uses_itm(self) -> bool {
+        !matches!(self, Rescore::Similarity)
+    }
+
+    /// The score of a candidate of ITC similarity `sim` whose ITM positive logit is `itm`.
+    pub fn score(self, itm: f32, sim: f32) -> f32 {
+        match self {
+            Rescore::Itm => itm,
+            Rescore::ItmPlusSimilarity => itm + sim,
+            Rescore::Similarity => sim,
+        }
+    }
+
+    /// How the log and metrics name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rescore::Itm => "itm",
+            Rescore::ItmPlusSimilarity => "itm+itc",
+            Rescore::Similarity => "itc",
+        }
+    }
 }
 
 /// Score matrices of the reference's evaluation: for each image the top `k` texts by ITC
@@ -115,18 +143,19 @@ pub fn rerank(
                         .map(move |&(c, _)| if image_major { (r, c) } else { (c, r) })
                 })
                 .collect();
-            let itm = itm_pairs(model, images, texts, &pairs)?
-                .narrow(1, 1, 1)?
-                .squeeze(1)?;
-            let itm = itm.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            let itm = if rescore.uses_itm() {
+                itm_pairs(model, images, texts, &pairs)?
+                    .narrow(1, 1, 1)?
+                    .squeeze(1)?
+                    .to_dtype(DType::F32)?
+                    .to_vec1::<f32>()?
+            } else {
+                vec![0.0; pairs.len()]
+            };
             let mut out = vec![vec![-100f32; cols]; rows];
             for (r, row) in top.iter().enumerate() {
                 for (j, &(c, sim)) in row.iter().enumerate() {
-                    let s = itm[r * k + j];
-                    out[r][c] = match rescore {
-                        Rescore::Itm => s,
-                        Rescore::ItmPlusSimilarity => s + sim,
-                    };
+                    out[r][c] = rescore.score(itm[r * k + j], sim);
                 }
             }
             Ok(out)
