@@ -144,8 +144,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     if !ex.texts.is_empty() {
         let p = load(&a.model, Task::Retrieval)?;
         let texts: Vec<&str> = ex.texts.iter().map(String::as_str).collect();
-        // With k = 1 only ITC's first text is re-scored, so the best is ITC's own choice.
-        let (by_itc, _) = p.retrieve(&pixels, &texts, 1)?;
+        let by_itc = p.similarities(Visual::Images(&pixels), &texts)?;
         let (by_itm, _) = p.retrieve(&pixels, &texts, texts.len().min(4))?;
         println!(
             "\n== retrieval: the best of {} texts by ITC alone, and after ITM re-scores ITC's top 4",

@@ -277,6 +277,9 @@ enum VideoCommand {
         /// Candidates re-scored by ITM.
         #[arg(long, default_value_t = 16)]
         k: usize,
+        /// Rank every text by ITC similarity alone, without ITM re-scoring.
+        #[arg(long)]
+        itc_only: bool,
         /// Frames sampled per clip.
         #[arg(long, default_value_t = 12)]
         frames: usize,
@@ -300,6 +303,10 @@ pub struct RetrieveArgs {
     /// Candidates re-scored by ITM.
     #[arg(long, default_value_t = 16)]
     k: usize,
+    /// Rank every text by ITC similarity alone, without ITM re-scoring (for a model whose ITM
+    /// head ranks worse than its ITC features).
+    #[arg(long)]
+    itc_only: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -432,7 +439,13 @@ pub fn retrieve(a: &RetrieveArgs) -> Result<()> {
     let bar = batch_bar(images.len(), size);
     for chunk in images.chunks(size) {
         let side = mplug::tasks::retrieval::encode_images(p.model(), &p.load_images(chunk)?)?;
-        let i2t = mplug::index::rank_texts(&p, &side, &texts, a.k)?;
+        let i2t = if a.itc_only {
+            mplug::tasks::retrieval::similarities(&side, &texts)?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec2::<f32>()?
+        } else {
+            mplug::index::rank_texts(&p, &side, &texts, a.k)?
+        };
         for (path, row) in chunk.iter().zip(&i2t) {
             let mut order: Vec<usize> = (0..row.len()).collect();
             order.sort_by(|&x, &y| row[y].total_cmp(&row[x]));
@@ -544,6 +557,7 @@ pub fn video(a: &VideoArgs) -> Result<()> {
         VideoCommand::Retrieve {
             model,
             k,
+            itc_only,
             frames,
             json,
             texts,
@@ -551,7 +565,11 @@ pub fn video(a: &VideoArgs) -> Result<()> {
         } => {
             let p = model.load(Task::Retrieval)?;
             let t = p.load_clips(clips, *frames)?;
-            let (v2t, _) = p.retrieve_visual(Visual::Clips(&t), texts, *k)?;
+            let v2t = if *itc_only {
+                p.similarities(Visual::Clips(&t), texts)?
+            } else {
+                p.retrieve_visual(Visual::Clips(&t), texts, *k)?.0
+            };
             for (path, row) in clips.iter().zip(&v2t) {
                 let mut order: Vec<usize> = (0..row.len()).collect();
                 order.sort_by(|&x, &y| row[y].total_cmp(&row[x]));

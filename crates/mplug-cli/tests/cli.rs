@@ -241,6 +241,28 @@ fn ground_and_retrieve_on_folders_match_checkpoints() {
     let rows = json_lines(&from_folder.stdout);
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0]["texts"].as_array().unwrap().len(), 3);
+    let scores = |row: &serde_json::Value| -> Vec<f64> {
+        row["texts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["score"].as_f64().unwrap())
+            .collect()
+    };
+    // ITM re-scores the top 2 of 3; the third keeps the -100 of texts left out.
+    for row in &rows {
+        assert_eq!(scores(row)[2], -100.0, "{row}");
+    }
+    // --itc-only scores every text by its cosine similarity, best first.
+    let mut ia = fa.clone();
+    ia.push("--itc-only".to_string());
+    let by_itc = mplug_ok(&ia.iter().map(String::as_str).collect::<Vec<_>>());
+    for row in json_lines(&by_itc.stdout) {
+        let v = scores(&row);
+        assert_eq!(v.len(), 3, "{row}");
+        assert!(v.iter().all(|x| (-1.0..=1.0).contains(x)), "{row}");
+        assert!(v.windows(2).all(|w| w[0] >= w[1]), "{row}");
+    }
 }
 
 #[test]

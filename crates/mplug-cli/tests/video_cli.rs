@@ -129,6 +129,34 @@ fn video_subcommands_run_on_gif_clips() {
             "{line}"
         );
     }
+    // By ITC alone every text gets its cosine similarity to the mean frame feature.
+    let out = mplug_ok(&[
+        "video",
+        "retrieve",
+        "--model",
+        m,
+        "--frames",
+        "3",
+        "--itc-only",
+        "--json",
+        "--text",
+        "a red clip",
+        "--text",
+        "a blue clip",
+        a_s,
+        b_s,
+    ]);
+    for line in &lines(&out) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let scores: Vec<f64> = v["texts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["score"].as_f64().unwrap())
+            .collect();
+        assert_eq!(scores.len(), 2, "{line}");
+        assert!(scores.iter().all(|x| (-1.0..=1.0).contains(x)), "{line}");
+    }
 
     mplug_fails(
         &[

@@ -345,4 +345,23 @@ impl Pipeline {
         let k = k.min(texts.len()).min(visual.count()?);
         retrieval::rerank(&self.model, &image_side, &text_side, k, rescore)
     }
+
+    /// ITC similarities between images or clips and texts, `(visuals, texts)`: the ranking
+    /// before ITM re-scores it, for every text (a model whose ITM head is weak ranks better by
+    /// these alone).
+    pub fn similarities(
+        &self,
+        visual: Visual,
+        texts: &[impl AsRef<str>],
+    ) -> Result<retrieval::ScoreMatrix> {
+        let (ids, mask) = self.encode(texts)?;
+        let visual_side = match visual {
+            Visual::Images(t) => retrieval::encode_images(&self.model, t)?,
+            Visual::Clips(t) => video::encode_videos(&self.model, t)?,
+        };
+        let text_side = retrieval::encode_texts(&self.model, &ids, &mask)?;
+        Ok(retrieval::similarities(&visual_side, &text_side)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?)
+    }
 }
