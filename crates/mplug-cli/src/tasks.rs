@@ -440,9 +440,7 @@ pub fn retrieve(a: &RetrieveArgs) -> Result<()> {
     for chunk in images.chunks(size) {
         let side = mplug::tasks::retrieval::encode_images(p.model(), &p.load_images(chunk)?)?;
         let i2t = if a.itc_only {
-            mplug::tasks::retrieval::similarities(&side, &texts)?
-                .to_dtype(candle_core::DType::F32)?
-                .to_vec2::<f32>()?
+            mplug::tasks::retrieval::similarity_rows(&side, &texts)?
         } else {
             mplug::index::rank_texts(&p, &side, &texts, a.k)?
         };

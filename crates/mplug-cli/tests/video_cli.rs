@@ -100,23 +100,12 @@ fn video_subcommands_run_on_gif_clips() {
     ]);
     assert_eq!(lines(&out).len(), 2);
 
-    let out = mplug_ok(&[
-        "video",
-        "retrieve",
-        "--model",
-        m,
-        "--frames",
-        "3",
-        "--k",
-        "1",
-        "--json",
-        "--text",
-        "a red clip",
-        "--text",
-        "a blue clip",
-        a_s,
-        b_s,
-    ]);
+    let retrieve = |ranking: &[&str]| {
+        let head = ["video", "retrieve", "--model", m, "--frames", "3", "--json"];
+        let tail = ["--text", "a red clip", "--text", "a blue clip", a_s, b_s];
+        mplug_ok(&[&head[..], ranking, &tail[..]].concat())
+    };
+    let out = retrieve(&["--k", "1"]);
     let got = lines(&out);
     assert_eq!(got.len(), 2);
     for line in &got {
@@ -130,22 +119,7 @@ fn video_subcommands_run_on_gif_clips() {
         );
     }
     // By ITC alone every text gets its cosine similarity to the mean frame feature.
-    let out = mplug_ok(&[
-        "video",
-        "retrieve",
-        "--model",
-        m,
-        "--frames",
-        "3",
-        "--itc-only",
-        "--json",
-        "--text",
-        "a red clip",
-        "--text",
-        "a blue clip",
-        a_s,
-        b_s,
-    ]);
+    let out = retrieve(&["--itc-only"]);
     for line in &lines(&out) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let scores: Vec<f64> = v["texts"]

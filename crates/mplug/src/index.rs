@@ -374,14 +374,7 @@ pub fn rank_texts(
         .collect();
     let mut itm = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(ITM_BATCH) {
-        let logits = retrieval::itm_pairs(model, images, texts, chunk)?;
-        itm.extend(
-            logits
-                .narrow(1, 1, 1)?
-                .squeeze(1)?
-                .to_dtype(DType::F32)?
-                .to_vec1::<f32>()?,
-        );
+        itm.extend(retrieval::itm_positive(model, images, texts, chunk)?);
     }
     let mut out = vec![vec![-100f32; nt]; ni];
     for (p, &(i, j)) in pairs.iter().enumerate() {
@@ -837,14 +830,7 @@ impl ImageIndex {
                 feat: Tensor::zeros((chunk.len(), 1), DType::F32, dev)?,
             };
             let pairs: Vec<(usize, usize)> = (0..chunk.len()).map(|i| (i, 0)).collect();
-            let logits = retrieval::itm_pairs(model, &side, &texts, &pairs)?;
-            itm.extend(
-                logits
-                    .narrow(1, 1, 1)?
-                    .squeeze(1)?
-                    .to_dtype(DType::F32)?
-                    .to_vec1::<f32>()?,
-            );
+            itm.extend(retrieval::itm_positive(model, &side, &texts, &pairs)?);
         }
         let mut hits: Vec<Hit> = order
             .iter()

@@ -330,20 +330,13 @@ impl Pipeline {
         texts: &[impl AsRef<str>],
         k: usize,
     ) -> Result<(retrieval::ScoreMatrix, retrieval::ScoreMatrix)> {
-        let (ids, mask) = self.encode(texts)?;
-        let (image_side, rescore) = match visual {
-            Visual::Images(t) => (
-                retrieval::encode_images(&self.model, t)?,
-                retrieval::Rescore::Itm,
-            ),
-            Visual::Clips(t) => (
-                video::encode_videos(&self.model, t)?,
-                retrieval::Rescore::ItmPlusSimilarity,
-            ),
+        let rescore = match visual {
+            Visual::Images(_) => retrieval::Rescore::Itm,
+            Visual::Clips(_) => retrieval::Rescore::ItmPlusSimilarity,
         };
-        let text_side = retrieval::encode_texts(&self.model, &ids, &mask)?;
         let k = k.min(texts.len()).min(visual.count()?);
-        retrieval::rerank(&self.model, &image_side, &text_side, k, rescore)
+        let (visual_side, text_side) = self.retrieval_sides(visual, texts)?;
+        retrieval::rerank(&self.model, &visual_side, &text_side, k, rescore)
     }
 
     /// ITC similarities between images or clips and texts, `(visuals, texts)`: the ranking
@@ -354,14 +347,24 @@ impl Pipeline {
         visual: Visual,
         texts: &[impl AsRef<str>],
     ) -> Result<retrieval::ScoreMatrix> {
+        let (visual_side, text_side) = self.retrieval_sides(visual, texts)?;
+        retrieval::similarity_rows(&visual_side, &text_side)
+    }
+
+    /// Images (or clips: the mean frame feature) and texts encoded for retrieval.
+    fn retrieval_sides(
+        &self,
+        visual: Visual,
+        texts: &[impl AsRef<str>],
+    ) -> Result<(retrieval::ImageSide, retrieval::TextSide)> {
         let (ids, mask) = self.encode(texts)?;
         let visual_side = match visual {
             Visual::Images(t) => retrieval::encode_images(&self.model, t)?,
             Visual::Clips(t) => video::encode_videos(&self.model, t)?,
         };
-        let text_side = retrieval::encode_texts(&self.model, &ids, &mask)?;
-        Ok(retrieval::similarities(&visual_side, &text_side)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?)
+        Ok((
+            visual_side,
+            retrieval::encode_texts(&self.model, &ids, &mask)?,
+        ))
     }
 }

@@ -12,7 +12,7 @@ use crate::metrics::image_text_retrieval;
 use crate::pipeline::Pipeline;
 use crate::tasks::retrieval::{self as task, ImageSide, Rescore, ScoreMatrix, TextSide};
 use crate::tasks::topk_rows;
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -36,6 +36,8 @@ pub(super) struct Scores {
     pub v2t: ScoreMatrix,
     pub t2v: ScoreMatrix,
     pub k: usize,
+    /// How the candidates were scored: the task's protocol, or ITC alone (`opts.itc_only`).
+    pub rescore: Rescore,
 }
 
 fn query_id(kind: &str, i: usize) -> Value {
@@ -43,14 +45,15 @@ fn query_id(kind: &str, i: usize) -> Value {
 }
 
 /// Encodes whatever is pending, re-ranks the pending queries of both directions and returns the
-/// full score matrices read back from the log.
+/// full score matrices read back from the log. Candidates are scored as `protocol` says, or
+/// by ITC alone where `opts.itc_only`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn rerank_logged(
     p: &Pipeline,
     visuals: &Visuals,
     texts: &[String],
     text_tokens: usize,
-    rescore: Rescore,
+    protocol: Rescore,
     encode_visual: &mut dyn FnMut(&[usize]) -> crate::Result<ImageSide>,
     opts: &EvalOptions,
     out: &Output,
@@ -64,6 +67,11 @@ pub(super) fn rerank_logged(
     let pending_t: Vec<usize> = (0..nt).filter(|&i| !log.contains(&t_ids[i])).collect();
     let resumed = nv + nt - pending_v.len() - pending_t.len();
     let k = opts.k.min(nv).min(nt);
+    let rescore = if opts.itc_only {
+        Rescore::Similarity
+    } else {
+        protocol
+    };
 
     if !pending_v.is_empty() || !pending_t.is_empty() {
         let all_v: Vec<usize> = (0..nv).collect();
@@ -135,22 +143,18 @@ pub(super) fn rerank_logged(
                             .map(move |&(c, _)| if visual_major { (q, c) } else { (c, q) })
                     })
                     .collect();
-                let itm = if rescore.uses_itm() {
-                    task::itm_pairs(p.model(), &vis, &txt, &pairs)
-                        .and_then(|t| Ok(t.narrow(1, 1, 1)?.squeeze(1)?.to_dtype(DType::F32)?))
-                        .and_then(|t| Ok(t.to_vec1::<f32>()?))
-                        .map_err(|source| EvalError::Samples {
-                            what: describe(chunk.iter().map(|&i| (&ids[i], kind))),
-                            source,
-                        })?
-                } else {
-                    vec![0.0; pairs.len()]
-                };
+                let pair_sims: Vec<f32> = top.iter().flatten().map(|&(_, sim)| sim).collect();
+                let scores = rescore
+                    .pair_scores(p.model(), &vis, &txt, &pairs, &pair_sims)
+                    .map_err(|source| EvalError::Samples {
+                        what: describe(chunk.iter().map(|&i| (&ids[i], kind))),
+                        source,
+                    })?;
                 for (r, (&q, row)) in chunk.iter().zip(&top).enumerate() {
                     let mut scored: Vec<(usize, f32)> = row
                         .iter()
                         .enumerate()
-                        .map(|(j, &(c, sim))| (c, rescore.score(itm[r * k + j], sim)))
+                        .map(|(j, &(c, _))| (c, scores[r * k + j]))
                         .collect();
                     scored.sort_by(|a, b| b.1.total_cmp(&a.1));
                     let top: Vec<Value> = scored.iter().map(|&(c, s)| json!([c, num(s)])).collect();
@@ -176,6 +180,7 @@ pub(super) fn rerank_logged(
         v2t,
         t2v,
         k,
+        rescore,
     })
 }
 
@@ -220,11 +225,6 @@ pub(super) fn run(
         }
         img2txts.push(mine);
     }
-    let rescore = if opts.itc_only {
-        Rescore::Similarity
-    } else {
-        Rescore::Itm
-    };
     let visuals = Visuals {
         kind: "image",
         files: samples.iter().map(|s| s.image.as_str()).collect(),
@@ -238,7 +238,7 @@ pub(super) fn run(
         &visuals,
         &texts,
         IMAGE_TEXT_TOKENS,
-        rescore,
+        Rescore::Itm,
         &mut encode,
         opts,
         out,
@@ -258,7 +258,7 @@ pub(super) fn run(
         "num_images": samples.len(),
         "num_texts": texts.len(),
         "k": scores.k,
-        "rescore": rescore.name(),
+        "rescore": scores.rescore.name(),
     });
     out.finish(&scores.log, scores.resumed, metrics, Vec::new())
 }

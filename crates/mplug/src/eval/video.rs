@@ -146,11 +146,6 @@ pub(super) fn run_retrieval(
         .iter()
         .map(|s| pre_caption(&s.caption, VIDEO_TEXT_WORDS))
         .collect();
-    let rescore = if opts.itc_only {
-        Rescore::Similarity
-    } else {
-        Rescore::ItmPlusSimilarity
-    };
     let visuals = Visuals {
         kind: "video",
         files: samples.iter().map(|s| s.video.as_str()).collect(),
@@ -164,7 +159,7 @@ pub(super) fn run_retrieval(
         &visuals,
         &texts,
         VIDEO_TEXT_TOKENS,
-        rescore,
+        Rescore::ItmPlusSimilarity,
         &mut encode,
         opts,
         out,
@@ -186,7 +181,7 @@ pub(super) fn run_retrieval(
         "r_mean": m.r_mean,
         "num_videos": n,
         "k": scores.k,
-        "rescore": rescore.name(),
+        "rescore": scores.rescore.name(),
     });
     out.finish(&scores.log, scores.resumed, metrics, Vec::new())
 }

@@ -49,6 +49,13 @@ pub fn similarities(images: &ImageSide, texts: &TextSide) -> Result<Tensor> {
     Ok(images.feat.matmul(&texts.feat.t()?)?)
 }
 
+/// ITC similarities as rows, `matrix[image][text]`: every text scored, none re-scored.
+pub fn similarity_rows(images: &ImageSide, texts: &TextSide) -> Result<ScoreMatrix> {
+    Ok(similarities(images, texts)?
+        .to_dtype(DType::F32)?
+        .to_vec2::<f32>()?)
+}
+
 /// ITM logits `(n, 2)` for pairs `(image_rows[p], text_rows[p])`.
 pub fn itm_pairs(
     model: &Mplug,
@@ -66,6 +73,21 @@ pub fn itm_pairs(
     let mask = texts.mask.index_select(&ti, 0)?;
     let (_, fused) = model.fuse(&text, &mask, &image)?;
     model.itm_logits(&fused)
+}
+
+/// ITM positive logits, the score the reference re-ranks by, for pairs `(image_rows[p],
+/// text_rows[p])`.
+pub fn itm_positive(
+    model: &Mplug,
+    images: &ImageSide,
+    texts: &TextSide,
+    pairs: &[(usize, usize)],
+) -> Result<Vec<f32>> {
+    Ok(itm_pairs(model, images, texts, pairs)?
+        .narrow(1, 1, 1)?
+        .squeeze(1)?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?)
 }
 
 /// ITM logits for every pair: `(Ni, Nt, 2)`, entry `[i, j]` for text `j` with image `i`.
@@ -92,18 +114,28 @@ pub enum Rescore {
 }
 
 impl Rescore {
-    /// Whether the candidates are re-scored by the ITM head.
-    pub fn uses_itm(self) -> bool {
-        !matches!(self, Rescore::Similarity)
-    }
-
-    /// The score of a candidate of ITC similarity `sim` whose ITM positive logit is `itm`.
-    pub fn score(self, itm: f32, sim: f32) -> f32 {
-        match self {
-            Rescore::Itm => itm,
-            Rescore::ItmPlusSimilarity => itm + sim,
-            Rescore::Similarity => sim,
+    /// The scores of candidate `pairs` `(image_row, text_row)` whose ITC similarities are
+    /// `sims`; the ITM head runs only for the rescorings that read it.
+    pub fn pair_scores(
+        self,
+        model: &Mplug,
+        images: &ImageSide,
+        texts: &TextSide,
+        pairs: &[(usize, usize)],
+        sims: &[f32],
+    ) -> Result<Vec<f32>> {
+        if self == Rescore::Similarity {
+            return Ok(sims.to_vec());
         }
+        let itm = itm_positive(model, images, texts, pairs)?;
+        Ok(itm
+            .iter()
+            .zip(sims)
+            .map(|(&itm, &sim)| match self {
+                Rescore::ItmPlusSimilarity => itm + sim,
+                _ => itm,
+            })
+            .collect())
     }
 
     /// How the log and metrics name it.
@@ -143,19 +175,12 @@ pub fn rerank(
                         .map(move |&(c, _)| if image_major { (r, c) } else { (c, r) })
                 })
                 .collect();
-            let itm = if rescore.uses_itm() {
-                itm_pairs(model, images, texts, &pairs)?
-                    .narrow(1, 1, 1)?
-                    .squeeze(1)?
-                    .to_dtype(DType::F32)?
-                    .to_vec1::<f32>()?
-            } else {
-                vec![0.0; pairs.len()]
-            };
+            let pair_sims: Vec<f32> = top.iter().flatten().map(|&(_, sim)| sim).collect();
+            let scores = rescore.pair_scores(model, images, texts, &pairs, &pair_sims)?;
             let mut out = vec![vec![-100f32; cols]; rows];
             for (r, row) in top.iter().enumerate() {
-                for (j, &(c, sim)) in row.iter().enumerate() {
-                    out[r][c] = rescore.score(itm[r * k + j], sim);
+                for (j, &(c, _)) in row.iter().enumerate() {
+                    out[r][c] = scores[r * k + j];
                 }
             }
             Ok(out)
