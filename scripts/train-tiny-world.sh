@@ -131,18 +131,30 @@ stage "pre-train: ITC + ITM + MLM + PrefixLM, $PRETRAIN_STEPS updates"
   --no-augment --no-dropout
 }
 
-tasks=(--data caption="$DATA/caption_train.json" --data vqa="$DATA/vqa_train.json"
-  --data retrieval="$DATA/retrieval_train.json")
-if [ "$GROUNDING" = 1 ]; then
-  tasks+=(--data grounding="$DATA/grounding_train.json" --prefix-token "[unused0]" --bins 64)
-fi
+# The tasks of a multi-task round on the world in $1, from its own annotation files (into the
+# array `tasks`).
+tasks_of() {
+  tasks=(--data caption="$1/caption_train.json" --data vqa="$1/vqa_train.json"
+    --data retrieval="$1/retrieval_train.json")
+  if [ "$GROUNDING" = 1 ]; then
+    tasks+=(--data grounding="$1/grounding_train.json" --prefix-token "[unused0]" --bins 64)
+  fi
+}
+
+# One multi-task round: multitask_round MODEL WORLD OUT STEPS LR WARMUP SEED.
+multitask_round() {
+  tasks_of "$2"
+  "$MPLUG" finetune multitask --model "$1" "${tasks[@]}" \
+    --image-root "$2" --out "$3" \
+    --steps "$4" --batch-size 16 --lr1 "$5" --lr2 "$5" --warmup "$6" \
+    --max-len 30 --save-every 100 --workers 1 --seed "$7" --data-parallel "$DATA_PARALLEL" \
+    --no-augment --no-dropout
+}
+
 done_ "$OUT/multitask" || {
+tasks_of "$DATA"
 stage "fine-tune ${tasks[*]} jointly, $MULTITASK_STEPS updates"
-"$MPLUG" finetune multitask --model "$OUT/pretrain/model" "${tasks[@]}" \
-  --image-root "$DATA" --out "$OUT/multitask" \
-  --steps "$MULTITASK_STEPS" --batch-size 16 --lr1 "$MULTITASK_LR" --lr2 "$MULTITASK_LR" --warmup 20 \
-  --max-len 30 --save-every 100 --workers 1 --seed 2 --data-parallel "$DATA_PARALLEL" \
-  --no-augment --no-dropout
+multitask_round "$OUT/pretrain/model" "$DATA" "$OUT/multitask" "$MULTITASK_STEPS" "$MULTITASK_LR" 20 2
 }
 
 # A second round at a lower learning rate (a warm restart of the cosine schedule).
@@ -151,11 +163,7 @@ if [ "$MULTITASK2_STEPS" -gt 0 ]; then
   final="$OUT/multitask2"
   done_ "$final" || {
   stage "fine-tune the same tasks again, $MULTITASK2_STEPS updates at a lower learning rate"
-  "$MPLUG" finetune multitask --model "$OUT/multitask/model" "${tasks[@]}" \
-    --image-root "$DATA" --out "$final" \
-    --steps "$MULTITASK2_STEPS" --batch-size 16 --lr1 "$MULTITASK2_LR" --lr2 "$MULTITASK2_LR" --warmup 10 \
-    --max-len 30 --save-every 100 --workers 1 --seed 4 --data-parallel "$DATA_PARALLEL" \
-    --no-augment --no-dropout
+  multitask_round "$OUT/multitask/model" "$DATA" "$final" "$MULTITASK2_STEPS" "$MULTITASK2_LR" 10 4
   }
 fi
 
@@ -163,18 +171,9 @@ fi
 # more scenes than the 3000 the first rounds saw a few times each. It raises CIDEr, VQA and
 # retrieval on the test split (README, "What the table says").
 if [ "$MULTITASK3_STEPS" -gt 0 ]; then
-  lone_tasks=(--data caption="$LONE/caption_train.json" --data vqa="$LONE/vqa_train.json"
-    --data retrieval="$LONE/retrieval_train.json")
-  if [ "$GROUNDING" = 1 ]; then
-    lone_tasks+=(--data grounding="$LONE/grounding_train.json" --prefix-token "[unused0]" --bins 64)
-  fi
   done_ "$OUT/multitask3" || {
   stage "fine-tune the same tasks on the $GROUNDING_SIZE images of $LONE, $MULTITASK3_STEPS updates"
-  "$MPLUG" finetune multitask --model "$final/model" "${lone_tasks[@]}" \
-    --image-root "$LONE" --out "$OUT/multitask3" \
-    --steps "$MULTITASK3_STEPS" --batch-size 16 --lr1 "$MULTITASK3_LR" --lr2 "$MULTITASK3_LR" --warmup 10 \
-    --max-len 30 --save-every 100 --workers 1 --seed 7 --data-parallel "$DATA_PARALLEL" \
-    --no-augment --no-dropout
+  multitask_round "$final/model" "$LONE" "$OUT/multitask3" "$MULTITASK3_STEPS" "$MULTITASK3_LR" 10 7
   }
   final="$OUT/multitask3"
 fi
