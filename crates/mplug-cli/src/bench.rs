@@ -96,6 +96,29 @@ fn run_train(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// A model of `cfg`'s shapes with random weights held as plain tensors, as a loaded checkpoint
+/// holds them: drawn through a `VarMap` (candle's initializers), then detached, so that no
+/// operation records a gradient graph (which made an earlier benchmark twice as slow as what
+/// users run). Returns the model and its parameter count.
+fn random_model(cfg: &MplugConfig, task: Task, device: &Device) -> Result<(Mplug, usize)> {
+    let varmap = VarMap::new();
+    Mplug::new(
+        cfg,
+        task,
+        VarBuilder::from_varmap(&varmap, DType::F32, device),
+    )?;
+    let tensors: std::collections::HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("variable map poisoned"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    let params = tensors.values().map(|t| t.elem_count()).sum();
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    Ok((Mplug::new(cfg, task, vb)?, params))
+}
+
 fn time<T>(runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
     f()?; // warm-up
     let start = Instant::now();
@@ -112,11 +135,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let cfg = MplugConfig::preset(&args.preset)?;
     let device = Device::Cpu;
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
     let built = Instant::now();
-    let model = Mplug::new(&cfg, Task::Vqa, vb)?;
-    let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    let (model, params) = random_model(&cfg, Task::Vqa, &device)?;
     eprintln!(
         "built {} preset with random weights: {:.1} M parameters in {:.1} s",
         args.preset,

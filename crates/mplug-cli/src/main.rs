@@ -71,6 +71,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    mplug::model::kernels::tune_allocator();
     let cli = Cli::parse();
     // Training with concurrent micro-batches runs each on one tensor-math thread.
     let threads = cli.threads.or(match &cli.command {

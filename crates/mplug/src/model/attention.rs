@@ -20,14 +20,21 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
     x.transpose(1, 2)?.reshape((b, l, h * d))
 }
 
-/// Scaled dot-product attention, `softmax(q k^T / sqrt(d) + mask) v`.
+/// Scaled dot-product attention, `softmax(q k^T / sqrt(d) + mask) v`, over `heads` heads.
 ///
-/// `q` is `(Bq, H, Lq, d)`; `k` and `v` are `(Bk, H, Lk, d)` with `Bq = Bk * G`: each key row
+/// `q` is `(Bq, Lq, H*d)`; `k` and `v` are `(Bk, Lk, H*d)` with `Bq = Bk * G`: each key row
 /// serves `G` consecutive query rows (beams of one image, or candidate answers of one question)
 /// without being copied. The additive `mask` broadcasts to `(Bk, 1, G*Lq, Lk)` when `G > 1` and
-/// to `(Bq, H, Lq, Lk)` otherwise.
-pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-    attend_impl(q, k, v, mask, false)
+/// to `(Bq, H, Lq, Lk)` otherwise. Returns `(Bq, Lq, H*d)`. Untracked f32 CPU inputs run the
+/// fused kernel ([`super::kernels::attention`]); the rest, candle's operations per head.
+pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    attend_impl(q, k, v, heads, mask, false)
 }
 
 /// [`attend`] with dropout of the attention probabilities in training (see
@@ -36,12 +43,36 @@ pub fn attend_with_dropout(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
+    heads: usize,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    attend_impl(q, k, v, mask, true)
+    attend_impl(q, k, v, heads, mask, true)
 }
 
 fn attend_impl(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+    dropout: bool,
+) -> Result<Tensor> {
+    let fused = super::kernels::applies(&[q, k, v])
+        && mask.is_none_or(|m| super::kernels::applies(&[m]))
+        && !(dropout && super::dropout::active());
+    if fused {
+        return super::kernels::attention(q, k, v, heads, mask);
+    }
+    let (q, k, v) = (
+        split_heads(q, heads)?,
+        split_heads(k, heads)?,
+        split_heads(v, heads)?,
+    );
+    merge_heads(&attend_heads(&q, &k, &v, mask, dropout)?)
+}
+
+/// [`attend`] on split heads: `q (Bq, H, Lq, d)`, `k`, `v (Bk, H, Lk, d)` -> `(Bq, H, Lq, d)`.
+fn attend_heads(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,

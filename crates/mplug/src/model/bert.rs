@@ -1,8 +1,9 @@
 //! BERT blocks with the checkpoint's names: embeddings, post-LN layers with optional
 //! cross-attention, the text encoder, and the masked-LM prediction head.
 
-use super::attention::{attend_with_dropout, merge_heads, split_heads};
+use super::attention::attend_with_dropout;
 use super::cache::LayerKv;
+use super::kernels::Activation;
 use super::ops::{layer_norm, linear, LayerNorm, Linear};
 use crate::config::BertConfig;
 use candle_core::{Module, Result, Tensor};
@@ -83,10 +84,10 @@ impl BertSelfAttention {
         })
     }
 
-    /// Keys and values of `states (B, L, kv_width)`, each `(B, H, L, d)`.
+    /// Keys and values of `states (B, L, kv_width)`, each `(B, L, H*d)`.
     pub fn key_value(&self, states: &Tensor) -> Result<LayerKv> {
-        let k = split_heads(&self.key.forward(states)?, self.heads)?;
-        let v = split_heads(&self.value.forward(states)?, self.heads)?;
+        let k = self.key.forward(states)?;
+        let v = self.value.forward(states)?;
         Ok(LayerKv { k, v })
     }
 
@@ -97,8 +98,8 @@ impl BertSelfAttention {
         kv: &LayerKv,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let q = split_heads(&self.query.forward(hidden)?, self.heads)?;
-        merge_heads(&attend_with_dropout(&q, &kv.k, &kv.v, mask)?)
+        let q = self.query.forward(hidden)?;
+        attend_with_dropout(&q, &kv.k, &kv.v, self.heads, mask)
     }
 }
 
@@ -120,8 +121,12 @@ impl BertSelfOutput {
 
     /// `LayerNorm(dropout(dense(x)) + residual)`.
     pub fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let h = super::dropout::hidden(&self.dense.forward(x)?)?;
-        self.layer_norm.forward(&(h + residual)?)
+        let sum = if super::dropout::active() {
+            (super::dropout::hidden(&self.dense.forward(x)?)? + residual)?
+        } else {
+            self.dense.forward_residual(x, residual)?
+        };
+        self.layer_norm.forward(&sum)
     }
 }
 
@@ -183,7 +188,7 @@ impl BertFeedForward {
 
 impl Module for BertFeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.intermediate.forward(x)?.gelu_erf()?;
+        let h = self.intermediate.forward_act(x, Activation::GeluErf)?;
         self.output.forward(&h, x)
     }
 }
@@ -341,7 +346,7 @@ impl BertLmHead {
 
 impl Module for BertLmHead {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.dense.forward(x)?.gelu_erf()?;
+        let h = self.dense.forward_act(x, Activation::GeluErf)?;
         let h = self.layer_norm.forward(&h)?;
         self.decoder.forward(&h)
     }

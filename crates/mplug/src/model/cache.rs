@@ -4,7 +4,8 @@
 
 use candle_core::{Result, Tensor};
 
-/// Keys and values of one attention layer, each `(B, H, L, d)`.
+/// Keys and values of one attention layer, each `(B, L, H*d)` (heads side by side, as the
+/// projections give them).
 #[derive(Debug, Clone)]
 pub struct LayerKv {
     /// Keys.
@@ -17,8 +18,8 @@ impl LayerKv {
     /// Appends `new` along the sequence.
     pub fn append(&self, new: &LayerKv) -> Result<LayerKv> {
         Ok(LayerKv {
-            k: Tensor::cat(&[&self.k, &new.k], 2)?,
-            v: Tensor::cat(&[&self.v, &new.v], 2)?,
+            k: Tensor::cat(&[&self.k, &new.k], 1)?,
+            v: Tensor::cat(&[&self.v, &new.v], 1)?,
         })
     }
 
@@ -32,7 +33,7 @@ impl LayerKv {
 
     /// Number of cached positions.
     pub fn len(&self) -> usize {
-        self.k.dim(2).unwrap_or(0)
+        self.k.dim(1).unwrap_or(0)
     }
 
     /// Whether no position is cached.
@@ -80,7 +81,7 @@ impl KvCache {
 }
 
 /// Encoder states prepared for the decoder's cross-attention: each layer's keys and values
-/// `(Be, H, Le, d)` and the additive mask `(Be, 1, 1, Le)`. A decoder batch of `Be * G` rows
+/// `(Be, Le, H*d)` and the additive mask `(Be, 1, 1, Le)`. A decoder batch of `Be * G` rows
 /// reads row `i / G` of these, so beams and candidate answers share one copy.
 #[derive(Debug, Clone)]
 pub struct CrossStates {

@@ -62,6 +62,12 @@ pub fn with_dropout<R>(config: DropoutConfig, seed: u64, f: impl FnOnce() -> R) 
     f()
 }
 
+/// Whether a dropout scope with a non-zero probability is open on this thread (the fused
+/// inference kernels apply only outside one).
+pub fn active() -> bool {
+    STATE.with(|s| s.borrow().as_ref().is_some_and(|st| st.config.is_active()))
+}
+
 /// Dropout of hidden states (identity outside [`with_dropout`]).
 pub fn hidden(x: &Tensor) -> Result<Tensor> {
     apply(x, |c| c.hidden)

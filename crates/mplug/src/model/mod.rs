@@ -7,6 +7,7 @@ pub mod cache;
 pub mod decoder;
 pub mod dropout;
 pub mod fusion;
+pub mod kernels;
 pub mod ops;
 pub mod vision;
 

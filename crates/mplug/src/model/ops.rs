@@ -4,6 +4,7 @@
 //! when nothing needs gradients and the composed (differentiable) forms when an input is, or
 //! depends on, a trainable variable, so that training and inference share one model code.
 
+use super::kernels::Activation;
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -62,7 +63,20 @@ pub struct Linear {
 
 impl Linear {
     /// A layer from its `(out, in)` weight and optional `(out,)` bias.
+    ///
+    /// A weight that the fused kernels will read (an untracked f32 CPU tensor, as loaded from a
+    /// checkpoint) is stored transposed, `(in, out)` in memory and viewed as `(out, in)`: the
+    /// matrix products run fastest on that layout (see [`super::kernels::matmul`]). Trainable
+    /// weights stay as they are.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        let weight = if super::kernels::applies(&[&weight]) && weight.rank() == 2 {
+            match weight.t().and_then(|t| t.contiguous()).and_then(|t| t.t()) {
+                Ok(w) => w,
+                Err(_) => weight,
+            }
+        } else {
+            weight
+        };
         Self { weight, bias }
     }
 
@@ -72,8 +86,44 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Linear {
+    fn fused(&self, x: &Tensor, residual: Option<&Tensor>) -> bool {
+        super::kernels::applies(&[x, &self.weight])
+            && self
+                .bias
+                .as_ref()
+                .is_none_or(|b| super::kernels::applies(&[b]))
+            && residual.is_none_or(|r| super::kernels::applies(&[r]))
+    }
+
+    /// `act(x W^T + b)` in one pass after the product when the inputs allow it.
+    pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        if self.fused(x, None) {
+            return super::kernels::linear(x, &self.weight, self.bias.as_ref(), act, None);
+        }
+        let y = self.forward_unfused(x)?;
+        match act {
+            Activation::None => Ok(y),
+            Activation::GeluErf => y.gelu_erf(),
+            Activation::QuickGelu => &y * candle_nn::ops::sigmoid(&(&y * 1.702)?)?,
+        }
+    }
+
+    /// `residual + x W^T + b` (`residual` of the output's shape).
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if self.fused(x, Some(residual)) {
+            return super::kernels::linear(
+                x,
+                &self.weight,
+                self.bias.as_ref(),
+                Activation::None,
+                Some(residual),
+            );
+        }
+        residual + self.forward_unfused(x)?
+    }
+
+    fn forward_unfused(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
         let inner = *dims
             .last()
@@ -87,6 +137,12 @@ impl Module for Linear {
         let mut out = dims.to_vec();
         *out.last_mut().expect("non-empty") = self.weight.dim(0)?;
         y.reshape(out)
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, Activation::None)
     }
 }
 

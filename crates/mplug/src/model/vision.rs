@@ -3,7 +3,8 @@
 //! on every token (the reference's `skip_last_layer=True`: no final projection). With
 //! `visn_fc` the tokens are then projected to the text width and normalized.
 
-use super::attention::{attend, merge_heads, split_heads};
+use super::attention::attend;
+use super::kernels::Activation;
 use super::ops::{layer_norm, linear, LayerNorm, Linear};
 use crate::config::MplugConfig;
 use candle_core::{Module, Result, Tensor, D};
@@ -36,15 +37,16 @@ impl MultiheadAttention {
     }
 }
 
-impl Module for MultiheadAttention {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl MultiheadAttention {
+    /// `residual + attention(x)`.
+    fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let qkv = self.in_proj.forward(x)?;
         let w = qkv.dim(D::Minus1)? / 3;
-        let q = split_heads(&qkv.narrow(D::Minus1, 0, w)?, self.heads)?;
-        let k = split_heads(&qkv.narrow(D::Minus1, w, w)?, self.heads)?;
-        let v = split_heads(&qkv.narrow(D::Minus1, 2 * w, w)?, self.heads)?;
-        self.out_proj
-            .forward(&merge_heads(&attend(&q, &k, &v, None)?)?)
+        let q = qkv.narrow(D::Minus1, 0, w)?;
+        let k = qkv.narrow(D::Minus1, w, w)?;
+        let v = qkv.narrow(D::Minus1, 2 * w, w)?;
+        let ctx = attend(&q, &k, &v, self.heads, None)?;
+        self.out_proj.forward_residual(&ctx, residual)
     }
 }
 
@@ -70,15 +72,13 @@ impl ResidualAttentionBlock {
     }
 }
 
-fn quick_gelu(x: &Tensor) -> Result<Tensor> {
-    x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
-}
-
 impl Module for ResidualAttentionBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln_1.forward(x)?)?)?;
-        let h = self.c_fc.forward(&self.ln_2.forward(&x)?)?;
-        x + self.c_proj.forward(&quick_gelu(&h)?)?
+        let x = self.attn.forward_residual(&self.ln_1.forward(x)?, x)?;
+        let h = self
+            .c_fc
+            .forward_act(&self.ln_2.forward(&x)?, Activation::QuickGelu)?;
+        self.c_proj.forward_residual(&h, &x)
     }
 }
 

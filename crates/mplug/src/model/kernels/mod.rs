@@ -1,0 +1,209 @@
+//! Fast CPU kernels for inference in f32, under the model's layers.
+//!
+//! The model code calls candle's operations everywhere; where every input is an f32 CPU
+//! tensor that needs no gradient (a loaded checkpoint at inference), [`super::ops`] and
+//! [`super::attention`] send the hot operations here instead: linear layers with their bias,
+//! activation and residual applied in one pass ([`linear`]), and fused multi-head attention
+//! reading the projections in place ([`attention`]). Training, other dtypes and other devices
+//! keep candle's differentiable operations, which compute the same values up to rounding.
+//!
+//! Setting `MPLUG_CANDLE_OPS=1` turns these kernels off (to compare, or to profile candle's
+//! path); the results agree within the golden tolerances either way.
+
+pub mod attention;
+pub mod matmul;
+pub mod simd;
+
+pub use simd::Activation;
+
+use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
+use std::sync::OnceLock;
+
+/// Makes the C allocator keep and reuse freed memory up to glibc's largest threshold (32 MiB
+/// blocks) instead of returning each large buffer to the system and taking fresh, zeroed pages
+/// for the next: every layer's output is such a buffer, and the page faults of fresh ones cost
+/// as much as the elementwise work on them. Process-wide, so the library never calls it: the
+/// `mplug` binary does at start, and so may any program that runs the model. A no-op outside
+/// glibc.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before heavy allocation.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+/// Whether the kernels are on (they are unless `MPLUG_CANDLE_OPS` is set to something other
+/// than `0`).
+pub fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MPLUG_CANDLE_OPS").map_or(true, |v| v == "0"))
+}
+
+/// Whether every tensor is an untracked f32 CPU tensor and the kernels are on.
+pub fn applies(ts: &[&Tensor]) -> bool {
+    enabled()
+        && ts
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
+}
+
+fn f32s(s: &Storage) -> Result<&[f32]> {
+    match s {
+        Storage::Cpu(CpuStorage::F32(v)) => Ok(v.as_slice()),
+        _ => candle_core::bail!("kernels: expected an f32 CPU tensor"),
+    }
+}
+
+/// The contiguous values of `t` as a slice, viewed through `f`.
+fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let all = f32s(&storage)?;
+    let start = layout.start_offset();
+    f(&all[start..start + t.elem_count()])
+}
+
+/// `act(x W^T + b) + residual` for `x (..., in)`, `weight (out, in)`, `bias (out,)`, `residual`
+/// of the output's shape: the fused form of a linear layer and what follows it.
+pub fn linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (n, k) = weight.dims2()?;
+    let dims = x.dims();
+    if dims.last() != Some(&k) {
+        candle_core::bail!("linear: input {:?} for a weight of shape ({n}, {k})", dims);
+    }
+    let m = x.elem_count() / k.max(1);
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("non-empty") = n;
+    if let Some(r) = residual {
+        if r.dims() != out_dims.as_slice() {
+            candle_core::bail!("linear: residual {:?}, output {:?}", r.dims(), out_dims);
+        }
+    }
+    // A weight stored transposed at load ((k, n) contiguous, viewed as (n, k)) is read as is.
+    let cols = weight.t()?.is_contiguous() && !weight.is_contiguous();
+    let w_values = if cols {
+        weight.t()?
+    } else {
+        weight.contiguous()?
+    };
+    let y = with_values(x, |xs| {
+        with_values(&w_values, |ws| {
+            let ws = if cols {
+                matmul::Weight::Cols(ws)
+            } else {
+                matmul::Weight::Rows(ws)
+            };
+            let b = bias.map(|b| b.contiguous()).transpose()?;
+            let b_guard = b.as_ref().map(|b| b.storage_and_layout());
+            let bs = match (&b_guard, &b) {
+                (Some((s, l)), Some(b)) => {
+                    let all = f32s(s)?;
+                    Some(&all[l.start_offset()..l.start_offset() + b.elem_count()])
+                }
+                _ => None,
+            };
+            if let Some(bs) = bs {
+                if bs.len() != n {
+                    candle_core::bail!("linear: bias of {} for {n} outputs", bs.len());
+                }
+            }
+            match residual {
+                Some(r) => with_values(r, |rs| {
+                    Ok(matmul::linear(xs, m, k, ws, n, bs, act, Some(rs)))
+                }),
+                None => Ok(matmul::linear(xs, m, k, ws, n, bs, act, None)),
+            }
+        })
+    })?;
+    Tensor::from_vec(y, out_dims, &Device::Cpu)
+}
+
+/// A `(B, L, W)` operand as [`attention::Rows`]: its last dimension must be contiguous.
+fn rows_of<'a>(s: &'a Storage, t: &Tensor) -> Result<attention::Rows<'a>> {
+    let l = t.layout();
+    let st = l.stride();
+    if st.len() != 3 || st[2] != 1 {
+        candle_core::bail!("attention: operand with strides {st:?}");
+    }
+    Ok(attention::Rows {
+        data: f32s(s)?,
+        offset: l.start_offset(),
+        batch: st[0],
+        row: st[1],
+    })
+}
+
+/// Multi-head attention `softmax(q k^T / sqrt(d) + mask) v` of `q (Bq, Lq, H*d)` over `k`, `v
+/// (Bk, Lk, H*d)`, `Bq = Bk * G` (see [`super::attention::attend`] for the sharing and the
+/// mask's shape): `(Bq, Lq, H*d)`. Operands may be views (such as the parts of a packed
+/// projection) whose last dimension is contiguous.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (bq, lq, w) = q.dims3()?;
+    let (bk, lk, _) = k.dims3()?;
+    // A query batch must be evenly spaced rows; a view with a row stride whose batches are
+    // not back to back is copied.
+    let q = if q.layout().stride()[0] == lq * q.layout().stride()[1] && q.layout().stride()[2] == 1
+    {
+        q.clone()
+    } else {
+        q.contiguous()?
+    };
+    let fix = |t: &Tensor| -> Result<Tensor> {
+        if t.layout().stride()[2] == 1 {
+            Ok(t.clone())
+        } else {
+            t.contiguous()
+        }
+    };
+    let (k, v) = (fix(k)?, fix(v)?);
+    let g = bq / bk;
+    let mask = mask
+        .map(|m| m.broadcast_as((bk, heads, g * lq, lk)))
+        .transpose()?;
+    let (qs, _) = q.storage_and_layout();
+    let (ks, _) = k.storage_and_layout();
+    let (vs, _) = v.storage_and_layout();
+    let ms = mask.as_ref().map(|m| m.storage_and_layout());
+    let mask_view = match (&ms, &mask) {
+        (Some((s, _)), Some(m)) => {
+            let st = m.layout().stride();
+            Some(attention::Mask {
+                data: f32s(s)?,
+                offset: m.layout().start_offset(),
+                strides: [st[0], st[1], st[2], st[3]],
+            })
+        }
+        _ => None,
+    };
+    let dims = attention::Dims {
+        bq,
+        bk,
+        lq,
+        lk,
+        heads,
+        d: w / heads,
+    };
+    let out = attention::attention(
+        rows_of(&qs, &q)?,
+        rows_of(&ks, &k)?,
+        rows_of(&vs, &v)?,
+        mask_view,
+        dims,
+    );
+    drop((qs, ks, vs, ms));
+    Tensor::from_vec(out, (bq, lq, w), &Device::Cpu)
+}

@@ -1,0 +1,281 @@
+//! Vector loops with run-time CPU dispatch: each kernel is written once as plain Rust over
+//! fixed-width lane arrays, and compiled three times, for AVX-512, for AVX2 + FMA, and for the
+//! baseline target, choosing at run time by what the CPU reports. The shipped binary therefore
+//! runs on any x86-64 (and any other target, through the baseline copy) without
+//! `-C target-cpu=native`, and uses the widest vectors the machine has.
+//!
+//! Why by hand: candle 0.11 vectorizes its elementwise kernels only when the crate itself is
+//! compiled with `target_feature = "avx2"`, computes `exp` one scalar at a time in softmax and
+//! GELU, and makes a pass over memory per operation. These loops fuse what follows a matrix
+//! product (bias, activation, residual, softmax) into one pass over data still in cache.
+
+/// Lanes of the accumulator arrays: one AVX-512 register, two AVX2 registers.
+pub const LANES: usize = 16;
+
+/// Defines `pub fn $name(...)` that runs `$body` compiled for the best instruction set found
+/// at run time (checked once and cached by the standard library's feature detection).
+macro_rules! multiversion {
+    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident) => {
+        $(#[$meta])*
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { $body($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { $body($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                {
+                    // SAFETY: the CPU has the features the copy was compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+/// `e^x` in f32 for every lane, to within 2 ulp over the range softmax and GELU use
+/// (Cephes' `expf`: `2^n * e^r` with `|r| <= ln2/2`, a degree-6 polynomial for `e^r`), written
+/// without branches so that it vectorizes. Inputs below -87.3 give 0, above 88.7 give infinity.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.336_55, 88.722_83);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let r2 = r * r;
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5e-1;
+    let e = p * r2 + r + 1.0;
+    // 2^n through the exponent bits; n is in [-126, 128] after the clamp, so scale in two
+    // halves to stay in range at both ends.
+    let n = n as i32;
+    let half = n >> 1;
+    let s1 = f32::from_bits(((half + 127) as u32) << 23);
+    let s2 = f32::from_bits(((n - half + 127) as u32) << 23);
+    e * s1 * s2
+}
+
+/// `erf(x)`, absolute error below 1.5e-7 (Abramowitz and Stegun 7.1.26), branch-free.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A1: f32 = 0.254_829_6;
+    const A2: f32 = -0.284_496_74;
+    const A3: f32 = 1.421_413_7;
+    const A4: f32 = -1.453_152_1;
+    const A5: f32 = 1.061_405_4;
+    let a = x.abs();
+    let t = 1.0 / (1.0 + P * a);
+    let y = 1.0 - (((((A5 * t + A4) * t + A3) * t + A2) * t + A1) * t) * exp(-a * a);
+    y.copysign(x)
+}
+
+/// Which function follows a matrix product, applied in the same pass as its bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Nothing.
+    None,
+    /// BERT's exact GELU, `x/2 (1 + erf(x / sqrt 2))`.
+    GeluErf,
+    /// CLIP's QuickGELU, `x sigmoid(1.702 x)`.
+    QuickGelu,
+}
+
+#[inline(always)]
+fn activate(x: f32, act: Activation) -> f32 {
+    match act {
+        Activation::None => x,
+        Activation::GeluErf => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
+        Activation::QuickGelu => x / (1.0 + exp(-1.702 * x)),
+    }
+}
+
+#[inline(always)]
+fn activate_rows_impl(data: &mut [f32], act: Activation) {
+    match act {
+        Activation::None => {}
+        Activation::GeluErf => data
+            .iter_mut()
+            .for_each(|x| *x = activate(*x, Activation::GeluErf)),
+        Activation::QuickGelu => data
+            .iter_mut()
+            .for_each(|x| *x = activate(*x, Activation::QuickGelu)),
+    }
+}
+
+multiversion! {
+    /// Applies `act` to every element in place.
+    pub fn activate_in_place(data: &mut [f32], act: Activation) => activate_rows_impl
+}
+
+#[inline(always)]
+fn epilogue_impl(
+    rows: &mut [f32],
+    width: usize,
+    bias: Option<&[f32]>,
+    act: Activation,
+    residual: Option<&[f32]>,
+) {
+    for (r, row) in rows.chunks_exact_mut(width).enumerate() {
+        if let Some(b) = bias {
+            row.iter_mut().zip(b).for_each(|(y, b)| *y += *b);
+        }
+        if act != Activation::None {
+            activate_rows_impl(row, act);
+        }
+        if let Some(res) = residual {
+            let res = &res[r * width..(r + 1) * width];
+            row.iter_mut().zip(res).for_each(|(y, x)| *y += *x);
+        }
+    }
+}
+
+multiversion! {
+    /// What follows a matrix product, in one pass over each row of `width`: `act(y + bias) +
+    /// residual` (`residual` holds the same rows as `rows`).
+    pub fn epilogue(rows: &mut [f32], width: usize, bias: Option<&[f32]>, act: Activation, residual: Option<&[f32]>) => epilogue_impl
+}
+
+/// Maximum with `LANES` independent partial maxima (a sequential fold does not vectorize).
+#[inline(always)]
+fn max_of(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let body = x.len() / LANES * LANES;
+    for c in x[..body].chunks_exact(LANES) {
+        for j in 0..LANES {
+            acc[j] = acc[j].max(c[j]);
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for v in acc.iter().chain(&x[body..]) {
+        m = m.max(*v);
+    }
+    m
+}
+
+/// Sum with `LANES` independent partial sums.
+#[inline(always)]
+fn sum_of(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let body = x.len() / LANES * LANES;
+    for c in x[..body].chunks_exact(LANES) {
+        for j in 0..LANES {
+            acc[j] += c[j];
+        }
+    }
+    acc.iter().chain(&x[body..]).sum()
+}
+
+#[inline(always)]
+fn softmax_rows_impl(
+    scores: &mut [f32],
+    width: usize,
+    scale: f32,
+    mask: &dyn Fn(usize) -> Option<(*const f32, isize)>,
+) {
+    for (r, row) in scores.chunks_exact_mut(width).enumerate() {
+        match mask(r) {
+            Some((ptr, 1)) => {
+                // SAFETY: the caller gives a row of `width` readable values.
+                let m = unsafe { std::slice::from_raw_parts(ptr, width) };
+                row.iter_mut()
+                    .zip(m)
+                    .for_each(|(s, m)| *s = *s * scale + *m);
+            }
+            Some((ptr, 0)) => {
+                // SAFETY: one value broadcast over the row.
+                let m = unsafe { *ptr };
+                row.iter_mut().for_each(|s| *s = *s * scale + m);
+            }
+            Some((ptr, stride)) => {
+                for (c, s) in row.iter_mut().enumerate() {
+                    // SAFETY: as above, with the given stride.
+                    *s = *s * scale + unsafe { *ptr.offset(c as isize * stride) };
+                }
+            }
+            None => row.iter_mut().for_each(|s| *s *= scale),
+        }
+        let max = max_of(row);
+        row.iter_mut().for_each(|s| *s = exp(*s - max));
+        let inv = 1.0 / sum_of(row);
+        row.iter_mut().for_each(|s| *s *= inv);
+    }
+}
+
+multiversion! {
+    /// For each row of `width` scores: scale, add the row's mask (pointer and stride, `None`
+    /// for none), softmax in place.
+    pub fn softmax_rows(scores: &mut [f32], width: usize, scale: f32, mask: &dyn Fn(usize) -> Option<(*const f32, isize)>) => softmax_rows_impl
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_the_standard_library() {
+        let mut worst = 0f32;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let rel = ((exp(x) - x.exp()) / x.exp()).abs();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        // Far below the range: the smallest normal value's order, as good as 0 in a softmax.
+        assert!(exp(-200.0) < 1e-37 && exp(-200.0) >= 0.0);
+    }
+
+    #[test]
+    fn erf_is_within_its_bound() {
+        // Reference values of erf from a table (Abramowitz and Stegun, table 7.1).
+        for (x, want) in [
+            (0.0f32, 0.0f32),
+            (0.1, 0.112_462_92),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (2.0, 0.995_322_3),
+            (-1.0, -0.842_700_8),
+            (4.0, 0.999_999_98),
+        ] {
+            assert!(
+                (erf(x) - want).abs() < 3e-7,
+                "erf({x}) = {} want {want}",
+                erf(x)
+            );
+        }
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_mask() {
+        let mut s = vec![1.0f32, 2.0, 3.0, 4.0, 0.5, 0.5, 0.5, 0.5];
+        let mask = [0.0f32, 0.0, -10000.0, 0.0];
+        softmax_rows(&mut s, 4, 2.0, &|r| (r == 1).then_some((mask.as_ptr(), 1)));
+        let e: Vec<f32> = [2.0f32, 4.0, 6.0, 8.0]
+            .iter()
+            .map(|v| (v - 8.0).exp())
+            .collect();
+        let z: f32 = e.iter().sum();
+        for c in 0..4 {
+            assert!((s[c] - e[c] / z).abs() < 1e-6);
+        }
+        assert!((s[4] - 1.0 / 3.0).abs() < 1e-6 && s[6] < 1e-30);
+    }
+}
