@@ -1,6 +1,8 @@
-//! Times the CPU kernels of `mplug::model::kernels` on the shapes of the base model: linear
-//! layers in both weight layouts at tower (577 rows) and decoding (5 rows) sizes, and fused
-//! attention. `RAYON_NUM_THREADS=2 cargo run --release -p mplug --example kernel_speed`.
+//! Times the linear-layer kernel of `mplug::model::kernels` on the shapes of the base model, in
+//! both weight layouts, at tower (577 and 8 x 577 rows) and decoding (5 rows) sizes: the
+//! figures behind storing weights transposed. `TUNE=1` applies `kernels::tune_allocator` first,
+//! as the `mplug` binary does.
+//! `RAYON_NUM_THREADS=2 cargo run --release -p mplug --example kernel_speed`.
 
 use mplug::model::kernels::matmul::{linear, Weight};
 use mplug::model::kernels::Activation;

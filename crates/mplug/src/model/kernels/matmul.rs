@@ -147,7 +147,7 @@ mod tests {
     }
 
     #[test]
-    fn both_regimes_match_a_naive_product() {
+    fn both_layouts_match_a_naive_product() {
         let (k, n) = (70, 45);
         for m in [1, 3, 5, 9, 40] {
             let x: Vec<f32> = (0..m * k)

@@ -65,6 +65,14 @@ fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> 
     f(&all[start..start + t.elem_count()])
 }
 
+/// [`with_values`] of an optional tensor.
+fn with_optional<R>(t: Option<&Tensor>, f: impl FnOnce(Option<&[f32]>) -> Result<R>) -> Result<R> {
+    match t {
+        Some(t) => with_values(t, |v| f(Some(v))),
+        None => f(None),
+    }
+}
+
 /// `act(x W^T + b) + residual` for `x (..., in)`, `weight (out, in)`, `bias (out,)`, `residual`
 /// of the output's shape: the fused form of a linear layer and what follows it.
 pub fn linear(
@@ -87,43 +95,38 @@ pub fn linear(
             candle_core::bail!("linear: residual {:?}, output {:?}", r.dims(), out_dims);
         }
     }
+    if let Some(b) = bias {
+        if b.elem_count() != n {
+            candle_core::bail!("linear: bias of {} for {n} outputs", b.elem_count());
+        }
+    }
     // A weight stored transposed at load ((k, n) contiguous, viewed as (n, k)) is read as is.
-    let cols = weight.t()?.is_contiguous() && !weight.is_contiguous();
-    let w_values = if cols {
-        weight.t()?
-    } else {
-        weight.contiguous()?
-    };
+    let transposed = weight.t()?;
+    let cols = transposed.is_contiguous() && !weight.is_contiguous();
+    let values = if cols { transposed } else { weight.clone() };
     let y = with_values(x, |xs| {
-        with_values(&w_values, |ws| {
+        with_values(&values, |ws| {
             let ws = if cols {
                 matmul::Weight::Cols(ws)
             } else {
                 matmul::Weight::Rows(ws)
             };
-            let b = bias.map(|b| b.contiguous()).transpose()?;
-            let b_guard = b.as_ref().map(|b| b.storage_and_layout());
-            let bs = match (&b_guard, &b) {
-                (Some((s, l)), Some(b)) => {
-                    let all = f32s(s)?;
-                    Some(&all[l.start_offset()..l.start_offset() + b.elem_count()])
-                }
-                _ => None,
-            };
-            if let Some(bs) = bs {
-                if bs.len() != n {
-                    candle_core::bail!("linear: bias of {} for {n} outputs", bs.len());
-                }
-            }
-            match residual {
-                Some(r) => with_values(r, |rs| {
-                    Ok(matmul::linear(xs, m, k, ws, n, bs, act, Some(rs)))
-                }),
-                None => Ok(matmul::linear(xs, m, k, ws, n, bs, act, None)),
-            }
+            with_optional(bias, |bs| {
+                with_optional(residual, |rs| {
+                    Ok(matmul::linear(xs, m, k, ws, n, bs, act, rs))
+                })
+            })
         })
     })?;
     Tensor::from_vec(y, out_dims, &Device::Cpu)
+}
+
+/// How many query rows share each key row: `bq / bk`, an error unless it divides evenly.
+pub fn group_size(bq: usize, bk: usize) -> Result<usize> {
+    if bk == 0 || !bq.is_multiple_of(bk) {
+        candle_core::bail!("attention: {bq} query rows cannot share {bk} key rows");
+    }
+    Ok(bq / bk)
 }
 
 /// A `(B, L, W)` operand as [`attention::Rows`]: its last dimension must be contiguous.
@@ -153,7 +156,17 @@ pub fn attention(
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (bq, lq, w) = q.dims3()?;
-    let (bk, lk, _) = k.dims3()?;
+    let (bk, lk, kw) = k.dims3()?;
+    // The kernel reads through raw offsets: every shape is checked before it runs.
+    if v.dims() != k.dims() || kw != w || heads == 0 || !w.is_multiple_of(heads) {
+        candle_core::bail!(
+            "attention: queries {:?}, keys {:?}, values {:?} for {heads} heads",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    let g = group_size(bq, bk)?;
     // A query batch must be evenly spaced rows; a view with a row stride whose batches are
     // not back to back is copied.
     let q = if q.layout().stride()[0] == lq * q.layout().stride()[1] && q.layout().stride()[2] == 1
@@ -170,7 +183,6 @@ pub fn attention(
         }
     };
     let (k, v) = (fix(k)?, fix(v)?);
-    let g = bq / bk;
     let mask = mask
         .map(|m| m.broadcast_as((bk, heads, g * lq, lk)))
         .transpose()?;
@@ -206,4 +218,25 @@ pub fn attention(
     );
     drop((qs, ks, vs, ms));
     Tensor::from_vec(out, (bq, lq, w), &Device::Cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mismatched_shapes_are_errors_not_reads_out_of_bounds() {
+        let dev = Device::Cpu;
+        let q = Tensor::zeros((2, 3, 8), DType::F32, &dev).unwrap();
+        let k = Tensor::zeros((1, 4, 8), DType::F32, &dev).unwrap();
+        let narrow_v = Tensor::zeros((1, 4, 6), DType::F32, &dev).unwrap();
+        assert!(attention(&q, &k, &narrow_v, 2, None).is_err());
+        assert!(attention(&q, &k, &k, 3, None).is_err());
+        let k3 = Tensor::zeros((3, 4, 8), DType::F32, &dev).unwrap();
+        assert!(attention(&q, &k3, &k3, 2, None).is_err());
+        assert!(attention(&q, &k, &k, 2, None).is_ok());
+        let bias = Tensor::zeros(5, DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((4, 8), DType::F32, &dev).unwrap();
+        assert!(linear(&q, &w, Some(&bias), Activation::None, None).is_err());
+    }
 }
