@@ -297,21 +297,84 @@ fn golden_folder_and_demo_run() {
 }
 
 #[test]
-fn bench_runs_with_minimal_settings() {
+fn bench_prints_every_figure_as_json() {
     let o = mplug_ok(&[
         "bench",
+        "--preset",
+        "tiny",
         "--runs",
         "1",
         "--batch-size",
-        "1",
+        "1,2",
         "--beam",
-        "1",
+        "2",
         "--max-len",
         "2",
         "--vqa-len",
         "2",
+        "--itm-pairs",
+        "3",
+        "--train-res",
+        "32",
+        "--json",
     ]);
-    assert!(!o.stdout.trim().is_empty(), "{}", o.stderr);
+    let lines: Vec<serde_json::Value> = o
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let get = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("no `{name}` in {}", o.stdout))
+    };
+    for b in [1, 2] {
+        let tower = get(&format!("vision_b{b}_64"));
+        assert_eq!(tower["images"], b);
+        assert!(tower["median_s"].as_f64().unwrap() > 0.0);
+        assert!(tower["gflop_per_s"].as_f64().unwrap() > 0.0);
+    }
+    get("caption_beam2_len2_b1");
+    get("caption_beam2_len2_b1_uncached");
+    get("vqa_beam2_len2_b1");
+    assert_eq!(get("itm_pairs3_len30")["pairs"], 3);
+    assert!(
+        get("peak_memory_after_inference")["bytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let train = get("caption_train_step_32_b2");
+    assert_eq!(train["samples"], 2);
+    // Only the parts asked for run.
+    let o = mplug_ok(&[
+        "bench",
+        "--preset",
+        "tiny",
+        "--runs",
+        "1",
+        "--only",
+        "tower",
+        "--batch-size",
+        "1",
+        "--json",
+    ]);
+    let names: Vec<String> = o
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["name"].to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "\"setup\"",
+            "\"vision_b1_64\"",
+            "\"peak_memory_after_inference\""
+        ],
+        "{}",
+        o.stdout
+    );
 }
 
 #[test]
