@@ -1,6 +1,7 @@
-//! `mplug::eval` end to end on the golden tiny checkpoints: every task on a small annotation set
-//! made here (images from the golden fixtures, clips written as GIFs and frame folders), the
-//! files it writes, resuming, and the errors of malformed inputs.
+//! `mplug::eval` end to end on the golden tiny checkpoints (the golden folder's first
+//! configuration): every task on a small annotation set made here (the tests' own fixture
+//! images, clips written as GIFs and frame folders), the files it writes, resuming, and the
+//! errors of malformed inputs.
 
 mod common;
 
@@ -12,16 +13,12 @@ use mplug::MplugConfig;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
-fn golden() -> PathBuf {
-    common::golden_dir()
-}
-
 fn tiny() -> PathBuf {
-    golden().join("tiny16")
+    common::config_dirs().remove(0)
 }
 
 fn images() -> PathBuf {
-    golden().join("io/images")
+    common::fixture_images_dir()
 }
 
 fn pipeline(task: EvalTask) -> Pipeline {
@@ -135,9 +132,9 @@ fn caption_end_to_end_and_resume() {
     let ann = write_json(
         &dir.join("coco_karpathy_test.json"),
         &json!([
-            {"image": "camera.png", "caption": ["A man with a camera.", "a photographer"]},
-            {"image": "chelsea.png", "image_id": 7, "caption": "a cat sitting"},
-            {"image": "rocket.jpg", "caption": ["a rocket on a launch pad"]},
+            {"image": "gray.png", "caption": ["A man with a camera.", "a photographer"]},
+            {"image": "rgb.png", "image_id": 7, "caption": "a cat sitting"},
+            {"image": "photo.jpg", "caption": ["a rocket on a launch pad"]},
         ]),
     );
     let out = dir.join("out");
@@ -156,7 +153,7 @@ fn caption_end_to_end_and_resume() {
     let preds = lines(&out.join("predictions.jsonl"));
     assert_eq!(preds.len(), 3);
     assert_eq!(preds[1]["id"], json!(7));
-    assert_eq!(preds[0]["id"], json!("camera.png"));
+    assert_eq!(preds[0]["id"], json!("gray.png"));
     for p in &preds {
         assert_keys(p, &["id", "image", "caption", "score"]);
     }
@@ -210,12 +207,12 @@ fn vqa_generated_and_ranked() {
     let ann = write_json(
         &dir.join("vqa_test.json"),
         &json!([
-            {"question_id": 11, "image": "camera.png", "question": "what is the man holding?",
+            {"question_id": 11, "image": "gray.png", "question": "what is the man holding?",
              "answer": ["camera", "camera", "a camera", "tripod"], "answer_type": "other",
              "question_type": "what is the"},
-            {"question_id": 12, "image": "chelsea.png", "question": "is this a cat?",
+            {"question_id": 12, "image": "rgb.png", "question": "is this a cat?",
              "answer": [{"answer": "yes"}, {"answer": "yes"}], "answer_type": "yes/no"},
-            {"question_id": 13, "image": "rocket.jpg", "question": "how many rockets?",
+            {"question_id": 13, "image": "photo.jpg", "question": "how many rockets?",
              "answer": "1", "answer_type": "number"},
         ]),
     );
@@ -271,7 +268,7 @@ fn vqa_generated_and_ranked() {
         assert!((0.0..=1.0).contains(&prob), "{p}");
     }
     // The ranked answers agree with the pipeline's own ranking.
-    let imgs = p.load_images(&[images().join("camera.png")]).unwrap();
+    let imgs = p.load_images(&[images().join("gray.png")]).unwrap();
     let best = p
         .rank_answers(&imgs, &["what is the man holding?"], &list, 3)
         .unwrap()
@@ -287,10 +284,10 @@ fn retrieval_matches_the_pipeline_and_resumes() {
     let ann = write_json(
         &dir.join("flickr30k_test.json"),
         &json!([
-            {"image": "camera.png", "caption": ["A man with a camera.", "a photographer outside"]},
-            {"image": "chelsea.png", "caption": ["a cat", "a tabby cat looking up"]},
-            {"image": "rocket.jpg", "caption": ["a rocket", "a launch pad"]},
-            {"image": "coffee_rgba.png", "caption": ["a cup of coffee"]},
+            {"image": "gray.png", "caption": ["A man with a camera.", "a photographer outside"]},
+            {"image": "rgb.png", "caption": ["a cat", "a tabby cat looking up"]},
+            {"image": "photo.jpg", "caption": ["a rocket", "a launch pad"]},
+            {"image": "rgba.png", "caption": ["a cup of coffee"]},
         ]),
     );
     let out = dir.join("out");
@@ -326,7 +323,7 @@ fn retrieval_matches_the_pipeline_and_resumes() {
     assert_eq!(preds.len(), 11);
 
     // Same scores as the whole-matrix re-ranking of the pipeline on the same texts.
-    let files = ["camera.png", "chelsea.png", "rocket.jpg", "coffee_rgba.png"];
+    let files = ["gray.png", "rgb.png", "photo.jpg", "rgba.png"];
     let texts = [
         "a man with a camera",
         "a photographer outside",
@@ -379,9 +376,9 @@ fn grounding_end_to_end() {
     let ann = write_json(
         &dir.join("refcoco_testA.json"),
         &json!([
-            {"image": "chelsea.png", "text": "the cat", "bbox": [100, 50, 200, 200], "ref_id": 5},
-            {"image": "rocket.jpg", "expression": ["the rocket", "the tall thing"], "bbox": [300.7, 20.2, 50.9, 380]},
-            ["camera.png", "mask.png", [10, 10, 300, 480], "The Man", "attributes"],
+            {"image": "rgb.png", "text": "the cat", "bbox": [100, 50, 200, 200], "ref_id": 5},
+            {"image": "photo.jpg", "expression": ["the rocket", "the tall thing"], "bbox": [300.7, 20.2, 50.9, 380]},
+            ["gray.png", "mask.png", [10, 10, 300, 480], "The Man", "attributes"],
         ]),
     );
     let out = dir.join("out");
@@ -464,8 +461,8 @@ fn frame_folder(dir: &Path, n: usize) {
 fn videos(dir: &Path) -> PathBuf {
     let root = dir.join("videos");
     std::fs::create_dir_all(&root).unwrap();
-    gif(&root.join("video7010.gif"), "chelsea.png", 4);
-    gif(&root.join("video7020.gif"), "rocket.jpg", 3);
+    gif(&root.join("video7010.gif"), "rgb.png", 4);
+    gif(&root.join("video7020.gif"), "photo.jpg", 3);
     frame_folder(&root.join("video7030"), 5);
     root
 }
@@ -609,7 +606,7 @@ fn malformed_annotations_are_named() {
 
     let ann = write_json(
         &dir.join("no_image.json"),
-        &json!([{"image": "camera.png", "caption": ["a"]}, {"caption": ["b"]}]),
+        &json!([{"image": "gray.png", "caption": ["a"]}, {"caption": ["b"]}]),
     );
     let (e, s) = run_err(EvalTask::Caption, &p, &ann, &out);
     assert!(matches!(e, EvalError::Annotation { .. }), "{e:?}");
@@ -618,7 +615,7 @@ fn malformed_annotations_are_named() {
         "{s}"
     );
 
-    let ann = write(&dir.join("broken.json"), "[{\"image\": \"camera.png\",");
+    let ann = write(&dir.join("broken.json"), "[{\"image\": \"gray.png\",");
     let (_, s) = run_err(EvalTask::Caption, &p, &ann, &out);
     assert!(
         s.contains("broken.json") && s.contains("not valid JSON"),
@@ -627,7 +624,7 @@ fn malformed_annotations_are_named() {
 
     let ann = write(
         &dir.join("lines.jsonl"),
-        "{\"image\": \"camera.png\"}\n{\"image\": 3}\n",
+        "{\"image\": \"gray.png\"}\n{\"image\": 3}\n",
     );
     let (_, s) = run_err(EvalTask::Caption, &p, &ann, &out);
     assert!(
@@ -664,7 +661,7 @@ fn malformed_annotations_are_named() {
     let vqa = pipeline(EvalTask::Vqa);
     let ann = write_json(
         &dir.join("vqa.json"),
-        &json!([{"question_id": 1, "image": "camera.png"}]),
+        &json!([{"question_id": 1, "image": "gray.png"}]),
     );
     let (_, s) = run_err(EvalTask::Vqa, &vqa, &ann, &dir.join("vqa"));
     assert!(
@@ -675,7 +672,7 @@ fn malformed_annotations_are_named() {
     // A bad answer list.
     let ann = write_json(
         &dir.join("vqa_ok.json"),
-        &json!([{"question_id": 1, "image": "camera.png", "question": "what?"}]),
+        &json!([{"question_id": 1, "image": "gray.png", "question": "what?"}]),
     );
     let list = write(&dir.join("answers.json"), "[\"yes\", 3]");
     let mut opts = options(EvalTask::Vqa, &dir.join("vqa2"));
@@ -697,7 +694,7 @@ fn an_output_folder_of_another_run_is_refused() {
     let out = dir.join("out");
     let a = write_json(
         &dir.join("a.json"),
-        &json!([{"image": "camera.png", "caption": "a man"}]),
+        &json!([{"image": "gray.png", "caption": "a man"}]),
     );
     let opts = options(EvalTask::Caption, &out);
     eval::run(EvalTask::Caption, &p, &a, &images(), &opts, &mut NoProgress).unwrap();
@@ -705,7 +702,7 @@ fn an_output_folder_of_another_run_is_refused() {
     // Another annotation file with other ids.
     let b = write_json(
         &dir.join("b.json"),
-        &json!([{"image": "rocket.jpg", "caption": "a rocket"}]),
+        &json!([{"image": "photo.jpg", "caption": "a rocket"}]),
     );
     let s = eval::run(EvalTask::Caption, &p, &b, &images(), &opts, &mut NoProgress)
         .unwrap_err()
@@ -719,7 +716,7 @@ fn an_output_folder_of_another_run_is_refused() {
     let g = pipeline(EvalTask::Grounding);
     let ann = write_json(
         &dir.join("g.json"),
-        &json!([{"image": "camera.png", "text": "a man", "bbox": [0, 0, 10, 10]}]),
+        &json!([{"image": "gray.png", "text": "a man", "bbox": [0, 0, 10, 10]}]),
     );
     let gopts = options(EvalTask::Grounding, &out);
     let s = eval::run(

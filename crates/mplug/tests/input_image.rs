@@ -58,8 +58,10 @@ fn encode(img: &image::DynamicImage, format: ImageFormat) -> Vec<u8> {
     out.into_inner()
 }
 
-fn chelsea_path() -> PathBuf {
-    golden_dir().join("io/images/chelsea.png")
+/// A 451 x 300 RGB photo of the tests' own (not the golden folder's, whose images are only
+/// what its list names).
+fn rgb_path() -> PathBuf {
+    common::fixture_image("rgb.png")
 }
 
 #[test]
@@ -123,12 +125,7 @@ fn golden_preprocessing_matches_reference() {
 
 #[test]
 fn batch_of_mixed_images_stacks_single_results() {
-    let io = golden_dir().join("io/images");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&io)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    paths.sort();
+    let paths = common::golden_images();
     assert!(paths.len() >= 2, "need several golden images");
     let pre = ImagePreprocessor::new(ImageConfig::new(224)).unwrap();
     let batch = pre.preprocess_paths(&paths, &Device::Cpu).unwrap();
@@ -149,7 +146,7 @@ fn batch_of_mixed_images_stacks_single_results() {
 
 #[test]
 fn every_supported_format_decodes_to_the_same_pixels() {
-    let original = image::open(chelsea_path()).unwrap();
+    let original = image::open(rgb_path()).unwrap();
     let reference = original.to_rgb8();
     let opts = DecodeOptions::default();
     for format in [
@@ -161,7 +158,7 @@ fn every_supported_format_decodes_to_the_same_pixels() {
         ImageFormat::Jpeg,
     ] {
         let bytes = encode(&image::DynamicImage::ImageRgb8(reference.clone()), format);
-        let name = format!("chelsea.{}", format.extensions_str()[0]);
+        let name = format!("rgb.{}", format.extensions_str()[0]);
         let got = opts
             .decode(&bytes, &name)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -322,14 +319,14 @@ fn unreadable_and_bad_files_are_named_errors() {
     named(&err, &text);
 
     // Truncated PNG and JPEG.
-    let chelsea = image::open(chelsea_path()).unwrap();
+    let photo = image::open(rgb_path()).unwrap();
     for format in [
         ImageFormat::Png,
         ImageFormat::Jpeg,
         ImageFormat::WebP,
         ImageFormat::Gif,
     ] {
-        let full = encode(&chelsea, format);
+        let full = encode(&photo, format);
         for keep in [full.len() / 2, full.len() - 10] {
             let cut = dir.join(format!("cut{keep}.{}", format.extensions_str()[0]));
             std::fs::write(&cut, &full[..keep]).unwrap();
@@ -382,9 +379,7 @@ fn unreadable_and_bad_files_are_named_errors() {
         ..ImageConfig::new(32)
     })
     .unwrap();
-    let err = small_limit
-        .preprocess_path(chelsea_path(), &dev)
-        .unwrap_err();
+    let err = small_limit.preprocess_path(rgb_path(), &dev).unwrap_err();
     assert!(
         matches!(
             err,
@@ -399,7 +394,7 @@ fn unreadable_and_bad_files_are_named_errors() {
 
     // A bad file in a batch fails the batch, naming that file.
     let err = pre
-        .preprocess_paths(&[chelsea_path(), text.clone()], &dev)
+        .preprocess_paths(&[rgb_path(), text.clone()], &dev)
         .unwrap_err();
     named(&err, &text);
 
@@ -426,7 +421,8 @@ fn bad_configurations_are_refused() {
 
 #[test]
 fn letterbox_geometry_follows_the_reference() {
-    // chelsea: 451 x 300 -> ratio 384/451, 384 x round(255.43) = 255, top round(64.5 - 0.1) = 64.
+    // 451 x 300 (the size of rgb_path()) -> ratio 384/451, 384 x round(255.43) = 255,
+    // top round(64.5 - 0.1) = 64.
     let info = LetterboxInfo::new(451, 300, 384).unwrap();
     assert_eq!(
         (info.resized_width, info.resized_height, info.left, info.top),
@@ -496,7 +492,7 @@ fn letterbox_boxes_round_trip() {
 #[test]
 fn letterbox_pads_with_zeros_around_a_bilinear_resize() {
     let pre = GroundingPreprocessor::new(LetterboxConfig::new(384)).unwrap();
-    let out = pre.preprocess_path(chelsea_path(), &Device::Cpu).unwrap();
+    let out = pre.preprocess_path(rgb_path(), &Device::Cpu).unwrap();
     assert_eq!(out.image.dims(), &[3, 384, 384]);
     let info = out.info;
     assert_eq!((info.top, info.resized_height), (64, 255));
@@ -515,7 +511,7 @@ fn letterbox_pads_with_zeros_around_a_bilinear_resize() {
     }
     // The image region is the ImageNet-normalized bilinear resize: spot-check it against a plain
     // normalization of the same resize computed through the square pipeline's pieces.
-    let rgb = image::open(chelsea_path()).unwrap().to_rgb8();
+    let rgb = image::open(rgb_path()).unwrap().to_rgb8();
     let resized = image::imageops::resize(&rgb, 384, 255, image::imageops::FilterType::Triangle);
     let mut worst = 0f32;
     for (x, y, p) in resized.enumerate_pixels() {
@@ -532,7 +528,7 @@ fn letterbox_pads_with_zeros_around_a_bilinear_resize() {
     );
 
     let (batch, infos) = pre
-        .preprocess_paths(&[chelsea_path(), chelsea_path()], &Device::Cpu)
+        .preprocess_paths(&[rgb_path(), rgb_path()], &Device::Cpu)
         .unwrap();
     assert_eq!(batch.dims(), &[2, 3, 384, 384]);
     assert_eq!(infos, vec![info, info]);

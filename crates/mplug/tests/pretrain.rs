@@ -1,5 +1,7 @@
 //! Pre-training a tiny model on generated image-text pairs: each objective's loss falls.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use mplug::tasks::pretrain::{losses, value, LossWeights, MaskTokens, Momentum, PretrainBatch};
 use mplug::train::optim::{MplugAdamW, OptimizerConfig};
@@ -235,8 +237,7 @@ fn same_image_pairs_are_positives() {
 #[test]
 fn retrieval_checkpoints_fine_tune_with_itc_and_itm() {
     use mplug::Checkpoint;
-    let golden =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/tiny16");
+    let golden = common::config_dirs().remove(0);
     let cfg = MplugConfig::from_file(golden.join("config.json")).unwrap();
     let ckpt = Checkpoint::load(golden.join("retrieval.pth")).unwrap();
     let t = Trainable::from_checkpoint(&cfg, &ckpt, Task::Retrieval, &Device::Cpu).unwrap();

@@ -123,17 +123,20 @@ fn bert_and_clip_checkpoints_initialize_the_towers() {
             .unwrap()
             .clone()
     };
-    let l = "encoder.layer.1.attention.self.query.weight";
+    // The last layer of each text tower that the test BERT holds.
+    let l = |i: usize| format!("encoder.layer.{i}.attention.self.query.weight");
+    let i = cfg.bert.text_encoder_layers.min(bert_layers) - 1;
     assert_close(
-        "text encoder layer 1 from BERT layer 1",
-        &var(&t, &format!("text_encoder.{l}")),
-        &b(l),
+        &format!("text encoder layer {i} from BERT layer {i}"),
+        &var(&t, &format!("text_encoder.{}", l(i))),
+        &b(&l(i)),
         0.0,
     );
+    let i = bert_layers - 1;
     assert_close(
-        "decoder layer 1 from BERT layer 1",
-        &var(&t, &format!("text_decoder.bert.{l}")),
-        &b(l),
+        &format!("decoder layer {i} from BERT layer {i}"),
+        &var(&t, &format!("text_decoder.bert.{}", l(i))),
+        &b(&l(i)),
         0.0,
     );
     let start = cfg.bert.num_hidden_layers - cfg.bert.fusion_layers;

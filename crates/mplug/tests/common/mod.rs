@@ -5,6 +5,10 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+mod fixture_images;
+#[allow(unused_imports)]
+pub use fixture_images::*;
+
 /// The golden folder: `MPLUG_GOLDEN_DIR`, else the committed copy.
 pub fn golden_dir() -> PathBuf {
     match std::env::var_os("MPLUG_GOLDEN_DIR") {
@@ -28,6 +32,23 @@ pub fn config_dirs() -> Vec<PathBuf> {
         root.display()
     );
     dirs
+}
+
+/// The images that the golden folder's own list (`io/preprocess.json`) names, each once, in
+/// its order; every one must exist in `io/images/`.
+pub fn golden_images() -> Vec<PathBuf> {
+    let io = golden_dir().join("io");
+    let spec = json(&io, "preprocess.json");
+    let mut files: Vec<PathBuf> = Vec::new();
+    for entry in spec["images"].as_array().expect("preprocess.json: images") {
+        let name = entry["file"].as_str().expect("preprocess.json: file");
+        let path = file(&io.join("images"), name);
+        if !files.contains(&path) {
+            files.push(path);
+        }
+    }
+    assert!(!files.is_empty(), "preprocess.json lists no images");
+    files
 }
 
 /// A required golden file.
