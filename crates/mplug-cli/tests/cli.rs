@@ -11,11 +11,11 @@ fn s(p: &Path) -> &str {
 }
 
 fn ckpt(task: &str) -> PathBuf {
-    tiny16().join(format!("{task}.pth"))
+    tiny_model().join(format!("{task}.pth"))
 }
 
 fn config() -> PathBuf {
-    tiny16().join("config.json")
+    tiny_model().join("config.json")
 }
 
 /// Converts a golden checkpoint into `dir/<task>` (task named, or detected when `None`).
@@ -44,18 +44,18 @@ fn caption_folder_matches_checkpoint() {
         serde_json::from_str(&std::fs::read_to_string(folder.join("config.json")).unwrap())
             .unwrap();
     assert_eq!(card["task"], "caption");
-    assert_eq!(card["image_res"], 64);
+    assert_eq!(card["image_res"], tiny_config().image_res);
     assert_eq!(
         std::fs::read_to_string(folder.join("vocab.txt"))
             .unwrap()
             .lines()
             .count(),
-        1024
+        tiny_config().bert.vocab_size
     );
     let readme = std::fs::read_to_string(folder.join("README.md")).unwrap();
     assert!(readme.contains("caption"), "{readme}");
 
-    let (img1, img2) = (image("camera.png"), image("rocket.jpg"));
+    let (img1, img2) = (image("gray.png"), image("photo.jpg"));
     let from_folder = mplug_ok(&["caption", "--model", s(&folder), s(&img1), s(&img2)]);
     let (c, k) = (ckpt("caption"), config());
     let from_ckpt = mplug_ok(&[
@@ -146,7 +146,7 @@ fn vqa_folder_in_f16_answers_and_ranks() {
     assert!(v["dtypes"]["f16"].as_u64().unwrap() > 0, "{v}");
     assert!(v["dtypes"].get("f32").is_none(), "{v}");
 
-    let img = image("chelsea.png");
+    let img = image("rgb.png");
     let o = mplug_ok(&[
         "vqa",
         "--model",
@@ -184,7 +184,7 @@ fn vqa_folder_in_f16_answers_and_ranks() {
 fn ground_and_retrieve_on_folders_match_checkpoints() {
     let dir = scratch("ground-retrieve");
     let k = config();
-    let img = image("coffee_rgba.png");
+    let img = image("rgba.png");
 
     let g = convert(&dir, "grounding", false, &[]);
     let from_folder = mplug_ok(&["ground", "--model", s(&g), "--json", s(&img), "the cup"]);
@@ -210,7 +210,7 @@ fn ground_and_retrieve_on_folders_match_checkpoints() {
     assert!(b[0] <= b[2] && b[1] <= b[3], "{b:?}");
 
     let r = convert(&dir, "retrieval", true, &[]);
-    let (i1, i2) = (image("camera.png"), image("rocket.jpg"));
+    let (i1, i2) = (image("gray.png"), image("photo.jpg"));
     let args = |m: &Path| -> Vec<String> {
         [
             "retrieve",
@@ -268,8 +268,8 @@ fn ground_and_retrieve_on_folders_match_checkpoints() {
 #[test]
 fn golden_folder_and_demo_run() {
     // The golden folder holds per-task checkpoints beside a config.json.
-    let img = image("camera.png");
-    let o = mplug_ok(&["caption", "--model", s(&tiny16()), s(&img)]);
+    let img = image("gray.png");
+    let o = mplug_ok(&["caption", "--model", s(&tiny_model()), s(&img)]);
     assert_eq!(o.stdout.lines().count(), 1);
     // The demo runs the default model on its bundled examples, every task.
     let o = mplug_ok(&["demo"]);
@@ -437,7 +437,7 @@ fn bad_inputs_fail_with_one_line() {
     );
     // A missing model.
     let nowhere = dir.join("nowhere.pth");
-    let img = image("camera.png");
+    let img = image("gray.png");
     mplug_fails(
         &[
             "caption",

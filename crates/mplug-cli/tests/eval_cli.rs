@@ -2,19 +2,21 @@
 //! set made here, with the golden tiny checkpoints; the files written, resuming, and the errors
 //! of bad inputs.
 
+mod common;
+
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn golden() -> PathBuf {
-    match std::env::var_os("MPLUG_GOLDEN_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden"),
-    }
+/// The tiny checkpoints: the first configuration folder of the golden folder
+/// (`MPLUG_GOLDEN_DIR`, else the committed copy).
+fn tiny() -> PathBuf {
+    common::config_dirs(&common::golden_dir()).remove(0)
 }
 
+/// The tests' own example images.
 fn images() -> PathBuf {
-    golden().join("io/images")
+    common::fixture_images_dir()
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -50,7 +52,7 @@ impl From<std::process::Output> for Run {
 /// `mplug eval <task> --model <tiny checkpoint> --config <tiny config> <ann> <root> --output
 /// <out>` with fast decoding, plus `extra`.
 fn eval(task: &str, model: &str, ann: &Path, root: &Path, out: &Path, extra: &[&str]) -> Run {
-    let tiny = golden().join("tiny16");
+    let tiny = tiny();
     Command::new(env!("CARGO_BIN_EXE_mplug"))
         .arg("eval")
         .arg(task)
@@ -101,9 +103,9 @@ fn caption_writes_files_and_resumes() {
     let dir = scratch("caption");
     let ann = write(
         &dir.join("test.json"),
-        r#"[{"image": "camera.png", "caption": ["a man with a camera"]},
-            {"image": "chelsea.png", "caption": ["a cat"]},
-            {"image": "rocket.jpg", "caption": ["a rocket"]}]"#,
+        r#"[{"image": "gray.png", "caption": ["a man with a camera"]},
+            {"image": "rgb.png", "caption": ["a cat"]},
+            {"image": "photo.jpg", "caption": ["a rocket"]}]"#,
     );
     let out = dir.join("out");
     let m = ok(eval("caption", "caption", &ann, &images(), &out, &[]));
@@ -133,7 +135,7 @@ fn caption_writes_files_and_resumes() {
     );
 
     // The plain output: one `name<TAB>value` line per metric.
-    let tiny = golden().join("tiny16");
+    let tiny = tiny();
     let o = Command::new(env!("CARGO_BIN_EXE_mplug"))
         .args(["eval", "caption", "--model"])
         .arg(tiny.join("caption.pth"))
@@ -157,8 +159,8 @@ fn every_other_task_runs() {
     // VQA, ranking the answers of a plain text list.
     let ann = write(
         &dir.join("vqa.json"),
-        r#"[{"question_id": 1, "image": "camera.png", "question": "what is this?", "answer": ["camera"]},
-            {"question_id": 2, "image": "chelsea.png", "question": "is it a cat?", "answer": ["yes"]}]"#,
+        r#"[{"question_id": 1, "image": "gray.png", "question": "what is this?", "answer": ["camera"]},
+            {"question_id": 2, "image": "rgb.png", "question": "is it a cat?", "answer": ["yes"]}]"#,
     );
     let answers = write(&dir.join("answers.txt"), "camera\nyes\nno\n");
     let out = dir.join("vqa");
@@ -180,8 +182,8 @@ fn every_other_task_runs() {
     // Retrieval.
     let ann = write(
         &dir.join("retrieval.json"),
-        r#"[{"image": "camera.png", "caption": ["a man", "a camera"]},
-            {"image": "rocket.jpg", "caption": ["a rocket"]}]"#,
+        r#"[{"image": "gray.png", "caption": ["a man", "a camera"]},
+            {"image": "photo.jpg", "caption": ["a rocket"]}]"#,
     );
     let out = dir.join("retrieval");
     let m = ok(eval("retrieval", "retrieval", &ann, &images(), &out, &[]));
@@ -204,7 +206,7 @@ fn every_other_task_runs() {
     // Grounding with xyxy boxes.
     let ann = write(
         &dir.join("grounding.json"),
-        r#"[{"image": "chelsea.png", "text": "the cat", "bbox": [100, 50, 300, 250]}]"#,
+        r#"[{"image": "rgb.png", "text": "the cat", "bbox": [100, 50, 300, 250]}]"#,
     );
     let out = dir.join("grounding");
     let m = ok(eval(
@@ -277,7 +279,7 @@ fn bad_inputs_fail_with_one_clear_line() {
     let dir = scratch("errors");
     let ann = write(
         &dir.join("bad.json"),
-        r#"[{"image": "camera.png", "caption": "a"}, {"image": ["x"], "caption": "b"}]"#,
+        r#"[{"image": "gray.png", "caption": "a"}, {"image": ["x"], "caption": "b"}]"#,
     );
     let r = eval("caption", "caption", &ann, &images(), &dir.join("out"), &[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
@@ -290,7 +292,7 @@ fn bad_inputs_fail_with_one_clear_line() {
 
     let ann = write(
         &dir.join("ok.json"),
-        r#"[{"image": "camera.png", "caption": "a"}]"#,
+        r#"[{"image": "gray.png", "caption": "a"}]"#,
     );
     let r = eval(
         "caption",

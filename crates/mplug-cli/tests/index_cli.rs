@@ -24,7 +24,7 @@ fn photos(dir: &Path, names: &[&str]) -> PathBuf {
 
 /// `mplug index ROOT --json EXTRA...` with the golden folder as model: the summary.
 fn index(root: &Path, extra: &[&str]) -> Value {
-    let m = tiny16();
+    let m = tiny_model();
     let mut args = vec!["index", s(root), "--model", s(&m), "--json", "--quiet"];
     args.extend(extra);
     let o = mplug_ok(&args);
@@ -37,7 +37,7 @@ fn counts(v: &Value) -> [u64; 4] {
 
 /// `mplug search TEXT` on an index: `(file name, itm, itc)` best first.
 fn search(index: &Path, text: &str, extra: &[&str]) -> Vec<(String, f64, f64)> {
-    let m = tiny16();
+    let m = tiny_model();
     let mut args = vec![
         "search",
         text,
@@ -64,7 +64,7 @@ fn search(index: &Path, text: &str, extra: &[&str]) -> Vec<(String, f64, f64)> {
 
 /// `mplug retrieve --text TEXT IMAGES...`: ITM score per file name.
 fn retrieve_scores(text: &str, images: &[PathBuf]) -> HashMap<String, f64> {
-    let m = tiny16();
+    let m = tiny_model();
     let mut args = vec!["retrieve", "--model", s(&m), "--json", "--text", text];
     args.extend(images.iter().map(|p| s(p)));
     let o = mplug_ok(&args);
@@ -97,12 +97,12 @@ fn assert_scores(hits: &[(String, f64, f64)], want: &HashMap<String, f64>, tol: 
 #[test]
 fn index_search_update_and_remove() {
     let dir = scratch("index-update");
-    let root = photos(&dir, &["camera.png", "chelsea.png", "rocket.jpg"]);
+    let root = photos(&dir, &["gray.png", "rgb.png", "photo.jpg"]);
     std::fs::write(root.join("broken.jpg"), b"not a jpeg at all").unwrap();
     let idx = root.join(".mplug-index");
 
     // Build: the broken file is reported and skipped.
-    let m = tiny16();
+    let m = tiny_model();
     let o = mplug_ok(&[
         "index",
         s(&root),
@@ -131,7 +131,7 @@ fn index_search_update_and_remove() {
     let text = "a cat on a sofa";
     let hits = search(&idx, text, &["--k", "16", "--top", "10"]);
     assert_eq!(hits.len(), 3, "{hits:?}");
-    let files: Vec<PathBuf> = ["camera.png", "chelsea.png", "rocket.jpg"]
+    let files: Vec<PathBuf> = ["gray.png", "rgb.png", "photo.jpg"]
         .iter()
         .map(|n| root.join(n))
         .collect();
@@ -147,14 +147,14 @@ fn index_search_update_and_remove() {
     assert_eq!(counts(&index(&root, &[])), [0, 0, 0, 3]);
 
     // A new photo: only it is encoded.
-    std::fs::copy(image("coffee_rgba.png"), root.join("coffee_rgba.png")).unwrap();
+    std::fs::copy(image("rgba.png"), root.join("rgba.png")).unwrap();
     let v = index(&root, &["--tokens-dtype", "f32"]);
     assert_eq!(counts(&v), [1, 0, 0, 3], "{v}");
     assert_eq!(v["images"], 4);
 
     // A changed photo is encoded again; a deleted one is dropped.
-    std::fs::copy(image("chelsea.png"), root.join("rocket.jpg")).unwrap();
-    std::fs::remove_file(root.join("camera.png")).unwrap();
+    std::fs::copy(image("rgb.png"), root.join("photo.jpg")).unwrap();
+    std::fs::remove_file(root.join("gray.png")).unwrap();
     std::fs::remove_file(root.join("broken.jpg")).unwrap();
     let v = index(&root, &["--tokens-dtype", "f32"]);
     assert_eq!(counts(&v), [0, 1, 1, 2], "{v}");
@@ -164,8 +164,8 @@ fn index_search_update_and_remove() {
     let hits = search(&idx, text, &[]);
     let names: Vec<&str> = hits.iter().map(|h| h.0.as_str()).collect();
     assert_eq!(hits.len(), 3, "{names:?}");
-    assert!(!names.contains(&"camera.png"), "{names:?}");
-    let files: Vec<PathBuf> = ["chelsea.png", "coffee_rgba.png", "rocket.jpg"]
+    assert!(!names.contains(&"gray.png"), "{names:?}");
+    let files: Vec<PathBuf> = ["rgb.png", "rgba.png", "photo.jpg"]
         .iter()
         .map(|n| root.join(n))
         .collect();
@@ -175,7 +175,7 @@ fn index_search_update_and_remove() {
 #[test]
 fn token_storage_options() {
     let dir = scratch("index-tokens");
-    let names = ["camera.png", "chelsea.png", "rocket.jpg", "coffee_rgba.png"];
+    let names = ["gray.png", "rgb.png", "photo.jpg", "rgba.png"];
     let root = photos(&dir, &names);
     let files: Vec<PathBuf> = names.iter().map(|n| root.join(n)).collect();
     let text = "a rocket launch";
@@ -205,8 +205,8 @@ fn token_storage_options() {
     assert_scores(&hits, &want, 1e-4);
 
     // A file changed after indexing without tokens is reported, not mis-scored.
-    std::fs::copy(image("chelsea.png"), root.join("camera.png")).unwrap();
-    let m = tiny16();
+    std::fs::copy(image("rgb.png"), root.join("gray.png")).unwrap();
+    let m = tiny_model();
     mplug_fails(
         &[
             "search",
@@ -225,10 +225,10 @@ fn token_storage_options() {
 #[test]
 fn other_models_and_missing_index_are_refused() {
     let dir = scratch("index-refuse");
-    let root = photos(&dir, &["camera.png", "rocket.jpg"]);
+    let root = photos(&dir, &["gray.png", "photo.jpg"]);
     let idx = dir.join("idx");
     index(&root, &["--index", s(&idx)]);
-    let m = tiny16();
+    let m = tiny_model();
     let k = m.join("config.json");
 
     // The same checkpoint named as a file with its configuration is the same model.
@@ -323,8 +323,8 @@ fn other_models_and_missing_index_are_refused() {
 #[test]
 fn caption_and_retrieve_batches_write_jsonl() {
     let dir = scratch("batch-output");
-    let m = tiny16();
-    let imgs: Vec<PathBuf> = ["camera.png", "chelsea.png", "rocket.jpg"]
+    let m = tiny_model();
+    let imgs: Vec<PathBuf> = ["gray.png", "rgb.png", "photo.jpg"]
         .iter()
         .map(|n| image(n))
         .collect();

@@ -15,7 +15,7 @@ fn s(p: &Path) -> &str {
 }
 
 fn config() -> PathBuf {
-    tiny16().join("config.json")
+    tiny_model().join("config.json")
 }
 
 /// A server for a golden checkpoint (`--config` the golden one).
@@ -24,7 +24,7 @@ fn server_for(task: &str, extra: &[&str]) -> Server {
     // Caption and VQA checkpoints share a layout: name the task.
     let mut args = vec!["--config", s(&k), "--task", task];
     args.extend(extra);
-    Server::start(&tiny16().join(format!("{task}.pth")), &args)
+    Server::start(&tiny_model().join(format!("{task}.pth")), &args)
 }
 
 /// Asserts a JSON error answer with `status` whose message holds `needle`.
@@ -44,7 +44,8 @@ fn assert_error(r: &Response, status: u16, needle: &str) {
 
 /// The other task endpoints answer 422 naming the loaded task.
 fn assert_other_tasks_refused(server: &Server, task: &str, own: &[&str]) {
-    let body = json!({"image": image_b64("camera.png"), "question": "q", "expression": "e", "texts": ["t"]});
+    let body =
+        json!({"image": image_b64("gray.png"), "question": "q", "expression": "e", "texts": ["t"]});
     for path in [
         "/v1/caption",
         "/v1/vqa",
@@ -72,7 +73,7 @@ fn metric(text: &str, line_start: &str) -> f64 {
 fn caption_server_serves_every_endpoint() {
     let dir = scratch("serve-caption");
     let folder = dir.join("caption");
-    let (c, k) = (tiny16().join("caption.pth"), config());
+    let (c, k) = (tiny_model().join("caption.pth"), config());
     mplug_ok(&[
         "convert",
         s(&c),
@@ -89,7 +90,7 @@ fn caption_server_serves_every_endpoint() {
     assert_eq!(r.json(), json!({"status": "ok", "task": "caption"}));
     let info = server.get("/v1/info").json();
     assert_eq!(info["task"], "caption");
-    assert_eq!(info["config"]["image_res"], 64);
+    assert_eq!(info["config"]["image_res"], tiny_config().image_res);
     let page = server.get("/");
     assert_eq!(page.status, 200);
     assert!(page
@@ -115,11 +116,11 @@ fn caption_server_serves_every_endpoint() {
     }
 
     // JSON with base64, a data URL and a multipart upload give the command line's caption.
-    let img = image("camera.png");
+    let img = image("gray.png");
     let cli = mplug_ok(&["caption", "--model", s(&folder), "--json", s(&img)]);
     let cli: Value = serde_json::from_str(cli.stdout.trim()).unwrap();
     let expected = cli["captions"][0]["caption"].clone();
-    let b64 = image_b64("camera.png");
+    let b64 = image_b64("gray.png");
     let r = server.post_json("/v1/caption", &json!({"image": b64}));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["captions"][0]["caption"], expected);
@@ -129,12 +130,12 @@ fn caption_server_serves_every_endpoint() {
     );
     assert_eq!(r.json()["captions"][0]["caption"], expected);
     let bytes = std::fs::read(&img).unwrap();
-    let (ct, body) = multipart(&[("image", Some("camera.png"), &bytes)]);
+    let (ct, body) = multipart(&[("image", Some("gray.png"), &bytes)]);
     let r = server.request("POST", "/v1/caption", &ct, &body);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["captions"][0]["caption"], expected);
     let (ct, body) = multipart(&[
-        ("image", Some("camera.png"), &bytes),
+        ("image", Some("gray.png"), &bytes),
         ("beam", None, b"3"),
         ("n_best", None, b"2"),
     ]);
@@ -286,7 +287,7 @@ fn caption_server_serves_every_endpoint() {
 #[test]
 fn vqa_server_answers_and_ranks() {
     let mut server = server_for("vqa", &["--max-text-chars", "40"]);
-    let b64 = image_b64("chelsea.png");
+    let b64 = image_b64("rgb.png");
     let r = server.post_json(
         "/v1/vqa",
         &json!({"image": b64, "question": "what is this?"}),
@@ -297,7 +298,7 @@ fn vqa_server_answers_and_ranks() {
     assert_eq!(v["question"], "what is this?");
 
     // The command line's free answer with the same settings.
-    let (c, k, img) = (tiny16().join("vqa.pth"), config(), image("chelsea.png"));
+    let (c, k, img) = (tiny_model().join("vqa.pth"), config(), image("rgb.png"));
     let cli = mplug_ok(&[
         "vqa",
         "--model",
@@ -335,12 +336,12 @@ fn vqa_server_answers_and_ranks() {
     assert_eq!(ranked.len(), 2);
     assert!(ranked[0]["prob"].as_f64().unwrap() >= ranked[1]["prob"].as_f64().unwrap());
 
-    let bytes = std::fs::read(image("chelsea.png")).unwrap();
+    let bytes = std::fs::read(image("rgb.png")).unwrap();
     let (ct, body) = multipart(&[
         ("question", None, b"what animal?"),
         ("answers", None, b"a cat"),
         ("answers", None, b"a dog"),
-        ("image", Some("chelsea.png"), &bytes),
+        ("image", Some("rgb.png"), &bytes),
     ]);
     let r = server.request("POST", "/v1/vqa", &ct, &body);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -388,9 +389,9 @@ fn vqa_server_answers_and_ranks() {
 fn grounding_server_finds_the_command_lines_box() {
     let mut server = server_for("grounding", &[]);
     let (c, k, img) = (
-        tiny16().join("grounding.pth"),
+        tiny_model().join("grounding.pth"),
         config(),
-        image("rocket.jpg"),
+        image("photo.jpg"),
     );
     let cli = mplug_ok(&[
         "ground",
@@ -405,7 +406,7 @@ fn grounding_server_finds_the_command_lines_box() {
     let cli: Value = serde_json::from_str(cli.stdout.trim()).unwrap();
     let r = server.post_json(
         "/v1/ground",
-        &json!({"image": image_b64("rocket.jpg"), "expression": "the rocket"}),
+        &json!({"image": image_b64("photo.jpg"), "expression": "the rocket"}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
@@ -415,7 +416,7 @@ fn grounding_server_finds_the_command_lines_box() {
 
     let bytes = std::fs::read(&img).unwrap();
     let (ct, body) = multipart(&[
-        ("image", Some("rocket.jpg"), &bytes),
+        ("image", Some("photo.jpg"), &bytes),
         ("expression", None, b"the rocket"),
     ]);
     let r = server.request("POST", "/v1/ground", &ct, &body);
@@ -427,7 +428,7 @@ fn grounding_server_finds_the_command_lines_box() {
     let threads: Vec<_> = ["the rocket", "the sky"]
         .into_iter()
         .map(|e| {
-            let body = json!({"image": image_b64("rocket.jpg"), "expression": e}).to_string();
+            let body = json!({"image": image_b64("photo.jpg"), "expression": e}).to_string();
             std::thread::spawn(move || {
                 request(
                     addr,
@@ -446,7 +447,7 @@ fn grounding_server_finds_the_command_lines_box() {
     assert_eq!(answers[0]["box_xyxy"], cli["box_xyxy"]);
 
     assert_error(
-        &server.post_json("/v1/ground", &json!({"image": image_b64("rocket.jpg")})),
+        &server.post_json("/v1/ground", &json!({"image": image_b64("photo.jpg")})),
         422,
         "expression",
     );
@@ -457,7 +458,7 @@ fn grounding_server_finds_the_command_lines_box() {
 #[test]
 fn retrieval_server_ranks_and_embeds() {
     let mut server = server_for("retrieval", &["--max-texts", "4"]);
-    let images = [image_b64("camera.png"), image_b64("rocket.jpg")];
+    let images = [image_b64("gray.png"), image_b64("photo.jpg")];
     let texts = ["a camera", "a rocket", "coffee"];
     let r = server.post_json(
         "/v1/retrieve",
@@ -472,8 +473,8 @@ fn retrieval_server_ranks_and_embeds() {
     assert_eq!(v["text_to_image"].as_array().unwrap().len(), 3);
 
     // The command line ranks the same texts first with the same scores.
-    let (c, k) = (tiny16().join("retrieval.pth"), config());
-    let (i1, i2) = (image("camera.png"), image("rocket.jpg"));
+    let (c, k) = (tiny_model().join("retrieval.pth"), config());
+    let (i1, i2) = (image("gray.png"), image("photo.jpg"));
     let cli = mplug_ok(&[
         "retrieve",
         "--model",
@@ -521,7 +522,7 @@ fn retrieval_server_ranks_and_embeds() {
 
     let bytes = std::fs::read(&i1).unwrap();
     let (ct, body) = multipart(&[
-        ("images", Some("camera.png"), &bytes),
+        ("images", Some("gray.png"), &bytes),
         ("texts", None, b"a camera"),
         ("texts", None, b"a dog"),
     ]);
@@ -612,7 +613,7 @@ fn limits_answer_413_and_422() {
 #[test]
 fn busy_server_answers_503() {
     let mut server = server_for("caption", &["--max-in-flight", "1"]);
-    let body = json!({"image": image_b64("camera.png"), "beam": 8, "min_len": 40, "max_len": 40})
+    let body = json!({"image": image_b64("gray.png"), "beam": 8, "min_len": 40, "max_len": 40})
         .to_string();
     let mut statuses = Vec::new();
     // Bounded: at most three rounds of 12 simultaneous requests.
@@ -663,7 +664,7 @@ fn busy_server_answers_503() {
 #[test]
 fn serve_refuses_a_model_for_another_task() {
     let k = config();
-    let c = tiny16().join("caption.pth");
+    let c = tiny_model().join("caption.pth");
     mplug_fails(
         &[
             "serve",
@@ -677,7 +678,7 @@ fn serve_refuses_a_model_for_another_task() {
         ],
         "grounding",
     );
-    let missing = tiny16().join("missing.pth");
+    let missing = tiny_model().join("missing.pth");
     mplug_fails(
         &[
             "serve",
@@ -704,7 +705,7 @@ fn load_test() {
         server_for("grounding", &["--max-in-flight", "64"]),
         server_for("retrieval", &["--max-in-flight", "64"]),
     ];
-    let imgs = ["camera.png", "chelsea.png", "coffee_rgba.png", "rocket.jpg"].map(image_b64);
+    let imgs = ["gray.png", "rgb.png", "rgba.png", "photo.jpg"].map(image_b64);
     let total = 512usize;
     let clients = 32usize;
     let mut jobs: Vec<(std::net::SocketAddr, &'static str, String)> = Vec::with_capacity(total);

@@ -30,7 +30,7 @@ fn write_png(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) {
         .unwrap();
 }
 
-/// `mplug finetune TASK` from the golden tiny `CHECKPOINT` on the golden images: batches of 2,
+/// `mplug finetune TASK` from the golden tiny `CHECKPOINT` on the example images: batches of 2,
 /// a checkpoint every update.
 fn finetune(
     task: &str,
@@ -42,8 +42,8 @@ fn finetune(
     extra: &[&str],
 ) -> Output {
     let (c, k, img) = (
-        tiny16().join(checkpoint),
-        tiny16().join("config.json"),
+        tiny_model().join(checkpoint),
+        tiny_model().join("config.json"),
         images_dir(),
     );
     let mut args = vec![
@@ -92,9 +92,9 @@ fn finetune_caption_checkpoints_resumes_and_loads() {
     let ann = dir.join("captions.json");
     std::fs::write(
         &ann,
-        r#"[{"image": "camera.png", "caption": "a man with a camera"},
-            {"image": "chelsea.png", "caption": ["a cat", "a small cat on the left"]},
-            {"image": "rocket.jpg", "caption": "a rocket on its pad"}]"#,
+        r#"[{"image": "gray.png", "caption": "a man with a camera"},
+            {"image": "rgb.png", "caption": ["a cat", "a small cat on the left"]},
+            {"image": "photo.jpg", "caption": "a rocket on its pad"}]"#,
     )
     .unwrap();
     let out = dir.join("run");
@@ -127,11 +127,11 @@ fn finetune_caption_checkpoints_resumes_and_loads() {
     // The trained weights load as a model folder and as a checkpoint with its config.
     let model = out.join("model");
     assert_eq!(resumed.stdout.trim(), s(&model));
-    let img = image("camera.png");
+    let img = image("gray.png");
     let a = mplug_ok(&["caption", "--model", s(&model), "--max-len", "5", s(&img)]);
     let (w, k) = (
         model.join("model.safetensors"),
-        tiny16().join("config.json"),
+        tiny_model().join("config.json"),
     );
     let b = mplug_ok(&[
         "caption",
@@ -151,7 +151,7 @@ fn finetune_caption_checkpoints_resumes_and_loads() {
 fn finetune_names_a_bad_annotation() {
     let dir = scratch("train-bad");
     let ann = dir.join("bad.json");
-    std::fs::write(&ann, r#"[{"image": "camera.png"}]"#).unwrap();
+    std::fs::write(&ann, r#"[{"image": "gray.png"}]"#).unwrap();
     let o = finetune_caption(&dir.join("run"), &ann, "1", &[]);
     assert_eq!(o.code, 1);
     assert!(
@@ -324,10 +324,10 @@ fn data_parallel_makes_the_serial_update() {
     let ann = dir.join("captions.json");
     std::fs::write(
         &ann,
-        r#"[{"image": "camera.png", "caption": "a man with a camera"},
-            {"image": "chelsea.png", "caption": "a small cat on the left"},
-            {"image": "rocket.jpg", "caption": "a rocket on its pad"},
-            {"image": "camera.png", "caption": "a photographer outdoors"}]"#,
+        r#"[{"image": "gray.png", "caption": "a man with a camera"},
+            {"image": "rgb.png", "caption": "a small cat on the left"},
+            {"image": "photo.jpg", "caption": "a rocket on its pad"},
+            {"image": "gray.png", "caption": "a photographer outdoors"}]"#,
     )
     .unwrap();
     let serial = dir.join("serial");
@@ -359,7 +359,7 @@ fn data_parallel_makes_the_serial_update() {
     let vqa = dir.join("vqa.json");
     std::fs::write(
         &vqa,
-        r#"[{"image": "camera.png", "question": "what is the man holding?", "answer": ["camera"]}]"#,
+        r#"[{"image": "gray.png", "question": "what is the man holding?", "answer": ["camera"]}]"#,
     )
     .unwrap();
     let distill = finetune_vqa(
@@ -378,9 +378,9 @@ fn vqa_distillation_changes_training_and_resumes_bit_for_bit() {
     let ann = dir.join("vqa.json");
     std::fs::write(
         &ann,
-        r#"[{"image": "camera.png", "question": "what is the man holding?", "answer": ["camera", "camera", "a camera"]},
-            {"image": "chelsea.png", "question": "what animal is this?", "answer": ["cat"]},
-            {"image": "rocket.jpg", "question": "what is on the pad?", "answer": ["rocket", "a rocket"]}]"#,
+        r#"[{"image": "gray.png", "question": "what is the man holding?", "answer": ["camera", "camera", "a camera"]},
+            {"image": "rgb.png", "question": "what animal is this?", "answer": ["cat"]},
+            {"image": "photo.jpg", "question": "what is on the pad?", "answer": ["rocket", "a rocket"]}]"#,
     )
     .unwrap();
 
@@ -424,8 +424,8 @@ fn multitask_continues_a_multitask_folder_with_task_weights() {
     let ann = dir.join("captions.json");
     std::fs::write(
         &ann,
-        r#"[{"image": "camera.png", "caption": "a man with a camera"},
-            {"image": "chelsea.png", "caption": "a cat"}]"#,
+        r#"[{"image": "gray.png", "caption": "a man with a camera"},
+            {"image": "rgb.png", "caption": "a cat"}]"#,
     )
     .unwrap();
     // A multi-task run trains every part: the shipped multi-task model has them all.
@@ -505,7 +505,7 @@ fn max_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
 /// `mplug pretrain` of the golden tiny configuration on the pairs `ann` that [`scenes`] wrote
 /// into `dir`: one update of 2 pairs at lr 1e-7 (weights move by about 1e-7), plus `extra`.
 fn pretrain_one_tiny_step(dir: &Path, ann: &Path, out: &Path, extra: &[&str]) -> Output {
-    let k = tiny16().join("config.json");
+    let k = tiny_model().join("config.json");
     let root = dir.join("images");
     let mut args = vec![
         "pretrain",
@@ -541,7 +541,7 @@ fn pretrain_starts_from_bert_and_clip_checkpoints() {
     use std::collections::HashMap;
     let dir = scratch("train-init");
     let ann = scenes(&dir);
-    let ckpt = mplug::Checkpoint::load(tiny16().join("vqa.pth")).unwrap();
+    let ckpt = mplug::Checkpoint::load(tiny_model().join("vqa.pth")).unwrap();
     let golden: HashMap<String, Tensor> = ckpt
         .keys()
         .into_iter()
@@ -588,24 +588,28 @@ fn pretrain_starts_from_bert_and_clip_checkpoints() {
             .unwrap_or_else(|| panic!("the trained model lacks {k}"))
             .clone()
     };
-    // One update at lr 1e-7 moves a weight by about 1e-7: the towers hold the sources' values.
+    // One update at lr 1e-7 moves a weight by about 1e-7: the towers hold the sources' values
+    // (the last visual block and decoder layer of the configuration).
+    let cfg = tiny_config();
+    let block = format!(
+        "visual_encoder.visual.transformer.resblocks.{}.attn.in_proj_weight",
+        cfg.vision.layers - 1
+    );
+    let decoder = format!(
+        "text_decoder.bert.encoder.layer.{}.output.dense.weight",
+        cfg.bert.text_decode_layers - 1
+    );
     for (ours, source) in [
         (
             "visual_encoder.visual.conv1.weight",
             "visual_encoder.visual.conv1.weight",
         ),
-        (
-            "visual_encoder.visual.transformer.resblocks.1.attn.in_proj_weight",
-            "visual_encoder.visual.transformer.resblocks.1.attn.in_proj_weight",
-        ),
+        (block.as_str(), block.as_str()),
         (
             "text_encoder.encoder.layer.0.attention.self.query.weight",
             "text_decoder.bert.encoder.layer.0.attention.self.query.weight",
         ),
-        (
-            "text_decoder.bert.encoder.layer.1.output.dense.weight",
-            "text_decoder.bert.encoder.layer.1.output.dense.weight",
-        ),
+        (decoder.as_str(), decoder.as_str()),
         (
             "text_encoder.embeddings.word_embeddings.weight",
             "text_decoder.bert.embeddings.word_embeddings.weight",
@@ -623,7 +627,7 @@ fn pretrain_starts_from_bert_and_clip_checkpoints() {
 fn pretrain_starts_positions_from_a_sincos_table() {
     let dir = scratch("train-sincos");
     let ann = scenes(&dir);
-    let cfg = mplug::MplugConfig::from_file(tiny16().join("config.json")).unwrap();
+    let cfg = tiny_config();
     let run = |out: &Path, extra: &[&str]| {
         let o = pretrain_one_tiny_step(&dir, &ann, out, extra);
         assert_eq!(o.code, 0, "{}", o.stderr);

@@ -39,7 +39,7 @@ fn video_subcommands_run_on_gif_clips() {
     let dir = scratch("video-cli");
     let a = clip(&dir, "a.gif", 4, [200, 30, 30]);
     let b = clip(&dir, "b.gif", 3, [30, 30, 200]);
-    let model = tiny16();
+    let model = tiny_model();
     let m = model.to_str().unwrap();
     let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
 
@@ -149,8 +149,8 @@ fn video_subcommands_run_on_gif_clips() {
 fn ground_draws_the_box() {
     let dir = scratch("ground-draw");
     let out_png = dir.join("boxed.png");
-    let model = tiny16();
-    let img = image("chelsea.png");
+    let model = tiny_model();
+    let img = image("rgb.png");
     mplug_ok(&[
         "ground",
         "--model",
@@ -170,9 +170,9 @@ fn ground_draws_the_box() {
 
 #[test]
 fn sampling_is_repeatable_with_a_seed_and_greedy_is_beam_one() {
-    let model = tiny16();
+    let model = tiny_model();
     let m = model.to_str().unwrap();
-    let img = image("rocket.jpg");
+    let img = image("photo.jpg");
     let i = img.to_str().unwrap();
     let run = |extra: &[&str]| {
         let mut args = vec!["caption", "--model", m, "--min-len", "1", "--max-len", "6"];
@@ -201,12 +201,12 @@ fn caption_takes_folders_and_list_files() {
     let dir = scratch("caption-inputs");
     let photos = dir.join("photos");
     std::fs::create_dir_all(photos.join("nested")).unwrap();
-    std::fs::copy(image("rocket.jpg"), photos.join("b.jpg")).unwrap();
-    std::fs::copy(image("camera.png"), photos.join("nested/a.png")).unwrap();
+    std::fs::copy(image("photo.jpg"), photos.join("b.jpg")).unwrap();
+    std::fs::copy(image("gray.png"), photos.join("nested/a.png")).unwrap();
     std::fs::write(photos.join("notes.md"), "not an image").unwrap();
     let list = dir.join("list.txt");
     std::fs::write(&list, "photos/b.jpg\n\nphotos/nested/a.png\n").unwrap();
-    let model = tiny16();
+    let model = tiny_model();
     let m = model.to_str().unwrap();
     let from_dir = mplug_ok(&[
         "caption",

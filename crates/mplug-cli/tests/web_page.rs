@@ -68,7 +68,7 @@ fn the_page_shows_a_caption_and_a_grounded_box() {
         ("caption.pth", "caption", "[unused"),
         ("grounding.pth", "grounding", "box (x0, y0, x1, y1)"),
     ] {
-        let model = tiny16().join(checkpoint);
+        let model = tiny_model().join(checkpoint);
         let server = Server::start(&model, &["--task", task]);
         // Under a loaded machine (CI runs every test binary at once) headless Chromium
         // sometimes returns the page before its script has finished; each try starts a fresh

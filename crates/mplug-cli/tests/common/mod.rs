@@ -1,4 +1,4 @@
-//! Helpers of the binary's integration tests: the golden fixtures, running `mplug` with a
+//! Helpers of the binary's integration tests: the golden and image fixtures, running `mplug` with a
 //! deadline, a spawned server and a small HTTP/1.1 client over loopback.
 #![allow(dead_code)]
 
@@ -15,9 +15,52 @@ pub const MPLUG: &str = env!("CARGO_BIN_EXE_mplug");
 /// The longest a command or a request may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(300);
 
-/// The golden folder of the tiny ViT-B/16-like configuration.
-pub fn tiny16() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/tiny16")
+#[path = "../../../mplug/tests/common/fixture_images.rs"]
+mod fixture_images;
+#[allow(unused_imports)]
+pub use fixture_images::*;
+
+/// The golden folder that parity checks read (`eval_cli`): `MPLUG_GOLDEN_DIR`, else the committed
+/// copy.
+pub fn golden_dir() -> PathBuf {
+    match std::env::var_os("MPLUG_GOLDEN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => committed_golden_dir(),
+    }
+}
+
+/// The golden folder committed with the project, whose tiny checkpoints the other tests of the
+/// binary run as small models.
+pub fn committed_golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden")
+}
+
+/// Every configuration folder (one holding a `config.json`) of the golden folder `root`, sorted;
+/// at least one must exist.
+pub fn config_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap_or_else(|e| panic!("golden dir {}: {e}", root.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("config.json").is_file())
+        .collect();
+    dirs.sort();
+    assert!(
+        !dirs.is_empty(),
+        "no configuration folder in {}",
+        root.display()
+    );
+    dirs
+}
+
+/// The tiny model the tests run: the committed golden folder's first configuration folder (its
+/// per-task checkpoints beside a config.json), whatever its name.
+pub fn tiny_model() -> PathBuf {
+    config_dirs(&committed_golden_dir()).remove(0)
+}
+
+/// The configuration of [`tiny_model`].
+pub fn tiny_config() -> mplug::MplugConfig {
+    mplug::MplugConfig::from_file(tiny_model().join("config.json")).expect("tiny model config")
 }
 
 /// The shipped default model folder, `models/mplug-tiny-world`.
@@ -33,14 +76,14 @@ pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The golden example images.
+/// The example images: the tests' own (see `fixture_images`), not the golden folder's.
 pub fn images_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/io/images")
+    fixture_images_dir()
 }
 
-/// One example image.
+/// One example image (a name of [`FIXTURE_IMAGES`]).
 pub fn image(name: &str) -> PathBuf {
-    images_dir().join(name)
+    fixture_image(name)
 }
 
 /// A fresh scratch folder for one test.
