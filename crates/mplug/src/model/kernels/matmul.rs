@@ -75,6 +75,38 @@ pub unsafe fn gemm(
     }
 }
 
+/// Up to this many rows a product runs in [`simd::accumulate_rows`] (bound by reading the
+/// weights), above it in `gemm`.
+pub const FEW_ROWS: usize = 8;
+
+/// `x (m, k) @ w` for few rows: the `k` rows of the weights split into one contiguous range per
+/// thread, each accumulated by `acc(x, i0, i1, partial)` into its own `(m, n)` partial sum, the
+/// partials added at the end.
+pub fn few_rows(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    acc: impl Fn(&[f32], usize, usize, &mut [f32]) + Sync,
+    n: usize,
+    threads: usize,
+) -> Vec<f32> {
+    // Ranges of at least 64 rows, so that small layers do not pay for the threads.
+    let parts = threads.min(k / 64).max(1);
+    let mut partials: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let mut y = vec![0f32; m * n];
+            acc(x, k * p / parts, k * (p + 1) / parts, &mut y);
+            y
+        })
+        .collect();
+    let mut out = partials.swap_remove(0);
+    for p in &partials {
+        out.iter_mut().zip(p).for_each(|(o, v)| *o += *v);
+    }
+    out
+}
+
 /// A weight matrix of a linear layer with `n` outputs and `k` inputs, in either layout.
 #[derive(Debug, Clone, Copy)]
 pub enum Weight<'a> {
@@ -97,6 +129,20 @@ pub fn linear(
     residual: Option<&[f32]>,
 ) -> Vec<f32> {
     let threads = threads();
+    if let Weight::Cols(w) = w {
+        if m <= FEW_ROWS {
+            let mut out = few_rows(
+                x,
+                m,
+                k,
+                |x, i0, i1, y| simd::accumulate_rows(x, m, k, w, n, i0, i1, y),
+                n,
+                threads,
+            );
+            simd::epilogue(&mut out, n, bias, act, residual);
+            return out;
+        }
+    }
     let mut out = Vec::<f32>::with_capacity(m * n);
     let (w, b_rs, b_cs) = match w {
         Weight::Rows(w) => (w, 1, k),
@@ -170,6 +216,55 @@ mod tests {
                     let v = want[i];
                     let q = v / (1.0 + (-1.702 * v).exp());
                     assert!((got[i] - q).abs() < 1e-4, "m {m} at {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn few_rows_split_across_threads_match_a_naive_product() {
+        // Two weight ranges of 100 rows, a last tile of 22 columns, row groups of 8 and 3.
+        let (k, n) = (200, 150);
+        for m in [1, 2, 5, 8, 11] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 5 % 23) as f32 - 11.0) / 9.0)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
+                .collect();
+            let want = naive(&x, m, k, &w, n, &vec![0.0; n]);
+            let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+            for threads in [1, 2, 3] {
+                let got = few_rows(
+                    &x,
+                    m,
+                    k,
+                    |x, i0, i1, y| simd::accumulate_rows(x, m, k, &wt, n, i0, i1, y),
+                    n,
+                    threads,
+                );
+                for i in 0..m * n {
+                    assert!(
+                        (got[i] - want[i]).abs() < 1e-3,
+                        "m {m} threads {threads} at {i}"
+                    );
+                }
+                // The same weights rounded to bf16 give the product of the rounded weights.
+                let bits: Vec<u16> = wt.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+                let rounded: Vec<f32> = (0..n * k)
+                    .map(|i| f32::from_bits(((w[i].to_bits() >> 16) as u32) << 16))
+                    .collect();
+                let want16 = naive(&x, m, k, &rounded, n, &vec![0.0; n]);
+                let got = few_rows(
+                    &x,
+                    m,
+                    k,
+                    |x, i0, i1, y| simd::accumulate_rows_bf16(x, m, k, &bits, n, i0, i1, y),
+                    n,
+                    threads,
+                );
+                for i in 0..m * n {
+                    assert!((got[i] - want16[i]).abs() < 1e-3, "bf16 m {m} at {i}");
                 }
             }
         }

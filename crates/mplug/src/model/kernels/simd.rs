@@ -53,7 +53,8 @@ pub fn exp(x: f32) -> f32 {
     // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.336_55, 88.722_83);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let r2 = r * r;
     let p = 1.987_569_1e-4_f32;
@@ -65,7 +66,9 @@ pub fn exp(x: f32) -> f32 {
     let e = p * r2 + r + 1.0;
     // 2^n through the exponent bits; n is in [-126, 128] after the clamp, so scale in two
     // halves to stay in range at both ends.
-    let n = n as i32;
+    // The integer n read from t's bits (t = 1.5 * 2^23 + n, one unit per ulp): a float-to-int
+    // `as` cast would saturate and check for NaN lane by lane, which stops vectorization.
+    let n = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let half = n >> 1;
     let s1 = f32::from_bits(((half + 127) as u32) << 23);
     let s2 = f32::from_bits(((n - half + 127) as u32) << 23);
@@ -223,6 +226,195 @@ multiversion! {
     /// For each row of `width` scores: scale, add the row's mask (pointer and stride, `None`
     /// for none), softmax in place.
     pub fn softmax_rows(scores: &mut [f32], width: usize, scale: f32, mask: &dyn Fn(usize) -> Option<(*const f32, isize)>) => softmax_rows_impl
+}
+
+/// An element of a weight matrix as the few-row kernel reads it: f32, or bf16 kept as its bits
+/// (a bf16 is the top half of an f32, so widening it is a shift that vectorizes).
+pub trait WeightElem: Copy + Send + Sync {
+    /// The value as f32.
+    fn widen(self) -> f32;
+}
+
+impl WeightElem for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+/// bf16 bits.
+impl WeightElem for u16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f32::from_bits((self as u32) << 16)
+    }
+}
+
+/// Columns of one tile of the few-row kernel: four AVX-512 registers per row of `x`.
+const TILE: usize = 64;
+/// Rows of the weight matrix read together, as four sequential streams.
+const DEPTH: usize = 4;
+
+/// `y[r][j0..j0 + W] += sum over i in is of x[r][i] * w[i][j0..j0 + W]` for `R` rows, with the
+/// accumulators in registers (`R * W / 16` of them).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile<const R: usize, const W: usize, E: WeightElem>(
+    x: &[f32],
+    k: usize,
+    w: &[E],
+    n: usize,
+    is: std::ops::Range<usize>,
+    j0: usize,
+    y: &mut [f32],
+) {
+    let mut acc = [[0f32; W]; R];
+    for (r, a) in acc.iter_mut().enumerate() {
+        a.copy_from_slice(&y[r * n + j0..r * n + j0 + W]);
+    }
+    for i in is {
+        let row = &w[i * n + j0..i * n + j0 + W];
+        for (r, a) in acc.iter_mut().enumerate() {
+            let xv = x[r * k + i];
+            for (a, v) in a.iter_mut().zip(row) {
+                *a += xv * v.widen();
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        y[r * n + j0..r * n + j0 + W].copy_from_slice(a);
+    }
+}
+
+/// As [`tile`] for a last tile narrower than [`TILE`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile_tail<const R: usize, E: WeightElem>(
+    x: &[f32],
+    k: usize,
+    w: &[E],
+    n: usize,
+    is: std::ops::Range<usize>,
+    j0: usize,
+    y: &mut [f32],
+) {
+    let width = n - j0;
+    for i in is {
+        let row = &w[i * n + j0..i * n + n];
+        for r in 0..R {
+            let xv = x[r * k + i];
+            let out = &mut y[r * n + j0..r * n + n];
+            for (o, v) in out.iter_mut().zip(row).take(width) {
+                *o += xv * v.widen();
+            }
+        }
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn accumulate_group<const R: usize, E: WeightElem>(
+    x: &[f32],
+    k: usize,
+    w: &[E],
+    n: usize,
+    i0: usize,
+    i1: usize,
+    y: &mut [f32],
+) {
+    let mut i = i0;
+    while i < i1 {
+        let is = i..(i + DEPTH).min(i1);
+        let mut j0 = 0;
+        while j0 + TILE <= n {
+            tile::<R, TILE, E>(x, k, w, n, is.clone(), j0, y);
+            j0 += TILE;
+        }
+        if j0 < n {
+            tile_tail::<R, E>(x, k, w, n, is, j0, y);
+        }
+        i += DEPTH;
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn accumulate_rows_impl<E: WeightElem>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[E],
+    n: usize,
+    i0: usize,
+    i1: usize,
+    y: &mut [f32],
+) {
+    // Groups of up to eight rows of `x`, each reading its slice of `w` once.
+    let mut r0 = 0;
+    while r0 < m {
+        let g = (m - r0).min(8);
+        let (xs, ys) = (&x[r0 * k..], &mut y[r0 * n..]);
+        match g {
+            1 => accumulate_group::<1, E>(xs, k, w, n, i0, i1, ys),
+            2 => accumulate_group::<2, E>(xs, k, w, n, i0, i1, ys),
+            3 => accumulate_group::<3, E>(xs, k, w, n, i0, i1, ys),
+            4 => accumulate_group::<4, E>(xs, k, w, n, i0, i1, ys),
+            5 => accumulate_group::<5, E>(xs, k, w, n, i0, i1, ys),
+            6 => accumulate_group::<6, E>(xs, k, w, n, i0, i1, ys),
+            7 => accumulate_group::<7, E>(xs, k, w, n, i0, i1, ys),
+            _ => accumulate_group::<8, E>(xs, k, w, n, i0, i1, ys),
+        }
+        r0 += g;
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn accumulate_rows_f32_impl(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    i0: usize,
+    i1: usize,
+    y: &mut [f32],
+) {
+    accumulate_rows_impl(x, m, k, w, n, i0, i1, y)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn accumulate_rows_bf16_impl(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[u16],
+    n: usize,
+    i0: usize,
+    i1: usize,
+    y: &mut [f32],
+) {
+    accumulate_rows_impl(x, m, k, w, n, i0, i1, y)
+}
+
+multiversion! {
+    /// The few-row product of decoding (a handful of beams through a large weight matrix):
+    /// `y (m, n) += x[:, i0..i1] @ w[i0..i1, :]` for `x (m, k)` and `w (k, n)` row-major.
+    ///
+    /// Why by hand: at five rows the product is bound by reading `w` from memory, and `gemm`
+    /// packs and walks it in blocks meant for large products (9.4 GB/s measured over a
+    /// decoder's 400 MB of weights, two threads). This loop reads `DEPTH` consecutive rows of
+    /// `w` as sequential streams and keeps each tile of `y` in registers (14 GB/s): callers split
+    /// `i0..i1` across threads, so each thread streams its own contiguous part of `w`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn accumulate_rows(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, i0: usize, i1: usize, y: &mut [f32]) => accumulate_rows_f32_impl
+}
+
+multiversion! {
+    /// [`accumulate_rows`] with weights held as bf16 bits (half the bytes to read).
+    #[allow(clippy::too_many_arguments)]
+    pub fn accumulate_rows_bf16(x: &[f32], m: usize, k: usize, w: &[u16], n: usize, i0: usize, i1: usize, y: &mut [f32]) => accumulate_rows_bf16_impl
 }
 
 #[cfg(test)]
