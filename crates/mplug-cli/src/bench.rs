@@ -39,8 +39,9 @@ pub struct BenchArgs {
     /// Image-text pairs scored by one ITM call (the re-ranking of retrieval's top k).
     #[arg(long, default_value_t = 16)]
     pub itm_pairs: usize,
-    /// Weight and activation type of the inference measurements: `f32`, `f16` or `bf16`
-    /// (training is always f32).
+    /// Weight type of the inference measurements: `f32`; `bf16` (on the CPU, compact weights:
+    /// linear layers' weights in bf16, activations and arithmetic in f32); or `f16` (candle's
+    /// f16 arithmetic throughout). Training is always f32.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Measure only these parts (all by default): `tower`, `caption`, `vqa`, `itm`, `train`.
@@ -313,7 +314,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let r = cfg.image_res;
     let flops = vision_flops(&cfg);
     let max_batch = args.batch_size.iter().copied().max().unwrap_or(1);
-    let images = Tensor::randn(0f32, 1f32, (max_batch, 3, r, r), &device)?.to_dtype(dtype)?;
+    let images = Tensor::randn(0f32, 1f32, (max_batch, 3, r, r), &device)?.to_dtype(model.dtype())?;
     for &b in args.batch_size.iter().filter(|_| args.wants(Part::Tower)) {
         let batch = images.narrow(0, 0, b)?;
         let (median, min) = time(args.runs, || Ok(model.encode_image(&batch)?))?;

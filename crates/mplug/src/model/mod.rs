@@ -191,7 +191,20 @@ impl Mplug {
     /// Builds the parts of the model `task` needs from a var builder rooted at the checkpoint's
     /// top level (`visual_encoder.*`, `text_encoder.*`, ...). Used for checkpoints and for
     /// fresh variables alike.
+    ///
+    /// A bf16 var builder on the CPU builds a model with compact weights: its linear layers'
+    /// weights in bf16 (half the memory; decoding reads half the bytes), everything else and
+    /// every activation in f32, the kernels computing in f32 (candle's CPU matrix product has no
+    /// bf16). Elsewhere the dtype is used as it is.
     pub fn new(config: &MplugConfig, task: Task, vb: VarBuilder) -> candle_core::Result<Self> {
+        if vb.dtype() == DType::BF16 && vb.device().is_cpu() {
+            let vb = vb.set_dtype(DType::F32);
+            return ops::with_compact_weights(|| Self::build(config, task, vb));
+        }
+        Self::build(config, task, vb)
+    }
+
+    fn build(config: &MplugConfig, task: Task, vb: VarBuilder) -> candle_core::Result<Self> {
         let parts = task.needs();
         let b = &config.bert;
         let text_layers = match task {

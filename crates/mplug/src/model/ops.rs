@@ -5,8 +5,29 @@
 //! depends on, a trainable variable, so that training and inference share one model code.
 
 use super::kernels::Activation;
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
+use std::cell::Cell;
+
+thread_local! {
+    /// Set while [`with_compact_weights`] builds a model on this thread.
+    static COMPACT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `build` (a model's construction) with its linear layers' weights kept in bf16: half the
+/// memory, and half the bytes for decoding to read, while activations, biases, norms and
+/// embeddings stay f32 and the kernels compute in f32 (see [`Linear::new`]). Only weights the
+/// fused kernels read (untracked CPU tensors) are made compact.
+pub fn with_compact_weights<R>(build: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            COMPACT.set(self.0);
+        }
+    }
+    let _reset = Reset(COMPACT.replace(true));
+    build()
+}
 
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -68,9 +89,22 @@ impl Linear {
     /// checkpoint) is stored transposed, `(in, out)` in memory and viewed as `(out, in)`: the
     /// matrix products run fastest on that layout (see [`super::kernels::matmul`]). Trainable
     /// weights stay as they are.
+    ///
+    /// Built inside [`with_compact_weights`], such a weight is also rounded to bf16 (kept that
+    /// way in memory; [`super::kernels::linear`] widens it as it reads).
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         let weight = if super::kernels::applies(&[&weight]) && weight.rank() == 2 {
-            match weight.t().and_then(|t| t.contiguous()).and_then(|t| t.t()) {
+            let dtype = if COMPACT.get() {
+                DType::BF16
+            } else {
+                DType::F32
+            };
+            match weight
+                .t()
+                .and_then(|t| t.contiguous())
+                .and_then(|t| t.to_dtype(dtype))
+                .and_then(|t| t.t())
+            {
                 Ok(w) => w,
                 Err(_) => weight,
             }
@@ -88,7 +122,8 @@ impl Linear {
 
 impl Linear {
     fn fused(&self, x: &Tensor, residual: Option<&Tensor>) -> bool {
-        super::kernels::applies(&[x, &self.weight])
+        super::kernels::applies(&[x])
+            && super::kernels::applies_weight(&self.weight)
             && self
                 .bias
                 .as_ref()
@@ -129,7 +164,9 @@ impl Linear {
             .last()
             .ok_or_else(|| candle_core::Error::Msg("linear on a scalar".into()))?;
         let rows = x.elem_count() / inner.max(1);
-        let y = x.reshape((rows, inner))?.matmul(&self.weight.t()?)?;
+        // A compact (bf16) weight under f32 inputs is widened for candle's product.
+        let w = self.weight.to_dtype(x.dtype())?;
+        let y = x.reshape((rows, inner))?.matmul(&w.t()?)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,

@@ -175,6 +175,41 @@ pub fn linear(
     out
 }
 
+/// [`linear`] with a compact weight: `bits` holds the `(k, n)` weight (the transposed layout)
+/// as bf16 bits. Few rows read the bits directly ([`simd::accumulate_rows_bf16`], half the
+/// bytes of f32); more rows widen the weight to f32 once per call for `gemm` (a pass over the
+/// weight, small beside a product of many rows).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_bf16(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    bits: &[u16],
+    n: usize,
+    bias: Option<&[f32]>,
+    act: Activation,
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
+    if m <= FEW_ROWS {
+        let mut out = few_rows(
+            x,
+            m,
+            k,
+            |x, i0, i1, y| simd::accumulate_rows_bf16(x, m, k, bits, n, i0, i1, y),
+            n,
+            threads(),
+        );
+        simd::epilogue(&mut out, n, bias, act, residual);
+        return out;
+    }
+    let mut wide = vec![0f32; k * n];
+    let chunk = (k * n).div_ceil(threads() * 4).max(1);
+    wide.par_chunks_mut(chunk)
+        .zip(bits.par_chunks(chunk))
+        .for_each(|(w, b)| simd::widen_bf16(b, w));
+    linear(x, m, k, Weight::Cols(&wide), n, bias, act, residual)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,7 +287,7 @@ mod tests {
                 // The same weights rounded to bf16 give the product of the rounded weights.
                 let bits: Vec<u16> = wt.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
                 let rounded: Vec<f32> = (0..n * k)
-                    .map(|i| f32::from_bits(((w[i].to_bits() >> 16) as u32) << 16))
+                    .map(|i| f32::from_bits((w[i].to_bits() >> 16) << 16))
                     .collect();
                 let want16 = naive(&x, m, k, &rounded, n, &vec![0.0; n]);
                 let got = few_rows(

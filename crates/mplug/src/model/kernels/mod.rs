@@ -17,6 +17,7 @@ pub mod simd;
 pub use simd::Activation;
 
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
+use half::slice::HalfFloatSliceExt;
 use std::sync::OnceLock;
 
 /// Makes the C allocator keep and reuse freed memory up to glibc's largest threshold (32 MiB
@@ -47,6 +48,15 @@ pub fn applies(ts: &[&Tensor]) -> bool {
         && ts
             .iter()
             .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
+}
+
+/// Whether [`linear`] reads `w` as a weight: an untracked CPU tensor in f32, or in bf16 (a
+/// compact weight, see [`super::ops::with_compact_weights`]), with the kernels on.
+pub fn applies_weight(w: &Tensor) -> bool {
+    enabled()
+        && w.device().is_cpu()
+        && matches!(w.dtype(), DType::F32 | DType::BF16)
+        && !w.track_op()
 }
 
 fn f32s(s: &Storage) -> Result<&[f32]> {
@@ -103,6 +113,25 @@ pub fn linear(
     // A weight stored transposed at load ((k, n) contiguous, viewed as (n, k)) is read as is.
     let transposed = weight.t()?;
     let cols = transposed.is_contiguous() && !weight.is_contiguous();
+    if weight.dtype() == DType::BF16 {
+        if !cols {
+            candle_core::bail!("linear: a bf16 weight must be stored transposed (see ops::Linear)");
+        }
+        let (storage, layout) = transposed.storage_and_layout();
+        let Storage::Cpu(CpuStorage::BF16(all)) = &*storage else {
+            candle_core::bail!("linear: expected a bf16 CPU weight");
+        };
+        let start = layout.start_offset();
+        let bits: &[u16] = all[start..start + k * n].reinterpret_cast();
+        let y = with_values(x, |xs| {
+            with_optional(bias, |bs| {
+                with_optional(residual, |rs| {
+                    Ok(matmul::linear_bf16(xs, m, k, bits, n, bs, act, rs))
+                })
+            })
+        })?;
+        return Tensor::from_vec(y, out_dims, &Device::Cpu);
+    }
     let values = if cols { transposed } else { weight.clone() };
     let y = with_values(x, |xs| {
         with_values(&values, |ws| {
@@ -238,5 +267,73 @@ mod tests {
         let bias = Tensor::zeros(5, DType::F32, &dev).unwrap();
         let w = Tensor::zeros((4, 8), DType::F32, &dev).unwrap();
         assert!(linear(&q, &w, Some(&bias), Activation::None, None).is_err());
+    }
+
+    /// A model with compact (bf16) linear weights computes what the f32 model computes on the
+    /// same bf16-rounded weights, up to summation order: the widening path (many rows, the
+    /// tower) and the few-row path (a short text) both.
+    #[test]
+    fn compact_weights_compute_in_f32_on_rounded_weights() {
+        use crate::{Mplug, MplugConfig, Task};
+        use candle_nn::{VarBuilder, VarMap};
+        let dev = Device::Cpu;
+        let cfg = MplugConfig::tiny();
+        let varmap = VarMap::new();
+        Mplug::new(
+            &cfg,
+            Task::Pretrain,
+            VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+        )
+        .unwrap();
+        let rounded: std::collections::HashMap<String, Tensor> = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                let t = v.as_tensor().detach();
+                (k.clone(), t.to_dtype(DType::BF16).unwrap())
+            })
+            .collect();
+        let wide: std::collections::HashMap<String, Tensor> = rounded
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_dtype(DType::F32).unwrap()))
+            .collect();
+        let full = Mplug::new(
+            &cfg,
+            Task::Pretrain,
+            VarBuilder::from_tensors(wide, DType::F32, &dev),
+        )
+        .unwrap();
+        let compact = Mplug::new(
+            &cfg,
+            Task::Pretrain,
+            VarBuilder::from_tensors(rounded, DType::BF16, &dev),
+        )
+        .unwrap();
+        assert_eq!(compact.dtype(), DType::F32);
+        let head = &compact.heads().unwrap().itm_head;
+        assert_eq!(head.weight().dtype(), DType::BF16, "linear weights are kept in bf16");
+        let r = cfg.image_res;
+        let images = Tensor::randn(0f32, 1f32, (2, 3, r, r), &dev).unwrap();
+        let ids = Tensor::new(&[[101u32, 104, 105, 106, 107, 102]], &dev).unwrap();
+        let mask = Tensor::ones((1, 6), DType::U32, &dev).unwrap();
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+            let max = d.max(0).unwrap().to_scalar::<f32>().unwrap();
+            let scale = a.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            let scale = scale.to_scalar::<f32>().unwrap();
+            assert!(max <= 1e-4 * scale.max(1.0), "{what}: {max} (scale {scale})");
+        };
+        close(
+            &full.encode_image(&images).unwrap(),
+            &compact.encode_image(&images).unwrap(),
+            "visual tokens",
+        );
+        close(
+            &full.encode_text(&ids, &mask).unwrap(),
+            &compact.encode_text(&ids, &mask).unwrap(),
+            "text states",
+        );
     }
 }
