@@ -422,13 +422,24 @@ impl ModelSource {
     /// the folder names or the checkpoint's keys show). A checkpoint made for another task is
     /// refused with a message naming both.
     pub fn load(&self, task: Option<Task>, device: &Device) -> Result<LoadedModel> {
+        self.load_as(task, device, DType::F32)
+    }
+
+    /// [`Self::load`] with the weights in `dtype`: `BF16` on the CPU gives compact weights
+    /// (linear layers' weights in bf16, arithmetic in f32; see [`Mplug::new`]).
+    pub fn load_as(
+        &self,
+        task: Option<Task>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<LoadedModel> {
         let ckpt = Checkpoint::load(&self.checkpoint)?;
         let task = if self.tasks.is_empty() {
             self.single_task(task, &ckpt)?
         } else {
             self.one_of_tasks(task, &ckpt)?
         };
-        let model = Mplug::load(&self.config, &ckpt, task, DType::F32, device)?;
+        let model = Mplug::load(&self.config, &ckpt, task, dtype, device)?;
         let grounding = GroundingTokens::from_checkpoint(&ckpt)?;
         let pipeline = Pipeline::new(model, self.tokenizer()?, grounding)?;
         Ok(LoadedModel {
