@@ -310,8 +310,9 @@ impl Pipeline {
     }
 
     /// Retrieval scores of the reference's evaluation between images and texts: ITC top `k`
-    /// re-scored by ITM. Returns `(image -> text, text -> image)` matrices (-100 outside the
-    /// top `k`).
+    /// re-scored by ITM (the positive-class logit). Returns `(image -> text, text -> image)`
+    /// matrices (-100 outside the top `k`; each side's `k` is at most its number of
+    /// candidates, see [`retrieval::rerank`]).
     pub fn retrieve(
         &self,
         images: &Tensor,
@@ -334,7 +335,6 @@ impl Pipeline {
             Visual::Images(_) => retrieval::Rescore::Itm,
             Visual::Clips(_) => retrieval::Rescore::ItmPlusSimilarity,
         };
-        let k = k.min(texts.len()).min(visual.count()?);
         let (visual_side, text_side) = self.retrieval_sides(visual, texts)?;
         retrieval::rerank(&self.model, &visual_side, &text_side, k, rescore)
     }

@@ -489,7 +489,7 @@ async fn retrieve_inner(app: Shared, req: Request) -> Result<Value, ApiError> {
                 "images": n_images,
                 "image_to_text": by_image,
                 "text_to_image": by_text,
-                "note": "scores are ITM match probabilities for each row's ITC top k, -100 outside it",
+                "note": "scores are ITM logits (the match class's logit, not a probability) for each row's ITC top k, at most the row's candidates; -100 outside it",
             }))
         }
         _ => Err(unexpected()),

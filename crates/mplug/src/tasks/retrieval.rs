@@ -149,7 +149,10 @@ impl Rescore {
 }
 
 /// Score matrices of the reference's evaluation: for each image the top `k` texts by ITC
-/// similarity are re-scored, every other entry is -100. Returns `(i2t (Ni, Nt), t2i (Nt, Ni))`.
+/// similarity are re-scored, and for each text its top `k` images; every other entry is -100.
+/// Each side's `k` is at most its number of candidates (so with one image and three texts,
+/// `k = 16` re-scores all three texts of the image, and the one image of each text). Returns
+/// `(i2t (Ni, Nt), t2i (Nt, Ni))`.
 pub fn rerank(
     model: &Mplug,
     images: &ImageSide,
@@ -159,13 +162,17 @@ pub fn rerank(
 ) -> Result<(ScoreMatrix, ScoreMatrix)> {
     let sims = similarities(images, texts)?;
     let (ni, nt) = sims.dims2()?;
-    if k == 0 || k > ni.min(nt) {
+    if k == 0 {
+        return Err(Error::invalid("k must be at least 1"));
+    }
+    if ni == 0 || nt == 0 {
         return Err(Error::invalid(format!(
-            "k = {k} must be between 1 and min({ni} images, {nt} texts)"
+            "retrieval needs images and texts ({ni} images, {nt} texts)"
         )));
     }
     let one_side =
         |sims: &Tensor, rows: usize, cols: usize, image_major: bool| -> Result<ScoreMatrix> {
+            let k = k.min(cols);
             let top = topk_rows(sims, k)?;
             let pairs: Vec<(usize, usize)> = top
                 .iter()
@@ -188,4 +195,59 @@ pub fn rerank(
     let i2t = one_side(&sims, ni, nt, true)?;
     let t2i = one_side(&sims.t()?.contiguous()?, nt, ni, false)?;
     Ok((i2t, t2i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MplugConfig, Task};
+    use candle_core::Device;
+    use candle_nn::{VarBuilder, VarMap};
+
+    /// One image and three texts at `k = 16`: every text of the image is re-scored (with its
+    /// ITM logit), and each text's one image; `k = 0` is an error.
+    #[test]
+    fn each_side_reranks_up_to_its_own_candidates() {
+        let dev = Device::Cpu;
+        let cfg = MplugConfig::tiny();
+        let varmap = VarMap::new();
+        let model = Mplug::new(
+            &cfg,
+            Task::Retrieval,
+            VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+        )
+        .unwrap();
+        let r = cfg.image_res;
+        let images = Tensor::randn(0f32, 1f32, (1, 3, r, r), &dev).unwrap();
+        let ids = Tensor::new(
+            &[
+                [101u32, 104, 105, 102],
+                [101, 106, 107, 102],
+                [101, 108, 109, 102],
+            ],
+            &dev,
+        )
+        .unwrap();
+        let mask = Tensor::ones((3, 4), DType::U32, &dev).unwrap();
+        let im = encode_images(&model, &images).unwrap();
+        let tx = encode_texts(&model, &ids, &mask).unwrap();
+        for rescore in [Rescore::Itm, Rescore::Similarity] {
+            let (i2t, t2i) = rerank(&model, &im, &tx, 16, rescore).unwrap();
+            assert_eq!((i2t.len(), i2t[0].len()), (1, 3));
+            assert_eq!((t2i.len(), t2i[0].len()), (3, 1));
+            let pairs = [(0, 0), (0, 1), (0, 2)];
+            let want = match rescore {
+                Rescore::Itm => itm_positive(&model, &im, &tx, &pairs).unwrap(),
+                _ => similarity_rows(&im, &tx).unwrap()[0].clone(),
+            };
+            for (j, w) in want.iter().enumerate() {
+                assert!((i2t[0][j] - w).abs() < 1e-5, "{rescore:?} i2t {j}: {i2t:?}");
+                assert!((t2i[j][0] - w).abs() < 1e-5, "{rescore:?} t2i {j}: {t2i:?}");
+            }
+        }
+        // k = 1 re-scores one text of the image; the others stay outside the top k.
+        let (i2t, _) = rerank(&model, &im, &tx, 1, Rescore::Itm).unwrap();
+        assert_eq!(i2t[0].iter().filter(|&&s| s == -100.0).count(), 2);
+        assert!(rerank(&model, &im, &tx, 0, Rescore::Itm).is_err());
+    }
 }
