@@ -342,7 +342,21 @@ fn caption_and_retrieve_batches_write_jsonl() {
     assert!(o.stdout.is_empty(), "{}", o.stdout);
     let written = std::fs::read_to_string(&out).unwrap();
     assert_eq!(json_lines(&written).len(), 3);
-    assert_eq!(json_lines(&written), json_lines(&whole.stdout));
+    // The same captions; scores equal to rounding, not bit for bit: decoding one image's five
+    // beams runs the few-row kernel (up to 8 rows, its own summation order), eight images'
+    // forty beams run gemm.
+    for (a, b) in json_lines(&written).iter().zip(&json_lines(&whole.stdout)) {
+        let (mut a, mut b) = (a.clone(), b.clone());
+        let (ca, cb) = (a["captions"].take(), b["captions"].take());
+        assert_eq!(a, b);
+        let (ca, cb) = (ca.as_array().unwrap(), cb.as_array().unwrap());
+        assert_eq!(ca.len(), cb.len());
+        for (x, y) in ca.iter().zip(cb) {
+            assert_eq!(x["caption"], y["caption"]);
+            let (sx, sy) = (x["score"].as_f64().unwrap(), y["score"].as_f64().unwrap());
+            assert!((sx - sy).abs() <= 1e-5 * sx.abs().max(1.0), "{sx} vs {sy}");
+        }
+    }
 
     // Retrieval: the same, scores within rounding.
     let base = [

@@ -525,16 +525,24 @@ fn retrieval_server_ranks_and_embeds() {
         ("images", Some("gray.png"), &bytes),
         ("texts", None, b"a camera"),
         ("texts", None, b"a dog"),
+        ("texts", None, b"a cat"),
     ]);
     let r = server.request("POST", "/v1/retrieve", &ct, &body);
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(
-        r.json()["image_to_text"][0]["texts"]
-            .as_array()
-            .unwrap()
-            .len(),
-        2
-    );
+    // More texts than images: at the default k every text of the one image is re-scored
+    // (none left at the -100 of "outside the top k"), and each text's one image.
+    let v = r.json();
+    let texts = v["image_to_text"][0]["texts"].as_array().unwrap();
+    assert_eq!(texts.len(), 3);
+    for t in texts {
+        let score = t["score"].as_f64().unwrap();
+        assert!(score != -100.0 && score.is_finite(), "{v}");
+    }
+    let ranked = v["text_to_image"].as_array().unwrap();
+    assert_eq!(ranked.len(), 3);
+    for t in ranked {
+        assert!(t["images"][0]["score"].as_f64().unwrap() != -100.0, "{v}");
+    }
 
     assert_error(&server.post_json("/v1/embed", &json!({})), 422, "nothing");
     assert_error(

@@ -118,6 +118,25 @@ fn video_subcommands_run_on_gif_clips() {
             "{line}"
         );
     }
+    // One clip and two texts at the default k: both texts are re-scored.
+    let head = ["video", "retrieve", "--model", m, "--frames", "3", "--json"];
+    let out = mplug_ok(
+        &[
+            &head[..],
+            &["--text", "a red clip", "--text", "a blue clip", a_s],
+        ]
+        .concat(),
+    );
+    let got = lines(&out);
+    assert_eq!(got.len(), 1);
+    let v: serde_json::Value = serde_json::from_str(&got[0]).unwrap();
+    let texts = v["texts"].as_array().unwrap();
+    assert_eq!(texts.len(), 2);
+    assert!(
+        texts.iter().all(|t| t["score"].as_f64() != Some(-100.0)),
+        "{}",
+        got[0]
+    );
     // By ITC alone every text gets its cosine similarity to the mean frame feature.
     let out = retrieve(&["--itc-only"]);
     for line in &lines(&out) {
