@@ -477,6 +477,88 @@ multiversion! {
     pub fn widen_bf16(bits: &[u16], out: &mut [f32]) => widen_bf16_impl
 }
 
+/// The scalars of one AdamW update (see `train::optim`), in f32 as candle applies them.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWScalars {
+    /// `1 - lr * weight_decay`, or `None` for a parameter without decay.
+    pub decay: Option<f32>,
+    /// `1 - beta1`.
+    pub one_minus_beta1: f32,
+    /// `1 - beta2`.
+    pub one_minus_beta2: f32,
+    /// `beta1`.
+    pub beta1: f32,
+    /// `beta2`.
+    pub beta2: f32,
+    /// `1 / sqrt(1 - beta2^t)`.
+    pub inv_bias2_sqrt: f32,
+    /// Adam's epsilon.
+    pub eps: f32,
+    /// `lr / (1 - beta1^t)`.
+    pub step: f32,
+}
+
+impl AdamWScalars {
+    /// One element: `(theta, m, v)` after the update. Each operation is the one candle's
+    /// composed update performs, in the same order and type (`x * a + b` for a scalar, the
+    /// `+ 0.0` included: it turns -0 into +0), so both give the same bits.
+    #[inline(always)]
+    pub fn apply(&self, theta: f32, g: f32, m: f32, v: f32, first: bool) -> (f32, f32, f32) {
+        let theta = match self.decay {
+            Some(d) => theta * d + 0.0,
+            None => theta,
+        };
+        let g_m = g * self.one_minus_beta1 + 0.0;
+        let g_v = (g * g) * self.one_minus_beta2 + 0.0;
+        let (m, v) = if first {
+            (g_m, g_v)
+        } else {
+            ((m * self.beta1 + 0.0) + g_m, (v * self.beta2 + 0.0) + g_v)
+        };
+        let denom = (v.sqrt() * self.inv_bias2_sqrt + 0.0) * 1.0 + self.eps;
+        let update = (m / denom) * self.step + 0.0;
+        (theta - update, m, v)
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn adamw_impl(
+    c: &AdamWScalars,
+    theta: &[f32],
+    g: &[f32],
+    m: Option<(&[f32], &[f32])>,
+    out_theta: &mut [f32],
+    out_m: &mut [f32],
+    out_v: &mut [f32],
+) {
+    let outs = out_theta
+        .iter_mut()
+        .zip(out_m.iter_mut())
+        .zip(out_v.iter_mut());
+    match m {
+        Some((m, v)) => {
+            for ((((ot, om), ov), (t, g)), (m, v)) in
+                outs.zip(theta.iter().zip(g)).zip(m.iter().zip(v))
+            {
+                (*ot, *om, *ov) = c.apply(*t, *g, *m, *v, false);
+            }
+        }
+        None => {
+            for (((ot, om), ov), (t, g)) in outs.zip(theta.iter().zip(g)) {
+                (*ot, *om, *ov) = c.apply(*t, *g, 0.0, 0.0, true);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// AdamW over a run of elements: parameters `theta`, gradients `g`, moments `m` (`None` on
+    /// the first step) into the three outputs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw(c: &AdamWScalars, theta: &[f32], g: &[f32], m: Option<(&[f32], &[f32])>, out_theta: &mut [f32], out_m: &mut [f32], out_v: &mut [f32]) => adamw_impl
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
