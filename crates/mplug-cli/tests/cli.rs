@@ -36,6 +36,32 @@ fn convert(dir: &Path, task: &str, name_task: bool, extra: &[&str]) -> PathBuf {
     out
 }
 
+/// `--dtype bf16` loads compact weights (bf16 linear weights, f32 arithmetic) and answers;
+/// other names are refused by the parser.
+#[test]
+fn caption_with_bf16_weights() {
+    let (m, img) = (tiny_model(), image("rgb.png"));
+    let o = mplug_ok(&[
+        "caption",
+        "--model",
+        s(&m),
+        "--dtype",
+        "bf16",
+        "--json",
+        s(&img),
+    ]);
+    let line: serde_json::Value = serde_json::from_str(o.stdout.trim()).unwrap();
+    let score = line["captions"][0]["score"].as_f64().unwrap();
+    assert!(score.is_finite(), "{}", o.stdout);
+    let o = mplug(&["caption", "--model", s(&m), "--dtype", "f64", s(&img)]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("'f64'") && o.stderr.contains("bf16"),
+        "{}",
+        o.stderr
+    );
+}
+
 #[test]
 fn caption_folder_matches_checkpoint() {
     let dir = scratch("caption");
