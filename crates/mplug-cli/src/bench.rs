@@ -314,7 +314,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let r = cfg.image_res;
     let flops = vision_flops(&cfg);
     let max_batch = args.batch_size.iter().copied().max().unwrap_or(1);
-    let images = Tensor::randn(0f32, 1f32, (max_batch, 3, r, r), &device)?.to_dtype(model.dtype())?;
+    let images =
+        Tensor::randn(0f32, 1f32, (max_batch, 3, r, r), &device)?.to_dtype(model.dtype())?;
     for &b in args.batch_size.iter().filter(|_| args.wants(Part::Tower)) {
         let batch = images.narrow(0, 0, b)?;
         let (median, min) = time(args.runs, || Ok(model.encode_image(&batch)?))?;

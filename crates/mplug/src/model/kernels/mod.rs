@@ -313,7 +313,11 @@ mod tests {
         .unwrap();
         assert_eq!(compact.dtype(), DType::F32);
         let head = &compact.heads().unwrap().itm_head;
-        assert_eq!(head.weight().dtype(), DType::BF16, "linear weights are kept in bf16");
+        assert_eq!(
+            head.weight().dtype(),
+            DType::BF16,
+            "linear weights are kept in bf16"
+        );
         let r = cfg.image_res;
         let images = Tensor::randn(0f32, 1f32, (2, 3, r, r), &dev).unwrap();
         let ids = Tensor::new(&[[101u32, 104, 105, 106, 107, 102]], &dev).unwrap();
@@ -323,7 +327,10 @@ mod tests {
             let max = d.max(0).unwrap().to_scalar::<f32>().unwrap();
             let scale = a.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
             let scale = scale.to_scalar::<f32>().unwrap();
-            assert!(max <= 1e-4 * scale.max(1.0), "{what}: {max} (scale {scale})");
+            assert!(
+                max <= 1e-4 * scale.max(1.0),
+                "{what}: {max} (scale {scale})"
+            );
         };
         close(
             &full.encode_image(&images).unwrap(),
