@@ -184,15 +184,6 @@ fn time<T>(runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, f64)> 
     Ok((secs[secs.len() / 2], secs[0]))
 }
 
-fn dtype(name: &str) -> Result<DType> {
-    Ok(match name {
-        "f32" => DType::F32,
-        "f16" => DType::F16,
-        "bf16" => DType::BF16,
-        other => bail!("unknown --dtype `{other}` (expected f32, f16 or bf16)"),
-    })
-}
-
 /// A model of `cfg`'s shapes with random weights held as plain tensors of `dtype`, as a loaded
 /// checkpoint holds them: drawn through a `VarMap` (candle's initializers), then detached, so
 /// that no operation records a gradient graph (which made an earlier benchmark twice as slow as
@@ -275,7 +266,7 @@ fn run_train(args: &BenchArgs, report: &Report) -> Result<()> {
 pub fn run(args: &BenchArgs) -> Result<()> {
     let report = Report { json: args.json };
     let cfg = MplugConfig::preset(&args.preset)?;
-    let dtype = dtype(&args.dtype)?;
+    let dtype = crate::convert::dtype(&args.dtype)?;
     if args.batch_size.contains(&0) {
         bail!("--batch-size must be at least 1");
     }

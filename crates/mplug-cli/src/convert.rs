@@ -47,7 +47,8 @@ pub struct ConvertArgs {
     pub force: bool,
 }
 
-fn dtype(name: &str) -> Result<DType> {
+/// A dtype by name: `f32`, `f16` or `bf16` (`convert --dtype`, `bench --dtype`).
+pub fn dtype(name: &str) -> Result<DType> {
     Ok(match name {
         "f32" => DType::F32,
         "f16" => DType::F16,

@@ -18,39 +18,20 @@ macro_rules! multiversion {
     // `=> body::<FMA>`: the body takes `const FMA: bool`, true in the copies for CPUs with fused
     // multiply-add (where `f32::mul_add` is one instruction; elsewhere it is a library call).
     ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident::<FMA>) => {
-        $(#[$meta])*
-        pub fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { $body::<true>($($arg),*) }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { $body::<true>($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                {
-                    // SAFETY: the CPU has the features the copy was compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            $body::<false>($($arg),*)
-        }
+        multiversion!(@define [$(#[$meta])*] $name ($($arg: $ty),*) ($($ret)?) $body::<true>, $body::<false>);
     };
     ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident) => {
-        $(#[$meta])*
+        multiversion!(@define [$(#[$meta])*] $name ($($arg: $ty),*) ($($ret)?) $body, $body);
+    };
+    (@define [$($meta:tt)*] $name:ident ($($arg:ident: $ty:ty),*) ($($ret:ty)?) $fast:path, $base:path) => {
+        $($meta)*
         pub fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { $body($($arg),*) }
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { $fast($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { $body($($arg),*) }
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { $fast($($arg),*) }
                 if std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vl")
                 {
@@ -64,7 +45,7 @@ macro_rules! multiversion {
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            $body($($arg),*)
+            $base($($arg),*)
         }
     };
 }
