@@ -105,18 +105,47 @@ pub struct BatchArgs {
     pub output: Option<PathBuf>,
 }
 
-/// Where per-image results go: stdout, or a JSON lines file.
+/// Where per-image results go: stdout, or a JSON lines file. The file is written beside its
+/// destination under a temporary name and moved into place by [`Sink::finish`], so a run that
+/// fails (bad input found late, a kill, a full disk) leaves an existing file as it was and no
+/// half-written one.
 struct Sink {
-    file: Option<(PathBuf, std::io::BufWriter<std::fs::File>)>,
+    file: Option<PartialFile>,
+}
+
+/// A file being written to `tmp`, renamed to `path` when complete; removed if dropped before.
+struct PartialFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    writer: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 impl Sink {
     fn new(output: Option<&std::path::Path>) -> Result<Self> {
         let file = match output {
             Some(path) => {
-                let f = std::fs::File::create(path)
+                let name = path
+                    .file_name()
+                    .ok_or_else(|| anyhow::anyhow!("--output {} names no file", path.display()))?;
+                let mut tmp_name = std::ffi::OsString::from(".");
+                tmp_name.push(name);
+                tmp_name.push(format!(".partial-{}", std::process::id()));
+                let tmp = path.with_file_name(tmp_name);
+                let f = std::fs::File::create(&tmp)
                     .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-                Some((path.to_path_buf(), std::io::BufWriter::new(f)))
+                Some(PartialFile {
+                    path: path.to_path_buf(),
+                    tmp,
+                    writer: Some(std::io::BufWriter::new(f)),
+                })
             }
             None => None,
         };
@@ -132,8 +161,13 @@ impl Sink {
     ) -> Result<()> {
         use std::io::Write;
         match &mut self.file {
-            Some((path, f)) => writeln!(f, "{value}")
+            Some(PartialFile {
+                path,
+                writer: Some(f),
+                ..
+            }) => writeln!(f, "{value}")
                 .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display())),
+            Some(_) => Ok(()),
             None if json => {
                 println!("{value}");
                 Ok(())
@@ -145,11 +179,21 @@ impl Sink {
         }
     }
 
+    /// Completes the output: the file is flushed to disk and moved over its destination.
     fn finish(self) -> Result<()> {
-        use std::io::Write;
-        if let Some((path, mut f)) = self.file {
-            f.flush()
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        if let Some(mut file) = self.file {
+            let cannot =
+                |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", file.path.display());
+            if let Some(w) = file.writer.take() {
+                let f = w.into_inner().map_err(|e| cannot(e.into_error()))?;
+                let done = f
+                    .sync_all()
+                    .and_then(|_| std::fs::rename(&file.tmp, &file.path));
+                if let Err(e) = done {
+                    let _ = std::fs::remove_file(&file.tmp);
+                    return Err(cannot(e));
+                }
+            }
         }
         Ok(())
     }

@@ -404,3 +404,39 @@ fn caption_and_retrieve_batches_write_jsonl() {
         "--batch-size",
     );
 }
+
+/// A failing run leaves an existing `--output` file as it was (and no partial file beside it);
+/// a run that succeeds replaces it.
+#[test]
+fn output_file_is_replaced_only_by_a_complete_run() {
+    let dir = scratch("output-kept");
+    let m = tiny_model();
+    let out = dir.join("captions.jsonl");
+    std::fs::write(&out, "earlier results\n").unwrap();
+    let missing = dir.join("missing.png");
+    let good = image("rgb.png");
+    let o = mplug(&[
+        "caption",
+        "--model",
+        s(&m),
+        "--batch-size",
+        "1",
+        "--output",
+        s(&out),
+        s(&good),
+        s(&missing),
+    ]);
+    assert_ne!(o.code, 0, "{}", o.stdout);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "earlier results\n");
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        [std::ffi::OsString::from("captions.jsonl")],
+        "{names:?}"
+    );
+    mplug_ok(&["caption", "--model", s(&m), "--output", s(&out), s(&good)]);
+    assert_eq!(json_lines(&std::fs::read_to_string(&out).unwrap()).len(), 1);
+}
