@@ -52,7 +52,18 @@ const ANSWER_LENGTHS: (usize, usize) = (1, 10);
 
 impl DecodeArgs {
     /// The search settings, with `lengths` (min, max) where the command line gives none.
-    fn config(&self, lengths: (usize, usize)) -> BeamConfig {
+    /// The decoding settings, with the task's reference `lengths` where not given. A
+    /// `--max-len` below the default minimum lowers the minimum with it; an explicit
+    /// `--min-len` above the maximum is an error.
+    fn config(&self, lengths: (usize, usize)) -> Result<BeamConfig> {
+        let max_length = self.max_len.unwrap_or(lengths.1);
+        let min_length = match self.min_len {
+            Some(min) if min > max_length => anyhow::bail!(
+                "--min-len {min} is above the maximum length {max_length} (--max-len)"
+            ),
+            Some(min) => min,
+            None => lengths.0.min(max_length),
+        };
         let sampling = self.sample.then_some(mplug::generate::Sampling {
             temperature: self.temperature,
             top_k: self.top_k,
@@ -64,15 +75,15 @@ impl DecodeArgs {
         } else {
             self.beam
         };
-        BeamConfig {
+        Ok(BeamConfig {
             beam_size,
-            min_length: self.min_len.unwrap_or(lengths.0),
-            max_length: self.max_len.unwrap_or(lengths.1),
+            min_length,
+            max_length,
             n_best: self.n_best.min(beam_size),
             use_cache: !self.no_cache,
             sampling,
             ..Default::default()
-        }
+        })
     }
 }
 
@@ -372,7 +383,7 @@ pub fn caption(a: &CaptionArgs) -> Result<()> {
     let mut sink = Sink::new(a.batch.output.as_deref())?;
     let bar = batch_bar(images.len(), size);
     for chunk in images.chunks(size) {
-        let captions = p.caption(&p.load_images(chunk)?, &a.decode.config(CAPTION_LENGTHS))?;
+        let captions = p.caption(&p.load_images(chunk)?, &a.decode.config(CAPTION_LENGTHS)?)?;
         for (path, hyps) in chunk.iter().zip(captions) {
             let h: Vec<_> = hyps
                 .iter()
@@ -423,7 +434,7 @@ fn answer(
                 .collect()
         }
         None => p
-            .answer_visual(visual, &questions, &decode.config(ANSWER_LENGTHS))?
+            .answer_visual(visual, &questions, &decode.config(ANSWER_LENGTHS)?)?
             .remove(0)
             .into_iter()
             .map(|h| (h.text, h.score))
@@ -568,7 +579,7 @@ pub fn video(a: &VideoArgs) -> Result<()> {
             let t = p.load_clips(clips, *frames)?;
             for (path, hyps) in clips
                 .iter()
-                .zip(p.caption_visual(Visual::Clips(&t), &decode.config(CAPTION_LENGTHS))?)
+                .zip(p.caption_visual(Visual::Clips(&t), &decode.config(CAPTION_LENGTHS)?)?)
             {
                 if *json {
                     let h: Vec<_> = hyps

@@ -62,6 +62,42 @@ fn caption_with_bf16_weights() {
     );
 }
 
+/// An explicit `--min-len` above `--max-len` is refused with both named; a `--max-len` below
+/// the default minimum lowers the minimum with it.
+#[test]
+fn min_len_above_max_len_is_refused() {
+    let (m, img) = (tiny_model(), image("rgb.png"));
+    let o = mplug_fails(
+        &[
+            "caption",
+            "--model",
+            s(&m),
+            "--min-len",
+            "30",
+            "--max-len",
+            "10",
+            s(&img),
+        ],
+        "--min-len 30 is above the maximum length 10",
+    );
+    assert!(o.stdout.is_empty(), "{}", o.stdout);
+    mplug_fails(
+        &[
+            "vqa",
+            "--model",
+            s(&m),
+            "--min-len",
+            "9",
+            "--max-len",
+            "2",
+            s(&img),
+            "what?",
+        ],
+        "--min-len 9",
+    );
+    mplug_ok(&["caption", "--model", s(&m), "--max-len", "2", s(&img)]);
+}
+
 #[test]
 fn caption_folder_matches_checkpoint() {
     let dir = scratch("caption");
