@@ -143,18 +143,13 @@ impl Report {
     }
 
     fn figure(&self, f: Figure) {
-        if self.json {
-            let mut obj = serde_json::Map::new();
-            obj.insert("name".into(), f.name.into());
-            obj.insert("median_s".into(), f.median_s.into());
-            obj.insert("min_s".into(), f.min_s.into());
-            if let serde_json::Value::Object(m) = f.extra {
-                obj.extend(m);
-            }
-            println!("{}", serde_json::Value::Object(obj));
-        } else {
-            println!("{}", f.text);
+        let mut fields = serde_json::json!({ "median_s": f.median_s, "min_s": f.min_s });
+        if let (serde_json::Value::Object(m), serde_json::Value::Object(extra)) =
+            (&mut fields, f.extra)
+        {
+            m.extend(extra);
         }
+        self.line(&f.name, f.text, fields);
     }
 
     fn peak(&self, after: &str) {

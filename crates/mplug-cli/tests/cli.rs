@@ -380,11 +380,7 @@ fn bench_prints_every_figure_as_json() {
         "32",
         "--json",
     ]);
-    let lines: Vec<serde_json::Value> = o
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-        .collect();
+    let lines = json_lines(&o.stdout);
     let get = |name: &str| {
         lines
             .iter()
@@ -422,10 +418,9 @@ fn bench_prints_every_figure_as_json() {
         "1",
         "--json",
     ]);
-    let names: Vec<String> = o
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["name"].to_string())
+    let names: Vec<String> = json_lines(&o.stdout)
+        .iter()
+        .map(|l| l["name"].to_string())
         .collect();
     assert_eq!(
         names,

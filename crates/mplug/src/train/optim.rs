@@ -220,7 +220,7 @@ impl MplugAdamW {
     }
 }
 
-use crate::model::kernels::simd::AdamWScalars as Coefficients;
+use crate::model::kernels::simd::{self, AdamWScalars};
 
 fn coefficients(
     c: &OptimizerConfig,
@@ -228,9 +228,9 @@ fn coefficients(
     decayed: bool,
     bias1: f64,
     bias2_sqrt: f64,
-) -> Coefficients {
+) -> AdamWScalars {
     // Each scalar as candle applies an f64 scalar to an f32 tensor (cast, then `x * a + b`).
-    Coefficients {
+    AdamWScalars {
         decay: (decayed && c.weight_decay != 0.0).then_some((1.0 - lr * c.weight_decay) as f32),
         one_minus_beta1: (1.0 - c.beta1) as f32,
         one_minus_beta2: (1.0 - c.beta2) as f32,
@@ -242,24 +242,8 @@ fn coefficients(
     }
 }
 
-/// The values of a contiguous f32 CPU tensor.
-fn host_f32(t: &Tensor) -> Option<impl std::ops::Deref<Target = candle_core::Storage> + '_> {
-    let ok = t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous();
-    ok.then(|| t.storage_and_layout().0)
-}
-
-fn slice_of<'a>(s: &'a candle_core::Storage, t: &Tensor) -> Option<&'a [f32]> {
-    match s {
-        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => {
-            let start = t.layout().start_offset();
-            v.get(start..start + t.elem_count())
-        }
-        _ => None,
-    }
-}
-
 /// The AdamW update of one parameter in one parallel pass over its elements, for f32 CPU
-/// tensors (`None` otherwise, and the composed tensor operations run instead).
+/// tensors of one shape (`None` otherwise, and the composed tensor operations run instead).
 ///
 /// Why by hand: the composed update makes thirteen passes over the parameter, each writing a
 /// new tensor (fresh pages), which took more of a base-size training step than the backward
@@ -267,53 +251,48 @@ fn slice_of<'a>(s: &'a candle_core::Storage, t: &Tensor) -> Option<&'a [f32]> {
 fn fused_update(
     p: &Param,
     g: &Tensor,
-    c: &Coefficients,
+    c: &AdamWScalars,
 ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    use crate::model::kernels::with_values;
     use rayon::prelude::*;
     let theta = p.var.as_tensor();
-    if g.dims() != theta.dims() || !crate::model::kernels::enabled() {
+    let mut operands = vec![theta, g];
+    if let Some((m, v)) = &p.moments {
+        operands.extend([m, v]);
+    }
+    let fits = |t: &&Tensor| {
+        t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.dims() == theta.dims()
+    };
+    if !crate::model::kernels::enabled() || !operands.iter().all(fits) {
         return Ok(None);
     }
-    let (Some(ts), Some(gs)) = (host_f32(theta), host_f32(g)) else {
-        return Ok(None);
-    };
-    let (Some(tv), Some(gv)) = (slice_of(&ts, theta), slice_of(&gs, g)) else {
-        return Ok(None);
-    };
-    let moments = match &p.moments {
-        Some((m, v)) => match (host_f32(m), host_f32(v)) {
-            (Some(ms), Some(vs)) => Some((ms, vs)),
-            _ => return Ok(None),
-        },
-        None => None,
-    };
-    let moment_values = match (&moments, &p.moments) {
-        (Some((ms, vs)), Some((m, v))) => match (slice_of(ms, m), slice_of(vs, v)) {
-            (Some(a), Some(b)) if a.len() == tv.len() && b.len() == tv.len() => Some((a, b)),
-            _ => return Ok(None),
-        },
-        _ => None,
-    };
-    let n = tv.len();
+    let n = theta.elem_count();
     let (mut new_t, mut new_m, mut new_v) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-    const CHUNK: usize = 1 << 14;
-    new_t
-        .par_chunks_mut(CHUNK)
-        .zip(new_m.par_chunks_mut(CHUNK))
-        .zip(new_v.par_chunks_mut(CHUNK))
-        .enumerate()
-        .for_each(|(i, ((ot, om), ov))| {
-            let r = i * CHUNK..i * CHUNK + ot.len();
-            let mv = moment_values.map(|(m, v)| (&m[r.clone()], &v[r.clone()]));
-            crate::model::kernels::simd::adamw(c, &tv[r.clone()], &gv[r], mv, ot, om, ov);
-        });
-    drop(moments);
-    drop((ts, gs));
-    let (shape, dev) = (theta.shape().clone(), theta.device().clone());
+    let mut run = |tv: &[f32], gv: &[f32], moments: Option<(&[f32], &[f32])>| {
+        const CHUNK: usize = 1 << 14;
+        new_t
+            .par_chunks_mut(CHUNK)
+            .zip(new_m.par_chunks_mut(CHUNK))
+            .zip(new_v.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(i, ((ot, om), ov))| {
+                let r = i * CHUNK..i * CHUNK + ot.len();
+                let mv = moments.map(|(m, v)| (&m[r.clone()], &v[r.clone()]));
+                simd::adamw(c, &tv[r.clone()], &gv[r], mv, ot, om, ov);
+            });
+        Ok(())
+    };
+    with_values(theta, |tv| {
+        with_values(g, |gv| match &p.moments {
+            Some((m, v)) => with_values(m, |mv| with_values(v, |vv| run(tv, gv, Some((mv, vv))))),
+            None => run(tv, gv, None),
+        })
+    })?;
+    let (shape, dev) = (theta.shape(), theta.device());
     Ok(Some((
-        Tensor::from_vec(new_t, shape.clone(), &dev)?,
-        Tensor::from_vec(new_m, shape.clone(), &dev)?,
-        Tensor::from_vec(new_v, shape, &dev)?,
+        Tensor::from_vec(new_t, shape, dev)?,
+        Tensor::from_vec(new_m, shape, dev)?,
+        Tensor::from_vec(new_v, shape, dev)?,
     )))
 }
 

@@ -79,15 +79,19 @@ pub unsafe fn gemm(
 /// weights), above it in `gemm`.
 pub const FEW_ROWS: usize = 8;
 
-/// `x (m, k) @ w` for few rows: the `k` rows of the weights split into one contiguous range per
-/// thread, each accumulated by `acc(x, i0, i1, partial)` into its own `(m, n)` partial sum, the
-/// partials added at the end.
+/// `act(x (m, k) @ w + b) + residual` for few rows: the `k` rows of the weights split into one
+/// contiguous range per thread, each accumulated by `acc(x, i0, i1, partial)` into its own
+/// `(m, n)` partial sum, the partials added, then the epilogue.
+#[allow(clippy::too_many_arguments)]
 pub fn few_rows(
     x: &[f32],
     m: usize,
     k: usize,
     acc: impl Fn(&[f32], usize, usize, &mut [f32]) + Sync,
     n: usize,
+    bias: Option<&[f32]>,
+    act: Activation,
+    residual: Option<&[f32]>,
     threads: usize,
 ) -> Vec<f32> {
     // Ranges of at least 64 rows, so that small layers do not pay for the threads.
@@ -104,6 +108,7 @@ pub fn few_rows(
     for p in &partials {
         out.iter_mut().zip(p).for_each(|(o, v)| *o += *v);
     }
+    simd::epilogue(&mut out, n, bias, act, residual);
     out
 }
 
@@ -131,16 +136,9 @@ pub fn linear(
     let threads = threads();
     if let Weight::Cols(w) = w {
         if m <= FEW_ROWS {
-            let mut out = few_rows(
-                x,
-                m,
-                k,
-                |x, i0, i1, y| simd::accumulate_rows(x, m, k, w, n, i0, i1, y),
-                n,
-                threads,
-            );
-            simd::epilogue(&mut out, n, bias, act, residual);
-            return out;
+            let acc =
+                |x: &[f32], i0, i1, y: &mut [f32]| simd::accumulate_rows(x, m, k, w, n, i0, i1, y);
+            return few_rows(x, m, k, acc, n, bias, act, residual, threads);
         }
     }
     let mut out = Vec::<f32>::with_capacity(m * n);
@@ -191,16 +189,10 @@ pub fn linear_bf16(
     residual: Option<&[f32]>,
 ) -> Vec<f32> {
     if m <= FEW_ROWS {
-        let mut out = few_rows(
-            x,
-            m,
-            k,
-            |x, i0, i1, y| simd::accumulate_rows_bf16(x, m, k, bits, n, i0, i1, y),
-            n,
-            threads(),
-        );
-        simd::epilogue(&mut out, n, bias, act, residual);
-        return out;
+        let acc = |x: &[f32], i0, i1, y: &mut [f32]| {
+            simd::accumulate_rows_bf16(x, m, k, bits, n, i0, i1, y)
+        };
+        return few_rows(x, m, k, acc, n, bias, act, residual, threads());
     }
     let mut wide = vec![0f32; k * n];
     let chunk = (k * n).div_ceil(threads() * 4).max(1);
@@ -276,6 +268,9 @@ mod tests {
                     k,
                     |x, i0, i1, y| simd::accumulate_rows(x, m, k, &wt, n, i0, i1, y),
                     n,
+                    None,
+                    Activation::None,
+                    None,
                     threads,
                 );
                 for i in 0..m * n {
@@ -296,6 +291,9 @@ mod tests {
                     k,
                     |x, i0, i1, y| simd::accumulate_rows_bf16(x, m, k, &bits, n, i0, i1, y),
                     n,
+                    None,
+                    Activation::None,
+                    None,
                     threads,
                 );
                 for i in 0..m * n {

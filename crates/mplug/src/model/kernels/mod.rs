@@ -66,8 +66,8 @@ fn f32s(s: &Storage) -> Result<&[f32]> {
     }
 }
 
-/// The contiguous values of `t` as a slice, viewed through `f`.
-fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+/// The contiguous values of `t` (an f32 CPU tensor) as a slice, viewed through `f`.
+pub(crate) fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let all = f32s(&storage)?;
@@ -113,39 +113,31 @@ pub fn linear(
     // A weight stored transposed at load ((k, n) contiguous, viewed as (n, k)) is read as is.
     let transposed = weight.t()?;
     let cols = transposed.is_contiguous() && !weight.is_contiguous();
-    if weight.dtype() == DType::BF16 {
-        if !cols {
-            candle_core::bail!("linear: a bf16 weight must be stored transposed (see ops::Linear)");
-        }
-        let (storage, layout) = transposed.storage_and_layout();
-        let Storage::Cpu(CpuStorage::BF16(all)) = &*storage else {
-            candle_core::bail!("linear: expected a bf16 CPU weight");
-        };
-        let start = layout.start_offset();
-        let bits: &[u16] = all[start..start + k * n].reinterpret_cast();
-        let y = with_values(x, |xs| {
-            with_optional(bias, |bs| {
-                with_optional(residual, |rs| {
-                    Ok(matmul::linear_bf16(xs, m, k, bits, n, bs, act, rs))
-                })
-            })
-        })?;
-        return Tensor::from_vec(y, out_dims, &Device::Cpu);
+    if weight.dtype() == DType::BF16 && !cols {
+        candle_core::bail!("linear: a bf16 weight must be stored transposed (see ops::Linear)");
     }
     let values = if cols { transposed } else { weight.clone() };
-    let y = with_values(x, |xs| {
+    let product = |xs: &[f32], bs: Option<&[f32]>, rs: Option<&[f32]>| -> Result<Vec<f32>> {
+        if values.dtype() == DType::BF16 {
+            let (storage, layout) = values.storage_and_layout();
+            let Storage::Cpu(CpuStorage::BF16(all)) = &*storage else {
+                candle_core::bail!("linear: expected a bf16 CPU weight");
+            };
+            let start = layout.start_offset();
+            let bits: &[u16] = all[start..start + k * n].reinterpret_cast();
+            return Ok(matmul::linear_bf16(xs, m, k, bits, n, bs, act, rs));
+        }
         with_values(&values, |ws| {
             let ws = if cols {
                 matmul::Weight::Cols(ws)
             } else {
                 matmul::Weight::Rows(ws)
             };
-            with_optional(bias, |bs| {
-                with_optional(residual, |rs| {
-                    Ok(matmul::linear(xs, m, k, ws, n, bs, act, rs))
-                })
-            })
+            Ok(matmul::linear(xs, m, k, ws, n, bs, act, rs))
         })
+    };
+    let y = with_values(x, |xs| {
+        with_optional(bias, |bs| with_optional(residual, |rs| product(xs, bs, rs)))
     })?;
     Tensor::from_vec(y, out_dims, &Device::Cpu)
 }
