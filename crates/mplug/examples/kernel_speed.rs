@@ -1,10 +1,12 @@
 //! Times the linear-layer kernel of `mplug::model::kernels` on the shapes of the base model, in
 //! both weight layouts, at tower (577 and 8 x 577 rows) and decoding (5 rows) sizes: the
 //! figures behind storing weights transposed. `TUNE=1` applies `kernels::tune_allocator` first,
-//! as the `mplug` binary does.
+//! as the `mplug` binary does. Then one decoding step's weight stream (a 12-layer BERT decoder's
+//! 99 M linear weights, too large for any cache) at 5 rows: `gemm` against the few-row kernel,
+//! in f32 and with bf16 weights.
 //! `RAYON_NUM_THREADS=2 cargo run --release -p mplug --example kernel_speed`.
 
-use mplug::model::kernels::matmul::{linear, Weight};
+use mplug::model::kernels::matmul::{gemm, linear, linear_bf16, threads, Weight};
 use mplug::model::kernels::Activation;
 use std::time::Instant;
 
@@ -47,4 +49,77 @@ fn main() {
             );
         }
     }
+    decoder_stream();
+}
+
+/// Five rows through every linear weight of a 12-layer decoder, each weight read once per pass
+/// (the memory-bound case of beam decoding); best of four passes.
+fn decoder_stream() {
+    const M: usize = 5;
+    let mut shapes = vec![];
+    for _ in 0..12 {
+        shapes.extend([
+            (768, 2304),
+            (768, 768),
+            (768, 768),
+            (768, 768),
+            (768, 3072),
+            (3072, 768),
+        ]);
+    }
+    let weights: Vec<Vec<f32>> = shapes
+        .iter()
+        .map(|&(k, n)| (0..k * n).map(|i| (i % 13) as f32 * 0.01).collect())
+        .collect();
+    let bits: Vec<Vec<u16>> = weights
+        .iter()
+        .map(|w| w.iter().map(|v| (v.to_bits() >> 16) as u16).collect())
+        .collect();
+    let params: usize = shapes.iter().map(|&(k, n)| k * n).sum();
+    let x = |k: usize| -> Vec<f32> { (0..M * k).map(|i| (i % 7) as f32 * 0.1).collect() };
+    let (x768, x3072) = (x(768), x(3072));
+    let input = |k: usize| if k == 768 { &x768 } else { &x3072 };
+    let pass = |name: &str, bytes: usize, f: &dyn Fn(usize, usize, usize)| {
+        let mut best = f64::MAX;
+        for _ in 0..4 {
+            let s = Instant::now();
+            for (i, &(k, n)) in shapes.iter().enumerate() {
+                f(i, k, n);
+            }
+            best = best.min(s.elapsed().as_secs_f64());
+        }
+        println!(
+            "decoder weight stream, {M} rows, {name}: {:.1} ms, {:.1} GB/s",
+            best * 1e3,
+            bytes as f64 / best / 1e9
+        );
+    };
+    pass("gemm f32", params * 4, &|i, k, n| {
+        let mut y = vec![0f32; M * n];
+        // SAFETY: the slices hold the (M, k), (k, n) and (M, n) operands.
+        unsafe {
+            gemm(
+                M,
+                n,
+                k,
+                y.as_mut_ptr(),
+                n,
+                input(k).as_ptr(),
+                k,
+                weights[i].as_ptr(),
+                n,
+                1,
+                threads(),
+            )
+        };
+        std::hint::black_box(y);
+    });
+    pass("few-row kernel f32", params * 4, &|i, k, n| {
+        let w = Weight::Cols(&weights[i]);
+        std::hint::black_box(linear(input(k), M, k, w, n, None, Activation::None, None));
+    });
+    pass("few-row kernel bf16", params * 2, &|i, k, n| {
+        let y = linear_bf16(input(k), M, k, &bits[i], n, None, Activation::None, None);
+        std::hint::black_box(y);
+    });
 }
