@@ -16,16 +16,13 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The default model folder, in the repository.
-pub const DEFAULT_MODEL: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/mplug-tiny-world");
-
 /// Options of the demo.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// The model folder (a multi-task folder, or any folder serving every task).
-    #[arg(long, default_value = DEFAULT_MODEL)]
-    pub model: PathBuf,
+    /// The model folder (a multi-task folder, or any folder serving every task; default: the
+    /// embedded default model).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
     /// The model that grounds (default: the folder beside `--model` named like it with
     /// `-grounding` appended, where there is one, as for the default model; else `--model`).
     #[arg(long)]
@@ -73,17 +70,17 @@ fn default_frames() -> usize {
 
 /// The folder that grounds: `--grounding-model`, else `<model>-grounding` beside the model
 /// where it exists, else the model itself.
-fn grounding_model(a: &DemoArgs) -> PathBuf {
+fn grounding_model(a: &DemoArgs, model: &Path) -> PathBuf {
     if let Some(m) = &a.grounding_model {
         return m.clone();
     }
-    let mut name = a.model.file_name().unwrap_or_default().to_os_string();
+    let mut name = model.file_name().unwrap_or_default().to_os_string();
     name.push("-grounding");
-    let sibling = a.model.with_file_name(name);
+    let sibling = model.with_file_name(name);
     if sibling.join("config.json").is_file() {
         sibling
     } else {
-        a.model.clone()
+        model.to_path_buf()
     }
 }
 
@@ -103,10 +100,11 @@ fn beam(min: usize, max: usize) -> BeamConfig {
 /// Runs the demo.
 pub fn run(a: &DemoArgs) -> Result<()> {
     let start = Instant::now();
-    let dir = a
-        .examples
-        .clone()
-        .unwrap_or_else(|| a.model.join("examples"));
+    let model = match &a.model {
+        Some(m) => m.clone(),
+        None => crate::default_model::general()?,
+    };
+    let dir = a.examples.clone().unwrap_or_else(|| model.join("examples"));
     let path = dir.join("examples.json");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read the examples {}", path.display()))?;
@@ -114,16 +112,16 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
     anyhow::ensure!(!ex.images.is_empty(), "{} lists no images", path.display());
     let files: Vec<PathBuf> = ex.images.iter().map(|e| dir.join(&e.file)).collect();
-    println!("mplug demo: model {}", a.model.display());
+    println!("mplug demo: model {}", model.display());
 
-    let p = load(&a.model, Task::Caption)?;
+    let p = load(&model, Task::Caption)?;
     let pixels = p.load_images(&files)?;
     println!("\n== captioning (beam 3)");
     for (e, hyps) in ex.images.iter().zip(p.caption(&pixels, &beam(3, 15))?) {
         println!("{:<16} {}", e.file, hyps[0].text);
     }
 
-    let p = load(&a.model, Task::Vqa)?;
+    let p = load(&model, Task::Vqa)?;
     println!("\n== visual question answering");
     for (i, e) in ex.images.iter().enumerate() {
         if e.questions.is_empty() {
@@ -142,7 +140,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     }
 
     if !ex.texts.is_empty() {
-        let p = load(&a.model, Task::Retrieval)?;
+        let p = load(&model, Task::Retrieval)?;
         let texts: Vec<&str> = ex.texts.iter().map(String::as_str).collect();
         let by_itc = p.similarities(Visual::Images(&pixels), &texts)?;
         let (by_itm, _) = p.retrieve(&pixels, &texts, texts.len().min(4))?;
@@ -165,7 +163,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         }
     }
 
-    let grounder = grounding_model(a);
+    let grounder = grounding_model(a, &model);
     let p = load(&grounder, Task::Grounding)?;
     println!(
         "\n== grounding (box x0, y0, x1, y1 in pixels; model {})",
@@ -185,7 +183,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
 
     if !ex.clips.is_empty() {
         let clip_files: Vec<PathBuf> = ex.clips.iter().map(|c| dir.join(&c.file)).collect();
-        let p = load(&a.model, Task::Caption)?;
+        let p = load(&model, Task::Caption)?;
         let clips = p.load_clips(&clip_files, ex.frames)?;
         println!(
             "\n== zero-shot video ({} frames, tokens concatenated): captions",
@@ -198,7 +196,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         {
             println!("{:<16} {}", c.file, hyps[0].text);
         }
-        let p = load(&a.model, Task::Vqa)?;
+        let p = load(&model, Task::Vqa)?;
         println!("== zero-shot video: questions");
         for (i, c) in ex.clips.iter().enumerate() {
             if c.questions.is_empty() {

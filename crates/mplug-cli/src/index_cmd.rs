@@ -65,7 +65,11 @@ pub struct SearchArgs {
 
 /// The retrieval model of `args` with its identity.
 fn retrieval_model(args: &ModelArgs) -> Result<(ModelIdentity, Pipeline)> {
-    let source = locate(&args.model, &args.config, Some(Task::Retrieval))?;
+    let source = locate(
+        &args.path(Task::Retrieval)?,
+        &args.config,
+        Some(Task::Retrieval),
+    )?;
     let identity = ModelIdentity::of_checkpoint(&source.config, &source.checkpoint)?;
     let pipeline = source.load(Some(Task::Retrieval), &Device::Cpu)?.pipeline;
     Ok((identity, pipeline))

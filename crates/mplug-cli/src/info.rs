@@ -13,8 +13,12 @@ use std::path::PathBuf;
 /// `mplug info`.
 #[derive(Debug, clap::Args)]
 pub struct InfoArgs {
-    /// A model folder or a checkpoint file.
-    pub model: PathBuf,
+    /// A model folder or a checkpoint file (default: the embedded default model).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The model as a bare argument (the older form of `--model`).
+    #[arg(conflicts_with = "model", hide = true, value_name = "MODEL")]
+    pub model_path: Option<PathBuf>,
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Print one JSON object.
@@ -24,7 +28,9 @@ pub struct InfoArgs {
 
 /// Runs `mplug info`.
 pub fn run(a: &InfoArgs) -> Result<()> {
-    let source = locate(&a.model, &a.config, None)?;
+    let model =
+        crate::default_model::or_default(a.model.as_deref().or(a.model_path.as_deref()), None)?;
+    let source = locate(&model, &a.config, None)?;
     let ckpt = Checkpoint::load(&source.checkpoint)?;
     let (task, task_from) = match (source.task, Task::detect(&ckpt)) {
         _ if !source.tasks.is_empty() => (None, "multi-task"),
@@ -60,7 +66,7 @@ pub fn run(a: &InfoArgs) -> Result<()> {
         println!(
             "{}",
             json!({
-                "model": a.model,
+                "model": model,
                 "checkpoint": source.checkpoint,
                 "checkpoint_bytes": bytes,
                 "task": task.map(Task::name),
@@ -80,7 +86,7 @@ pub fn run(a: &InfoArgs) -> Result<()> {
     }
     let dtypes: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d} x{n}")).collect();
     let b = &cfg.bert;
-    println!("model        {}", a.model.display());
+    println!("model        {}", model.display());
     println!(
         "checkpoint   {} ({:.1} MB, {} tensors: {})",
         source.checkpoint.display(),

@@ -4,6 +4,7 @@ mod baseline;
 mod bench;
 mod convert;
 mod data_cmd;
+mod default_model;
 mod demo;
 mod eval;
 mod index_cmd;

@@ -1,6 +1,7 @@
 //! Finding a model: a model folder (`config.json` with its task, `model.safetensors`,
 //! `vocab.txt`), a folder of per-task checkpoints, or a checkpoint file with its configuration.
 
+use crate::default_model;
 use anyhow::Result;
 use candle_core::{DType, Device};
 use mplug::model_dir::{LoadedModel, ModelSource};
@@ -12,9 +13,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, clap::Args)]
 pub struct ModelArgs {
     /// A model folder (config.json + model.safetensors / model.pth / <task>.pth, vocab.txt when
-    /// present) or a checkpoint file (.pth or .safetensors).
+    /// present) or a checkpoint file (.pth or .safetensors). Default: the embedded default model
+    /// (`mplug-tiny-world`; its grounding round for grounding).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Weights in memory: `f32`, or `bf16` (linear layers' weights rounded to bf16, half the
@@ -105,9 +107,14 @@ pub fn load_model(model: &Path, config: &ConfigArgs, task: Option<Task>) -> Resu
 }
 
 impl ModelArgs {
+    /// The model for `task`: `--model`, else the embedded default's folder for it.
+    pub fn path(&self, task: Task) -> Result<PathBuf> {
+        default_model::or_default(self.model.as_deref(), Some(task))
+    }
+
     /// Loads the pipeline for `task` on the CPU; a model made for another task is refused.
     pub fn load(&self, task: Task) -> Result<Pipeline> {
-        let source = locate(&self.model, &self.config, Some(task))?;
+        let source = locate(&self.path(task)?, &self.config, Some(task))?;
         Ok(source
             .load_as(Some(task), &Device::Cpu, self.dtype.dtype())?
             .pipeline)

@@ -252,9 +252,10 @@ pub struct MultitaskFinetune {
 /// Model and training options of a fine-tuning run.
 #[derive(Debug, clap::Args)]
 pub struct CommonFinetune {
-    /// The model to start from: a model folder or a checkpoint file.
+    /// The model to start from: a model folder or a checkpoint file (default: the embedded
+    /// default model).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     #[command(flatten)]
     pub config: ConfigArgs,
     #[command(flatten)]
@@ -476,7 +477,8 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
     let t = &common.train;
     check_out(t)?;
     let device = Device::Cpu;
-    let source = locate(&common.model, &common.config, Some(task))?;
+    let model = crate::default_model::or_default(common.model.as_deref(), Some(task))?;
+    let source = locate(&model, &common.config, Some(task))?;
     let cfg = source.config.clone();
     let ckpt = Checkpoint::load(&source.checkpoint)?;
     // Retrieval fine-tuning runs the ITC and ITM objectives of pre-training on the retrieval

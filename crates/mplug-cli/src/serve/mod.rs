@@ -36,8 +36,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Options of `mplug serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// A model folder or a checkpoint file.
-    pub model: PathBuf,
+    /// A model folder or a checkpoint file (default: the embedded default model, serving
+    /// `--task`, caption when not given).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The model as a bare argument (the older form of `--model`).
+    #[arg(conflicts_with = "model", hide = true, value_name = "MODEL")]
+    pub model_path: Option<PathBuf>,
     #[command(flatten)]
     pub config: ConfigArgs,
     /// The task to serve (default: the model folder's, or what the checkpoint's keys show).
@@ -627,9 +632,18 @@ fn router(app: Shared) -> Router {
 
 /// Runs `mplug serve` until interrupted.
 pub fn run(a: &ServeArgs) -> Result<()> {
-    let task = a.task.as_deref().map(Task::parse).transpose()?;
+    let mut task = a.task.as_deref().map(Task::parse).transpose()?;
     let start = Instant::now();
-    let model = load_model(&a.model, &a.config, task)?;
+    let path = match a.model.as_ref().or(a.model_path.as_ref()) {
+        Some(p) => p.clone(),
+        None => {
+            // The embedded default serves every task from one folder; one server runs one
+            // task, caption unless named.
+            let t = *task.get_or_insert(Task::Caption);
+            crate::default_model::for_task(Some(t))?
+        }
+    };
+    let model = load_model(&path, &a.config, task)?;
     let task = model.task;
     let cfg = model.pipeline.model().config.clone();
     let limits = Limits {
@@ -655,13 +669,13 @@ pub fn run(a: &ServeArgs) -> Result<()> {
         Task::Pretrain => anyhow::bail!(
             "{} is a pre-training model, which serves no endpoint; serve a fine-tuned \
              caption, vqa, retrieval or grounding model",
-            a.model.display()
+            path.display()
         ),
     };
     let info = json!({
         "task": task.name(),
         "endpoints": endpoint,
-        "model": a.model,
+        "model": path,
         "config": cfg,
         "limits": limits,
         "version": env!("CARGO_PKG_VERSION"),
@@ -676,7 +690,7 @@ pub fn run(a: &ServeArgs) -> Result<()> {
     });
     eprintln!(
         "mplug serve: loaded a {task} model from {} in {:.2} s",
-        a.model.display(),
+        path.display(),
         start.elapsed().as_secs_f64()
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
