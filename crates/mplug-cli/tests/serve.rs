@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 
@@ -802,4 +803,48 @@ fn load_test() {
     );
     assert_eq!(results.len(), total);
     assert_eq!(failed, 0);
+}
+
+/// A client that sends half a body and stalls holds its place only until the body timeout:
+/// meanwhile a full server answers 503 with `Retry-After`; then the stalled client gets 408 and
+/// the next request is served.
+#[test]
+fn a_stalled_body_is_timed_out_and_frees_its_place() {
+    let server = server_for("caption", &["--max-in-flight", "1", "--body-timeout", "1"]);
+    let mut stalled = std::net::TcpStream::connect(server.addr).expect("connect");
+    stalled
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stalled,
+        "POST /v1/caption HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: 1000\r\n\r\n{{\"image\": \"iVBO"
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let body = json!({"image": image_b64("gray.png")});
+    let busy = server.post_json("/v1/caption", &body);
+    assert_error(&busy, 503, "busy");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    let mut answer = String::new();
+    let _ = stalled.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1.0 s"), "{answer}");
+    let r = server.post_json("/v1/caption", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = server.get("/metrics").text();
+    assert!(
+        metric(
+            &text,
+            "mplug_requests_total{endpoint=\"/v1/caption\",status=\"408\"}"
+        ) >= 1.0
+    );
+}
+
+#[test]
+fn serve_refuses_a_bad_body_timeout() {
+    mplug_fails(
+        &["serve", "--body-timeout", "0", "--addr", "127.0.0.1:0"],
+        "--body-timeout",
+    );
 }

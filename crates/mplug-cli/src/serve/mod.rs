@@ -5,7 +5,9 @@
 //! `/v1/retrieve`, `/v1/embed` (ITC features); `GET /healthz`, `/metrics` (Prometheus text),
 //! `/v1/info`, `/openapi.json` and a web page at `/`. A server runs the task its model was made
 //! for; the other task endpoints answer 422 naming it. Limits: body size (413), pixels, text
-//! length and counts (422), requests in flight (503). Every error is a JSON object.
+//! length and counts (422), requests in flight (503, with `Retry-After`), the time a body may
+//! take to arrive (408). Every error is a JSON object; `/metrics` counts requests whose client
+//! went away as status 499.
 //! The model is shared by all requests; model calls run on blocking threads and requests that
 //! wait together are batched ([`engine`]).
 
@@ -69,6 +71,10 @@ pub struct ServeArgs {
     /// Most candidate answers in a VQA ranking request.
     #[arg(long, default_value_t = 1024)]
     pub max_answers: usize,
+    /// Seconds a client may take to send its request body; a slower one gets 408 and frees its
+    /// place among the requests in flight.
+    #[arg(long, default_value_t = 30.0)]
+    pub body_timeout: f64,
     /// Model requests accepted at once, queued or running (over it: 503).
     #[arg(long, default_value_t = 32)]
     pub max_in_flight: usize,
@@ -81,6 +87,7 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, serde::Serialize)]
 struct Limits {
     max_body_bytes: usize,
+    body_timeout_s: f64,
     max_pixels: u64,
     max_text_chars: usize,
     max_texts: usize,
@@ -111,6 +118,13 @@ fn endpoint_task(path: &str) -> Task {
         "/v1/vqa" => Task::Vqa,
         "/v1/ground" => Task::Grounding,
         _ => Task::Retrieval,
+    }
+}
+
+impl Limits {
+    /// The time a request body may take to arrive.
+    fn body_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.body_timeout_s)
     }
 }
 
@@ -307,7 +321,8 @@ async fn caption(State(app): State<Shared>, req: Request) -> Response {
 async fn caption_inner(app: Shared, req: Request) -> Result<Value, ApiError> {
     app.require("/v1/caption")?;
     let permit = app.permit()?;
-    let Parsed { body, images } = parse::<DecodeOptions>(req, app.limits.max_body_bytes).await?;
+    let Parsed { body, images } =
+        parse::<DecodeOptions>(req, app.limits.max_body_bytes, app.limits.body_timeout()).await?;
     let beam = app.beam(&body, (5, 5, 20))?;
     let image = app.image(one_image(images)?, "image".into()).await?;
     match app
@@ -334,7 +349,8 @@ async fn vqa(State(app): State<Shared>, req: Request) -> Response {
 async fn vqa_inner(app: Shared, req: Request) -> Result<Value, ApiError> {
     app.require("/v1/vqa")?;
     let permit = app.permit()?;
-    let Parsed { body, images } = parse::<VqaBody>(req, app.limits.max_body_bytes).await?;
+    let Parsed { body, images } =
+        parse::<VqaBody>(req, app.limits.max_body_bytes, app.limits.body_timeout()).await?;
     app.text(&body.question, "question")?;
     // Every field is checked before the image is decoded.
     let rank = match &body.answers {
@@ -402,7 +418,8 @@ async fn ground(State(app): State<Shared>, req: Request) -> Response {
 async fn ground_inner(app: Shared, req: Request) -> Result<Value, ApiError> {
     app.require("/v1/ground")?;
     let permit = app.permit()?;
-    let Parsed { body, images } = parse::<GroundBody>(req, app.limits.max_body_bytes).await?;
+    let Parsed { body, images } =
+        parse::<GroundBody>(req, app.limits.max_body_bytes, app.limits.body_timeout()).await?;
     app.text(&body.expression, "expression")?;
     let bytes = one_image(images)?;
     let engine = app.engine.clone();
@@ -445,7 +462,8 @@ fn image_count(app: &App, n: usize, least: usize) -> Result<(), ApiError> {
 async fn retrieve_inner(app: Shared, req: Request) -> Result<Value, ApiError> {
     app.require("/v1/retrieve")?;
     let permit = app.permit()?;
-    let Parsed { body, images } = parse::<RetrieveBody>(req, app.limits.max_body_bytes).await?;
+    let Parsed { body, images } =
+        parse::<RetrieveBody>(req, app.limits.max_body_bytes, app.limits.body_timeout()).await?;
     if body.texts.is_empty() {
         return Err(ApiError::unprocessable("`texts` is empty"));
     }
@@ -509,7 +527,8 @@ async fn embed(State(app): State<Shared>, req: Request) -> Response {
 async fn embed_inner(app: Shared, req: Request) -> Result<Value, ApiError> {
     app.require("/v1/embed")?;
     let permit = app.permit()?;
-    let Parsed { body, images } = parse::<EmbedBody>(req, app.limits.max_body_bytes).await?;
+    let Parsed { body, images } =
+        parse::<EmbedBody>(req, app.limits.max_body_bytes, app.limits.body_timeout()).await?;
     if body.texts.is_empty() && images.is_empty() {
         return Err(ApiError::unprocessable(
             "nothing to embed: send `images` and/or `texts`",
@@ -598,13 +617,36 @@ async fn method_not_allowed(req: Request) -> ApiError {
     )
 }
 
-/// Counts requests and their latency.
+/// Status recorded for a request whose client went away before the answer (nginx's 499).
+const CLIENT_CLOSED: u16 = 499;
+
+/// Records one request when dropped: with its answer's status, or as [`CLIENT_CLOSED`] when
+/// the client disconnected first (hyper then drops the handler without an answer).
+struct Tracked {
+    app: Shared,
+    endpoint: &'static str,
+    start: Instant,
+    status: u16,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.app
+            .metrics
+            .record(self.endpoint, self.status, self.start.elapsed());
+    }
+}
+
+/// Counts requests and their latency, abandoned ones included.
 async fn track(State(app): State<Shared>, req: Request, next: Next) -> Response {
-    let endpoint = metrics::endpoint(req.uri().path());
-    let start = Instant::now();
+    let mut tracked = Tracked {
+        endpoint: metrics::endpoint(req.uri().path()),
+        app,
+        start: Instant::now(),
+        status: CLIENT_CLOSED,
+    };
     let resp = next.run(req).await;
-    app.metrics
-        .record(endpoint, resp.status().as_u16(), start.elapsed());
+    tracked.status = resp.status().as_u16();
     resp
 }
 
@@ -632,6 +674,12 @@ fn router(app: Shared) -> Router {
 
 /// Runs `mplug serve` until interrupted.
 pub fn run(a: &ServeArgs) -> Result<()> {
+    if !(a.body_timeout.is_finite() && a.body_timeout > 0.0 && a.body_timeout <= 86_400.0) {
+        anyhow::bail!(
+            "--body-timeout must be a number of seconds in (0, 86400], not {}",
+            a.body_timeout
+        );
+    }
     let mut task = a.task.as_deref().map(Task::parse).transpose()?;
     let start = Instant::now();
     let path = match a.model.as_ref().or(a.model_path.as_ref()) {
@@ -648,6 +696,7 @@ pub fn run(a: &ServeArgs) -> Result<()> {
     let cfg = model.pipeline.model().config.clone();
     let limits = Limits {
         max_body_bytes: a.max_body_bytes,
+        body_timeout_s: a.body_timeout,
         max_pixels: a.max_pixels,
         max_text_chars: a.max_text_chars,
         max_texts: a.max_texts,

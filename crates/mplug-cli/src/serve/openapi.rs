@@ -12,9 +12,10 @@ fn error_responses() -> Value {
     };
     json!({
         "400": with("Malformed body (JSON syntax, multipart framing)"),
+        "408": with("The body did not arrive within the server's body timeout"),
         "413": with("Body over the size limit"),
         "422": with("Well-formed request the model cannot take: bad or oversized image, empty or too long text, wrong field, or an endpoint of another task than the loaded model's"),
-        "503": with("Too many requests in flight; retry later"),
+        "503": with("Too many requests in flight; retry after the `Retry-After` seconds"),
         "500": with("Model failure"),
     })
 }

@@ -54,6 +54,17 @@ impl ApiError {
         )
     }
 
+    /// 408: the body did not arrive in time.
+    pub fn timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {:.1} s",
+                limit.as_secs_f64()
+            ),
+        )
+    }
+
     /// 500: something that should not happen.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
@@ -75,13 +86,23 @@ impl ApiError {
     }
 }
 
+/// Seconds a busy server asks clients to wait before retrying (503's `Retry-After`).
+const RETRY_AFTER_S: &str = "1";
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut resp = (
             self.status,
             Json(json!({"error": self.message, "status": self.status.as_u16()})),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from_static(RETRY_AFTER_S),
+            );
+        }
+        resp
     }
 }
 
@@ -102,10 +123,12 @@ const LIST_FIELDS: &[&str] = &["texts", "answers"];
 /// Reads a request body under `max_body` bytes: JSON (`image` / `images` as base64 strings, or
 /// data URLs) or `multipart/form-data` (image files as `image` / `images` parts, other fields as
 /// text parts, `texts` / `answers` repeated). Malformed bodies are 400, well-formed ones with
-/// wrong fields 422, oversized ones 413.
+/// wrong fields 422, oversized ones 413, bodies that take longer than `timeout` to arrive 408
+/// (a stalled client must not hold its place among the requests in flight).
 pub async fn parse<T: DeserializeOwned>(
     req: Request,
     max_body: usize,
+    timeout: std::time::Duration,
 ) -> Result<Parsed<T>, ApiError> {
     let declared = req
         .headers()
@@ -121,8 +144,9 @@ pub async fn parse<T: DeserializeOwned>(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().starts_with("multipart/form-data"));
     let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, max_body)
+    let bytes = tokio::time::timeout(timeout, axum::body::to_bytes(body, max_body))
         .await
+        .map_err(|_| ApiError::timeout(timeout))?
         .map_err(|e| body_error(e, max_body))?;
     if is_multipart {
         let req = Request::from_parts(parts, Body::from(bytes));
