@@ -74,6 +74,9 @@ enum Command {
 fn main() -> ExitCode {
     mplug::model::kernels::tune_allocator();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        quiet_broken_pipe();
+    }
     // Training with concurrent micro-batches runs each on one tensor-math thread.
     let threads = cli.threads.or(match &cli.command {
         Command::Pretrain(a) => a.train.math_threads(),
@@ -111,6 +114,19 @@ fn main() -> ExitCode {
             eprintln!("error: {}", message(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Lets a closed standard output (`mplug caption ... | head`) end the process quietly, as it
+/// ends other command-line tools, instead of panicking in `println!`: Rust ignores SIGPIPE, so
+/// every write to a closed pipe fails and the print macros panic. The server keeps ignoring it,
+/// so that a client closing its socket never ends the process.
+fn quiet_broken_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of one signal at start-up, before any thread
+    // that could be writing exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -580,3 +580,25 @@ fn checkpoint_file_reads_the_vocabulary_beside_its_config() {
     ]);
     assert_eq!(from_ckpt.stdout, from_folder.stdout);
 }
+
+/// A reader that closes the pipe early (`mplug demo | head -1`) ends the command quietly: no
+/// panic, no backtrace.
+#[test]
+fn a_closed_stdout_ends_the_command_without_a_panic() {
+    let mut child = std::process::Command::new(MPLUG)
+        .arg("demo")
+        .env("RAYON_NUM_THREADS", "2")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn mplug demo");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !out.status.success(),
+        "the demo cannot have printed everything"
+    );
+}
