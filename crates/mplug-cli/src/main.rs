@@ -71,6 +71,10 @@ enum Command {
     Data(data_cmd::DataArgs),
 }
 
+/// The most tensor-math threads `--threads` takes: more than any machine's cores only adds
+/// start-up time (100,000 threads took minutes to spawn, which looked like a hang).
+const MAX_THREADS: usize = 1024;
+
 fn main() -> ExitCode {
     mplug::model::kernels::tune_allocator();
     let cli = Cli::parse();
@@ -84,6 +88,10 @@ fn main() -> ExitCode {
         Command::Finetune(a) => a.train_opts().math_threads(),
         _ => None,
     });
+    if let Some(n) = threads.filter(|n| !(1..=MAX_THREADS).contains(n)) {
+        eprintln!("error: --threads must be 1..={MAX_THREADS}, not {n}");
+        return ExitCode::FAILURE;
+    }
     if let Some(n) = threads {
         // candle's CPU kernels size their pool from this variable on first use.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());

@@ -602,3 +602,41 @@ fn a_closed_stdout_ends_the_command_without_a_panic() {
         "the demo cannot have printed everything"
     );
 }
+
+/// Sizes that cannot fit in memory and thread counts no machine has are refused up front, each
+/// naming its option or field (they aborted with an allocation failure, or spawned threads for
+/// minutes).
+#[test]
+fn impossible_sizes_and_thread_counts_are_refused() {
+    let model = default_model();
+    let img = model.join("examples").join("scene_3.png");
+    let clip = model.join("examples").join("clip_0.gif");
+    mplug_fails(
+        &["--threads", "100000", "caption", s(&img)],
+        "--threads must be 1..=1024",
+    );
+    mplug_fails(
+        &["video", "caption", "--frames", "100000", s(&clip)],
+        "frames must be 1..=256",
+    );
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    for (field, value, needle) in [
+        ("image_res", serde_json::json!(1_000_000), "image_res"),
+        ("layer_norm_eps", serde_json::json!(-1), "layer_norm_eps"),
+    ] {
+        let dir = scratch(&format!("impossible-{field}"));
+        for f in ["model.safetensors", "vocab.txt"] {
+            std::fs::copy(model.join(f), dir.join(f)).unwrap();
+        }
+        let mut bad = card.clone();
+        let slot = if bad.get(field).is_some() {
+            &mut bad[field]
+        } else {
+            &mut bad["bert"][field]
+        };
+        *slot = value;
+        std::fs::write(dir.join("config.json"), bad.to_string()).unwrap();
+        mplug_fails(&["caption", "--model", s(&dir), s(&img)], needle);
+    }
+}

@@ -306,6 +306,27 @@ impl MplugConfig {
                 self.image_res, v.patch_size
             ));
         }
+        if self.image_res < v.patch_size {
+            return Err(format!(
+                "image_res {} is smaller than one patch ({} px)",
+                self.image_res, v.patch_size
+            ));
+        }
+        let grid = self.image_res / v.patch_size;
+        if grid > MAX_GRID {
+            return Err(format!(
+                "image_res {} gives a grid of {grid} x {grid} patches, over the limit of \
+                 {MAX_GRID} x {MAX_GRID} (attention over that many visual tokens cannot fit \
+                 in memory)",
+                self.image_res
+            ));
+        }
+        if !(b.layer_norm_eps.is_finite() && b.layer_norm_eps > 0.0) {
+            return Err(format!(
+                "layer_norm_eps {} must be a positive number",
+                b.layer_norm_eps
+            ));
+        }
         if v.heads == 0 || !v.width.is_multiple_of(v.heads) {
             return Err(format!(
                 "vision width {} is not divisible by {} heads",
@@ -376,6 +397,10 @@ impl MplugConfig {
     }
 }
 
+/// The widest visual grid a configuration may ask for, in patches per side: 128 x 128 patches
+/// are 16,385 visual tokens per image, whose attention scores alone take 1 GB per head.
+pub const MAX_GRID: usize = 128;
+
 fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
@@ -398,6 +423,24 @@ mod tests {
         assert!(MplugConfig::large().has_visn_fc());
         assert!(!MplugConfig::base().has_visn_fc());
         assert!(MplugConfig::preset("huge").is_err());
+    }
+
+    #[test]
+    fn impossible_sizes_and_epsilons_are_refused() {
+        let mut cfg = MplugConfig::tiny();
+        cfg.image_res = 1_000_000 / cfg.vision.patch_size * cfg.vision.patch_size;
+        assert!(cfg.validate().unwrap_err().contains("image_res"));
+        let mut cfg = MplugConfig::tiny();
+        cfg.image_res = 0;
+        assert!(cfg.validate().unwrap_err().contains("image_res"));
+        for eps in [-1.0, 0.0, f64::NAN, f64::INFINITY] {
+            let mut cfg = MplugConfig::tiny();
+            cfg.bert.layer_norm_eps = eps;
+            assert!(
+                cfg.validate().unwrap_err().contains("layer_norm_eps"),
+                "{eps}"
+            );
+        }
     }
 
     #[test]

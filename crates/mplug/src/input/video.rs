@@ -25,6 +25,11 @@ use super::error::{InputError, Result};
 use super::image::{check_dimensions, decode_error, par_map, ImageConfig, ImagePreprocessor};
 
 /// File extensions recognised as frames in a folder (case-insensitive).
+/// The most frames a clip is sampled to: every frame's visual tokens are concatenated into one
+/// cross-attention sequence (256 frames of ViT-B/16 at 384 px are 147,712 tokens), so far larger
+/// counts only exhaust memory.
+pub const MAX_FRAMES: usize = 256;
+
 pub const FRAME_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
 
 /// How frame indices are chosen among a clip's frames.
@@ -119,8 +124,11 @@ pub struct VideoPreprocessor {
 impl VideoPreprocessor {
     /// A preprocessor with the given settings.
     pub fn new(config: VideoConfig) -> Result<Self> {
-        if config.num_frames == 0 {
-            return Err(InputError::InvalidConfig("num_frames must be > 0".into()));
+        if config.num_frames == 0 || config.num_frames > MAX_FRAMES {
+            return Err(InputError::InvalidConfig(format!(
+                "the number of frames must be 1..={MAX_FRAMES}, not {}",
+                config.num_frames
+            )));
         }
         let image = ImagePreprocessor::new(config.image)?;
         Ok(Self { config, image })
