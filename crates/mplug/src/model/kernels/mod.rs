@@ -75,6 +75,33 @@ pub(crate) fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) ->
     f(&all[start..start + t.elem_count()])
 }
 
+/// Runs `f` on the elements of `t` (a contiguous f32 CPU tensor) for writing, in place: every
+/// tensor that shares the storage (a `Var` and the model's view of it) sees the new values.
+/// Errs for any other tensor. Used where a fresh output would cost more than the work itself
+/// (the optimizer's update of large parameters: fresh pages are zeroed by the kernel).
+pub(crate) fn with_values_mut(t: &Tensor, f: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> {
+    struct InPlace<F>(std::cell::RefCell<Option<F>>);
+    impl<F: FnOnce(&mut [f32]) -> Result<()>> candle_core::InplaceOp1 for InPlace<F> {
+        fn name(&self) -> &'static str {
+            "in-place f32 update"
+        }
+        fn cpu_fwd(&self, s: &mut CpuStorage, layout: &candle_core::Layout) -> Result<()> {
+            let CpuStorage::F32(v) = s else {
+                candle_core::bail!("in-place update: expected an f32 CPU tensor");
+            };
+            let Some((start, end)) = layout.contiguous_offsets() else {
+                candle_core::bail!("in-place update: the tensor is not contiguous");
+            };
+            let f = self.0.borrow_mut().take().expect("applied once");
+            f(&mut v[start..end])
+        }
+    }
+    if !t.device().is_cpu() || t.dtype() != DType::F32 {
+        candle_core::bail!("in-place update: expected an f32 CPU tensor");
+    }
+    t.inplace_op1(&InPlace(std::cell::RefCell::new(Some(f))))
+}
+
 /// [`with_values`] of an optional tensor.
 fn with_optional<R>(t: Option<&Tensor>, f: impl FnOnce(Option<&[f32]>) -> Result<R>) -> Result<R> {
     match t {
@@ -334,5 +361,4 @@ mod tests {
             &compact.encode_text(&ids, &mask).unwrap(),
             "text states",
         );
-    }
-}
+    }}

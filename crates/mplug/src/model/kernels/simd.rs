@@ -533,6 +533,25 @@ fn adamw_impl(
     }
 }
 
+#[inline(always)]
+fn adamw_in_place_impl(
+    c: &AdamWScalars,
+    theta: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+) {
+    for (((t, g), m), v) in theta.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        (*t, *m, *v) = c.apply(*t, *g, *m, *v, false);
+    }
+}
+
+multiversion! {
+    /// AdamW over a run of elements after the first step, writing the parameters `theta` and
+    /// moments `m`, `v` where they are (the same values as [`adamw`] with moments).
+    pub fn adamw_in_place(c: &AdamWScalars, theta: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) => adamw_in_place_impl
+}
+
 multiversion! {
     /// AdamW over a run of elements: parameters `theta`, gradients `g`, moments `m` (`None` on
     /// the first step) into the three outputs.
