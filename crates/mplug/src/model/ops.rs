@@ -32,6 +32,9 @@ pub fn with_compact_weights<R>(build: impl FnOnce() -> R) -> R {
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if x.track_op() {
+        if let Some(y) = super::kernels::grad::softmax_last_dim(x)? {
+            return Ok(y);
+        }
         candle_nn::ops::softmax(x, D::Minus1)
     } else {
         candle_nn::ops::softmax_last_dim(x)
@@ -56,6 +59,13 @@ impl LayerNorm {
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let tracked = x.track_op() || self.weight.track_op() || self.bias.track_op();
+        if tracked {
+            if let Some(y) =
+                super::kernels::grad::layer_norm(x, &self.weight, &self.bias, self.eps)?
+            {
+                return Ok(y);
+            }
+        }
         if tracked || !x.is_contiguous() {
             candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
         } else {
@@ -137,6 +147,11 @@ impl Linear {
             return super::kernels::linear(x, &self.weight, self.bias.as_ref(), act, None);
         }
         let y = self.forward_unfused(x)?;
+        if y.track_op() {
+            if let Some(y) = super::kernels::grad::activation(&y, act)? {
+                return Ok(y);
+            }
+        }
         match act {
             Activation::None => Ok(y),
             Activation::GeluErf => y.gelu_erf(),
@@ -164,6 +179,11 @@ impl Linear {
             .last()
             .ok_or_else(|| candle_core::Error::Msg("linear on a scalar".into()))?;
         let rows = x.elem_count() / inner.max(1);
+        if x.track_op() || self.weight.track_op() {
+            if let Some(y) = super::kernels::grad::linear(x, &self.weight, self.bias.as_ref())? {
+                return Ok(y);
+            }
+        }
         // A compact (bf16) weight under f32 inputs is widened for candle's product.
         let w = self.weight.to_dtype(x.dtype())?;
         let y = x.reshape((rows, inner))?.matmul(&w.t()?)?;

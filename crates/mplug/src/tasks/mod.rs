@@ -15,16 +15,24 @@ use candle_core::{DType, Tensor, D};
 /// position `t` predicts `ids[t + 1]`; targets equal to `pad` are ignored. Returns the
 /// per-token losses `(B, L-1)` (zero at ignored positions) and the mask of counted positions.
 pub fn shifted_token_ce(logits: &Tensor, ids: &Tensor, pad: u32) -> Result<(Tensor, Tensor)> {
-    let (b, l, _) = logits.dims3()?;
-    let logp = log_softmax(&logits.narrow(1, 0, l - 1)?.to_dtype(DType::F32)?)?;
+    let (b, l, v) = logits.dims3()?;
     let targets = ids
         .narrow(1, 1, l - 1)?
         .to_dtype(DType::U32)?
         .contiguous()?;
+    let counted = targets.ne(pad)?.to_dtype(DType::F32)?;
+    let shifted = logits.narrow(1, 0, l - 1)?.to_dtype(DType::F32)?;
+    if let Some(nll) = crate::model::kernels::grad::token_nll(
+        &shifted.reshape((b * (l - 1), v))?,
+        &targets.flatten_all()?,
+    )? {
+        let ce = (nll.reshape((b, l - 1))? * &counted)?;
+        return Ok((ce, counted));
+    }
+    let logp = log_softmax(&shifted)?;
     let picked = logp
         .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
         .squeeze(D::Minus1)?;
-    let counted = targets.ne(pad)?.to_dtype(DType::F32)?;
     let ce = (picked.neg()? * &counted)?;
     debug_assert_eq!(ce.dims(), &[b, l - 1]);
     Ok((ce, counted))

@@ -44,6 +44,30 @@ pub unsafe fn gemm(
     b_cs: usize,
     threads: usize,
 ) {
+    // SAFETY: as the caller promises.
+    unsafe { gemm_strided(m, n, k, dst, dst_rs, a, a_rs, 1, b, b_rs, b_cs, threads) }
+}
+
+/// [`gemm`] with `a`'s element `(i, kk)` at `a[i * a_rs + kk * a_cs]` (a transposed `a` for
+/// the weight gradients of training).
+///
+/// # Safety
+/// As [`gemm`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    b_rs: usize,
+    b_cs: usize,
+    threads: usize,
+) {
     let par = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
@@ -60,7 +84,7 @@ pub unsafe fn gemm(
             dst_rs as isize,
             false,
             a,
-            1,
+            a_cs as isize,
             a_rs as isize,
             b,
             b_cs as isize,

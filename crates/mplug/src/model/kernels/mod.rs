@@ -11,6 +11,7 @@
 //! path); the results agree within the golden tolerances either way.
 
 pub mod attention;
+pub mod grad;
 pub mod matmul;
 pub mod simd;
 

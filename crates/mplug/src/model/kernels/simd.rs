@@ -136,6 +136,58 @@ multiversion! {
     pub fn activate_in_place(data: &mut [f32], act: Activation) => activate_rows_impl
 }
 
+/// `d act(z) / dz` at `z`.
+#[inline(always)]
+fn activation_slope(z: f32, act: Activation) -> f32 {
+    match act {
+        Activation::None => 1.0,
+        Activation::GeluErf => {
+            // d/dz z/2 (1 + erf(z / sqrt 2)) = (1 + erf(z / sqrt 2)) / 2 + z phi(z)
+            const INV_SQRT_2PI: f32 = 0.398_942_3;
+            0.5 * (1.0 + erf(z * std::f32::consts::FRAC_1_SQRT_2))
+                + z * INV_SQRT_2PI * exp(-0.5 * z * z)
+        }
+        Activation::QuickGelu => {
+            let s = 1.0 / (1.0 + exp(-1.702 * z));
+            s + 1.702 * z * s * (1.0 - s)
+        }
+    }
+}
+
+#[inline(always)]
+fn activation_grad_impl(z: &[f32], grad: &mut [f32], act: Activation) {
+    match act {
+        Activation::None => {}
+        Activation::GeluErf => grad
+            .iter_mut()
+            .zip(z)
+            .for_each(|(g, z)| *g *= activation_slope(*z, Activation::GeluErf)),
+        Activation::QuickGelu => grad
+            .iter_mut()
+            .zip(z)
+            .for_each(|(g, z)| *g *= activation_slope(*z, Activation::QuickGelu)),
+    }
+}
+
+multiversion! {
+    /// The backward pass of `act`: multiplies each gradient of `act(z)` by the slope at `z`.
+    pub fn activation_grad(z: &[f32], grad: &mut [f32], act: Activation) => activation_grad_impl
+}
+
+#[inline(always)]
+fn softmax_grad_impl(y: &[f32], grad: &mut [f32], width: usize) {
+    for (y, g) in y.chunks_exact(width).zip(grad.chunks_exact_mut(width)) {
+        let dot: f32 = y.iter().zip(g.iter()).map(|(y, g)| y * g).sum();
+        g.iter_mut().zip(y).for_each(|(g, y)| *g = y * (*g - dot));
+    }
+}
+
+multiversion! {
+    /// The backward pass of a softmax over rows of `width`: `grad <- y (grad - sum(grad y))`
+    /// for the softmax's output `y`.
+    pub fn softmax_grad(y: &[f32], grad: &mut [f32], width: usize) => softmax_grad_impl
+}
+
 #[inline(always)]
 fn epilogue_impl(
     rows: &mut [f32],
