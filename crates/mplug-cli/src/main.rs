@@ -96,6 +96,7 @@ fn main() -> ExitCode {
         // candle's CPU kernels size their pool from this variable on first use.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    mplug::model::kernels::flush_denormals();
     let result = match &cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Caption(a) => tasks::caption(a),
