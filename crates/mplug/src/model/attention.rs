@@ -63,6 +63,11 @@ fn attend_impl(
     if fused {
         return super::kernels::attention(q, k, v, heads, mask);
     }
+    if !(dropout && super::dropout::active()) {
+        if let Some(out) = super::kernels::grad::attention(q, k, v, heads, mask)? {
+            return Ok(out);
+        }
+    }
     let (q, k, v) = (
         split_heads(q, heads)?,
         split_heads(k, heads)?,

@@ -533,6 +533,264 @@ pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Option<Tensor>> {
     ))
 }
 
+/// Multi-head attention `softmax(q k^T / sqrt(d) + mask) v` of contiguous `q`, `k`, `v` `(B, L,
+/// H*d)` (as many query as key batch entries), with its backward pass. The forward pass is the
+/// inference kernel ([`super::attention::attention`]); the backward pass recomputes each head's
+/// probabilities from `q` and `k` (as flash attention does) instead of keeping them.
+struct AttentionOp {
+    heads: usize,
+    /// The additive mask broadcast to `(B, H, Lq, Lk)`.
+    mask: Option<Tensor>,
+}
+
+/// A contiguous `(B, L, W)` operand as [`super::attention::Rows`].
+fn rows(data: &[f32], l: usize, w: usize) -> super::attention::Rows<'_> {
+    super::attention::Rows {
+        data,
+        offset: 0,
+        batch: l * w,
+        row: w,
+    }
+}
+
+impl AttentionOp {
+    /// Runs `f` with the mask's view, if any.
+    fn with_mask<R>(
+        &self,
+        f: impl FnOnce(Option<super::attention::Mask>) -> Result<R>,
+    ) -> Result<R> {
+        match &self.mask {
+            None => f(None),
+            Some(m) => {
+                let (s, l) = m.storage_and_layout();
+                let st = l.stride();
+                let view = super::attention::Mask {
+                    data: super::f32s(&s)?,
+                    offset: l.start_offset(),
+                    strides: [st[0], st[1], st[2], st[3]],
+                };
+                f(Some(view))
+            }
+        }
+    }
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, lq, w) = l1.shape().dims3()?;
+        let lk = l2.dims()[1];
+        let (q, k, v) = (operand(s1, l1)?, operand(s2, l2)?, operand(s3, l3)?);
+        let dims = super::attention::Dims {
+            bq: b,
+            bk: b,
+            lq,
+            lk,
+            heads: self.heads,
+            d: w / self.heads,
+        };
+        let out = self.with_mask(|mask| {
+            Ok(super::attention::attention(
+                rows(q, lq, w),
+                rows(k, lk, w),
+                rows(v, lk, w),
+                mask,
+                dims,
+            ))
+        })?;
+        Ok((CpuStorage::F32(out), Shape::from((b, lq, w))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _out: &Tensor,
+        dout: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, lq, w) = q.dims3()?;
+        let lk = k.dim(1)?;
+        let (heads, d) = (self.heads, w / self.heads);
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut dq = vec![0f32; b * lq * w];
+        let mut dk = vec![0f32; b * lk * w];
+        let mut dv = vec![0f32; b * lk * w];
+        let (dq_at, dk_at, dv_at) = (
+            matmul::SendPtr(dq.as_mut_ptr()),
+            matmul::SendPtr(dk.as_mut_ptr()),
+            matmul::SendPtr(dv.as_mut_ptr()),
+        );
+        with_values(q, |q| {
+            with_values(k, |k| {
+                with_values(v, |v| {
+                    with_values(dout, |dout| {
+                        self.with_mask(|mask| {
+                            (0..b * heads).into_par_iter().for_each(|task| {
+                                // Capture the wrappers whole so that the closure is Send.
+                                #[allow(clippy::redundant_locals)]
+                                let (dq_at, dk_at, dv_at) = (dq_at, dk_at, dv_at);
+                                let (bi, h) = (task / heads, task % heads);
+                                let qo = bi * lq * w + h * d;
+                                let ko = bi * lk * w + h * d;
+                                let mut p = vec![0f32; lq * lk];
+                                let mut dp = vec![0f32; lq * lk];
+                                // SAFETY (every product below): the offsets address head `h` of
+                                // batch entry `bi` inside operands of the checked shapes, and
+                                // each task writes only its own head's columns of the results.
+                                unsafe {
+                                    // P = softmax(scale q k^T + mask)
+                                    matmul::gemm(
+                                        lq,
+                                        lk,
+                                        d,
+                                        p.as_mut_ptr(),
+                                        lk,
+                                        q.as_ptr().add(qo),
+                                        w,
+                                        k.as_ptr().add(ko),
+                                        1,
+                                        w,
+                                        1,
+                                    );
+                                }
+                                let mask_row = |r: usize| {
+                                    mask.map(|m| {
+                                        let at = m.offset
+                                            + bi * m.strides[0]
+                                            + h * m.strides[1]
+                                            + r * m.strides[2];
+                                        // SAFETY: `at` addresses the row's first value.
+                                        (unsafe { m.data.as_ptr().add(at) }, m.strides[3] as isize)
+                                    })
+                                };
+                                simd::softmax_rows(&mut p, lk, scale, &mask_row);
+                                unsafe {
+                                    // dV = P^T dO
+                                    matmul::gemm_strided(
+                                        lk,
+                                        d,
+                                        lq,
+                                        dv_at.0.add(ko),
+                                        w,
+                                        p.as_ptr(),
+                                        1,
+                                        lk,
+                                        dout.as_ptr().add(qo),
+                                        w,
+                                        1,
+                                        1,
+                                    );
+                                    // dP = dO V^T
+                                    matmul::gemm(
+                                        lq,
+                                        lk,
+                                        d,
+                                        dp.as_mut_ptr(),
+                                        lk,
+                                        dout.as_ptr().add(qo),
+                                        w,
+                                        v.as_ptr().add(ko),
+                                        1,
+                                        w,
+                                        1,
+                                    );
+                                }
+                                // dS = P (dP - rowsum(dP P)), scaled for both products below.
+                                simd::softmax_grad(&p, &mut dp, lk);
+                                dp.iter_mut().for_each(|g| *g *= scale);
+                                unsafe {
+                                    // dQ = dS K
+                                    matmul::gemm(
+                                        lq,
+                                        d,
+                                        lk,
+                                        dq_at.0.add(qo),
+                                        w,
+                                        dp.as_ptr(),
+                                        lk,
+                                        k.as_ptr().add(ko),
+                                        w,
+                                        1,
+                                        1,
+                                    );
+                                    // dK = dS^T Q
+                                    matmul::gemm_strided(
+                                        lk,
+                                        d,
+                                        lq,
+                                        dk_at.0.add(ko),
+                                        w,
+                                        dp.as_ptr(),
+                                        1,
+                                        lk,
+                                        q.as_ptr().add(qo),
+                                        w,
+                                        1,
+                                        1,
+                                    );
+                                }
+                            });
+                            Ok(())
+                        })
+                    })
+                })
+            })
+        })?;
+        Ok((
+            Some(tensor(dq, (b, lq, w))?),
+            Some(tensor(dk, (b, lk, w))?),
+            Some(tensor(dv, (b, lk, w))?),
+        ))
+    }
+}
+
+/// Multi-head attention over `heads` heads of `q (B, Lq, H*d)`, `k`, `v (B, Lk, H*d)` with an
+/// additive `mask` that broadcasts to `(B, H, Lq, Lk)`, and its backward pass; `None` when the
+/// operands do not fit the kernel (not f32 on the CPU, key rows shared by several query rows).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    let mut all = vec![q, k, v];
+    all.extend(mask);
+    if !applies(&all) || q.rank() != 3 || k.rank() != 3 {
+        return Ok(None);
+    }
+    let (b, lq, w) = q.dims3()?;
+    let (bk, lk, kw) = k.dims3()?;
+    if bk != b || kw != w || v.dims() != k.dims() || heads == 0 || !w.is_multiple_of(heads) {
+        return Ok(None);
+    }
+    let mask = match mask {
+        Some(m) => match m.broadcast_as((b, heads, lq, lk)) {
+            Ok(m) => Some(m),
+            Err(_) => return Ok(None),
+        },
+        None => None,
+    };
+    let op = AttentionOp { heads, mask };
+    Ok(Some(q.contiguous()?.apply_op3(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        op,
+    )?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -682,6 +940,73 @@ mod tests {
         );
         let bad = Tensor::from_vec(vec![13u32, 0, 0, 0, 0, 0], 6, &Device::Cpu).unwrap();
         assert!(token_nll(vars[0].as_tensor(), &bad).is_err());
+    }
+
+    /// The fused attention against candle's per-head operations, without a mask and with a
+    /// padding mask, forward and every gradient.
+    #[test]
+    fn attention_matches_candle_per_head() {
+        let vars = [
+            var(&[2, 5, 16], 11),
+            var(&[2, 7, 16], 12),
+            var(&[2, 7, 16], 13),
+        ];
+        let pad = Tensor::from_vec(
+            vec![1f32, 1., 1., 0., 1., 1., 0., 1., 1., 1., 1., 1., 1., 0.],
+            (2, 7),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let pad = crate::model::attention::padding_mask(&pad, DType::F32).unwrap();
+        for mask in [None, Some(&pad)] {
+            check(
+                &vars,
+                |v| {
+                    attention(
+                        v[0].as_tensor(),
+                        v[1].as_tensor(),
+                        v[2].as_tensor(),
+                        4,
+                        mask,
+                    )
+                    .unwrap()
+                    .unwrap()
+                },
+                |v| {
+                    let split = |t: &Tensor| {
+                        let (b, l, w) = t.dims3().unwrap();
+                        t.reshape((b, l, 4, w / 4))
+                            .unwrap()
+                            .transpose(1, 2)
+                            .unwrap()
+                    };
+                    let (q, k, val) = (
+                        split(v[0].as_tensor()),
+                        split(v[1].as_tensor()),
+                        split(v[2].as_tensor()),
+                    );
+                    let s = (q
+                        .contiguous()
+                        .unwrap()
+                        .matmul(&k.t().unwrap().contiguous().unwrap())
+                        .unwrap()
+                        * 0.5)
+                        .unwrap();
+                    let s = match mask {
+                        Some(m) => s.broadcast_add(m).unwrap(),
+                        None => s,
+                    };
+                    let p = candle_nn::ops::softmax(&s, candle_core::D::Minus1).unwrap();
+                    p.matmul(&val.contiguous().unwrap())
+                        .unwrap()
+                        .transpose(1, 2)
+                        .unwrap()
+                        .reshape((2, 5, 16))
+                        .unwrap()
+                },
+                1e-5,
+            );
+        }
     }
 
     #[test]
