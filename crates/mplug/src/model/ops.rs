@@ -109,12 +109,7 @@ impl Linear {
             } else {
                 DType::F32
             };
-            match weight
-                .t()
-                .and_then(|t| t.contiguous())
-                .and_then(|t| t.to_dtype(dtype))
-                .and_then(|t| t.t())
-            {
+            match super::kernels::transposed_weight(&weight, dtype) {
                 Ok(w) => w,
                 Err(_) => weight,
             }

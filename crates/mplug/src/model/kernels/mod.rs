@@ -74,6 +74,89 @@ pub fn flush_denormals_on_this_thread() {
     }
 }
 
+/// Bytes of a huge page (x86-64's and aarch64's usual 2 MiB).
+const HUGE_PAGE: usize = 2 << 20;
+
+/// A weight `(n, k)` stored transposed for the matrix products: `(k, n)` contiguous in memory,
+/// returned as its `(n, k)` view, in `dtype` (f32, or bf16 for compact weights).
+///
+/// The copy's pages are advised as huge pages before they are first written (Linux,
+/// `MADV_HUGEPAGE`, over the whole huge pages inside the buffer; where transparent huge pages
+/// are off, or the allocator hands back memory already used, the advice does nothing).
+/// Decoding streams every weight from memory once per token: with 4 KiB pages every page
+/// costs a TLB walk and the hardware prefetcher stops at each page boundary.
+pub fn transposed_weight(weight: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (n, k) = weight.dims2()?;
+    let values = weight.to_dtype(DType::F32)?.contiguous()?;
+    let transpose = |dst: &mut [f32], src: &[f32]| {
+        // 32 x 32 tiles: both sides stay in cache.
+        const T: usize = 32;
+        for j0 in (0..n).step_by(T) {
+            for i0 in (0..k).step_by(T) {
+                for j in j0..(j0 + T).min(n) {
+                    for i in i0..(i0 + T).min(k) {
+                        dst[i * n + j] = src[j * k + i];
+                    }
+                }
+            }
+        }
+    };
+    // Zeroed by the allocator (calloc: fresh pages are not written), advised, then written.
+    let out = match dtype {
+        DType::F32 => {
+            let mut buf = vec![0f32; n * k];
+            advise_huge_pages(buf.as_ptr() as usize, buf.len() * 4);
+            with_values(&values, |src| {
+                transpose(&mut buf, src);
+                Ok(())
+            })?;
+            Tensor::from_vec(buf, (k, n), &Device::Cpu)?
+        }
+        DType::BF16 => {
+            let mut wide = vec![0f32; n * k];
+            with_values(&values, |src| {
+                transpose(&mut wide, src);
+                Ok(())
+            })?;
+            let mut bits = std::mem::ManuallyDrop::new(vec![0u16; n * k]);
+            advise_huge_pages(bits.as_ptr() as usize, bits.len() * 2);
+            bits.iter_mut()
+                .zip(&wide)
+                .for_each(|(b, v)| *b = half::bf16::from_f32(*v).to_bits());
+            // SAFETY: bf16 is a transparent wrapper of u16 (same size and alignment) and every
+            // u16 is a valid bf16; ownership of the allocation moves to the new vector.
+            let buf = unsafe {
+                Vec::from_raw_parts(
+                    bits.as_mut_ptr() as *mut half::bf16,
+                    bits.len(),
+                    bits.capacity(),
+                )
+            };
+            Tensor::from_vec(buf, (k, n), &Device::Cpu)?
+        }
+        other => candle_core::bail!("transposed_weight: unsupported dtype {other:?}"),
+    };
+    out.t()
+}
+
+/// Advises the whole huge pages inside `bytes` bytes at `addr` as huge pages (Linux).
+fn advise_huge_pages(addr: usize, bytes: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        let start = addr.next_multiple_of(HUGE_PAGE);
+        let end = (addr + bytes) / HUGE_PAGE * HUGE_PAGE;
+        if end > start {
+            // SAFETY: the range lies inside the caller's buffer; madvise only gives the
+            // kernel advice about it.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (addr, bytes);
+}
+
 /// Whether the kernels are on (they are unless `MPLUG_CANDLE_OPS` is set to something other
 /// than `0`).
 pub fn enabled() -> bool {
@@ -416,5 +499,25 @@ mod tests {
         .unwrap();
         assert_eq!(flushed, 0.0);
         assert!(product() > 0.0, "other threads keep their setting");
+    }
+
+    /// The transposed copy holds the weight's values (f32 exactly, bf16 as candle rounds them)
+    /// as an `(n, k)` view of `(k, n)` memory, for shapes of several huge pages and of none.
+    #[test]
+    fn transposed_weights_keep_their_values() {
+        let dev = Device::Cpu;
+        for (n, k) in [(3, 5), (1100, 700)] {
+            let w = Tensor::randn(0f32, 1f32, (n, k), &dev).unwrap();
+            for dtype in [DType::F32, DType::BF16] {
+                let t = transposed_weight(&w, dtype).unwrap();
+                assert_eq!(t.dims(), &[n, k]);
+                assert_eq!(t.dtype(), dtype);
+                assert!(t.t().unwrap().is_contiguous(), "stored as (k, n)");
+                let want = w.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+                let got = t.to_dtype(DType::F32).unwrap();
+                let diff = (want - got).unwrap().abs().unwrap().max_all().unwrap();
+                assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{n}x{k} {dtype:?}");
+            }
+        }
     }
 }

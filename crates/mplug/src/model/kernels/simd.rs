@@ -317,6 +317,19 @@ const DEPTH: usize = 4;
 /// How far ahead in a weight row [`tile`] prefetches, in elements (eight tiles of f32).
 const PREFETCH: usize = 512;
 
+/// How far ahead of a weight tile [`tile`] asks for memory, in elements: the same columns of the
+/// next group of `DEPTH` rows (the tile read one pass over the row group later), which for
+/// rows of a few thousand columns is tens of kilobytes ahead, inside L2; for longer rows (the
+/// vocabulary head) `PREFETCH` further along the same row.
+#[inline(always)]
+fn prefetch_distance(n: usize) -> usize {
+    if DEPTH * n <= 64 * 1024 {
+        DEPTH * n
+    } else {
+        PREFETCH
+    }
+}
+
 /// `y[r][j0..j0 + W] += sum over i in is of x[r][i] * w[i][j0..j0 + W]` for `R` rows, with the
 /// accumulators in registers (`R * W / 16` of them), each weight row's part `PREFETCH` elements
 /// ahead asked for from memory (the hardware prefetcher alone left the loads waiting).
@@ -339,7 +352,7 @@ fn tile<const R: usize, const W: usize, const FMA: bool, E: WeightElem>(
         let row = &w[i * n + j0..i * n + j0 + W];
         #[cfg(target_arch = "x86_64")]
         {
-            let ahead = row.as_ptr().wrapping_add(PREFETCH) as *const i8;
+            let ahead = row.as_ptr().wrapping_add(prefetch_distance(n)) as *const i8;
             for line in (0..W * std::mem::size_of::<E>()).step_by(64) {
                 // SAFETY: SSE is part of x86-64's baseline, and a prefetch of any address is
                 // harmless (the pointer is never dereferenced).
