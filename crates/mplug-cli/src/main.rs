@@ -77,6 +77,8 @@ const MAX_THREADS: usize = 1024;
 
 fn main() -> ExitCode {
     mplug::model::kernels::tune_allocator();
+    // Before any thread exists: every thread inherits it.
+    mplug::model::kernels::flush_denormals_on_this_thread();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
         quiet_broken_pipe();

@@ -308,6 +308,9 @@ struct LayerNormOp {
     eps: f32,
 }
 
+/// Rows per task of LayerNorm's backward pass.
+const LAYER_NORM_ROWS: usize = 32;
+
 /// Mean and `1 / sqrt(variance + eps)` of a row (sums in f64).
 fn moments(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f64;
@@ -365,11 +368,13 @@ impl CustomOp3 for LayerNormOp {
         let width = gamma.elem_count().max(1);
         let shape = x.shape().clone();
         let mut dx = vec![0f32; x.elem_count()];
-        // Per task: the partial sums of dgamma and dbeta over its rows, added at the end.
+        // Per task: the partial sums of dgamma and dbeta over its rows, added at the end in
+        // order. Tasks of a fixed number of rows, not one per thread, so that the sums are the
+        // same bits whatever the thread count (data-parallel training relies on it).
         let partials: Vec<(Vec<f32>, Vec<f32>)> = with_values(x, |x| {
             with_values(gamma, |gamma| {
                 with_values(dy, |dy| {
-                    let rows = chunk_rows(x.len() / width);
+                    let rows = LAYER_NORM_ROWS;
                     Ok(dx
                         .par_chunks_mut(rows * width)
                         .zip(x.par_chunks(rows * width))
@@ -1006,6 +1011,59 @@ mod tests {
                 },
                 1e-5,
             );
+        }
+    }
+
+    /// Every gradient is the same bits whatever the number of threads (data-parallel training
+    /// makes the serial update's bits).
+    #[test]
+    fn gradients_do_not_depend_on_the_thread_count() {
+        let run = |threads: usize| -> Vec<Vec<f32>> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let vars = [
+                    var(&[3, 70, 32], 14),
+                    var(&[32], 15),
+                    var(&[32], 16),
+                    var(&[48, 32], 17),
+                ];
+                let v = |i: usize| vars[i].as_tensor();
+                let h = layer_norm(v(0), v(1), v(2), 1e-5).unwrap().unwrap();
+                let q = linear(&h, v(3), None)
+                    .unwrap()
+                    .unwrap()
+                    .narrow(2, 0, 32)
+                    .unwrap();
+                let a = attention(&q, &h, &h, 4, None).unwrap().unwrap();
+                let loss = softmax_last_dim(&a)
+                    .unwrap()
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                let grads = loss.backward().unwrap();
+                vars.iter()
+                    .map(|x| {
+                        grads
+                            .get(x)
+                            .unwrap()
+                            .flatten_all()
+                            .unwrap()
+                            .to_vec1()
+                            .unwrap()
+                    })
+                    .collect()
+            })
+        };
+        let one = run(1);
+        let three = run(3);
+        for (i, (a, b)) in one.iter().zip(&three).enumerate() {
+            let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "gradient {i} differs between 1 and 3 threads");
         }
     }
 

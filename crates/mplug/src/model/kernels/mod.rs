@@ -38,9 +38,13 @@ pub fn tune_allocator() {
 
 /// Makes the tensor-math threads treat denormal floats (magnitudes below 1.2e-38) as zero,
 /// inputs and results alike (x86's FTZ and DAZ bits, aarch64's FZ), as TensorFlow does by
-/// default: the current thread and every thread of rayon's global pool, which this builds
-/// (sized by `RAYON_NUM_THREADS`; a no-op for the pool if it already exists). Process-wide, so
-/// the library never calls it: the `mplug` binary does at start.
+/// default: the current thread, every thread it creates afterwards (threads inherit the
+/// floating-point environment on Linux), and every thread of rayon's global pool, which this
+/// builds (sized by `RAYON_NUM_THREADS`; a no-op for the pool if it already exists).
+/// Process-wide, so the library never calls it: the `mplug` binary does at start, before any
+/// other thread exists, so that every thread computes alike (a result must not depend on
+/// which thread, or how many, computed it: data-parallel training makes the serial update's
+/// bits).
 ///
 /// Why: each arithmetic operation on a denormal takes a microcode assist of about a hundred
 /// cycles. A caption fine-tuning step of a base model with random weights carries gradients
