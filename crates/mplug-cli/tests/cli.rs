@@ -640,3 +640,61 @@ fn impossible_sizes_and_thread_counts_are_refused() {
         mplug_fails(&["caption", "--model", s(&dir), s(&img)], needle);
     }
 }
+
+/// NaN weights are an error naming the cause, not an empty caption with a null score: NaN in
+/// the visual tower (caption, VQA and retrieval all refuse it) and NaN in the decoder alone
+/// (caption and VQA).
+#[test]
+fn nan_weights_are_an_error_not_an_empty_answer() {
+    let model = default_model();
+    let img = model.join("examples").join("scene_3.png");
+    let weights =
+        candle_core::safetensors::load(model.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let poisoned = |name: &str, pick: &dyn Fn(&str) -> bool| -> std::path::PathBuf {
+        let dir = scratch(&format!("nan-{name}"));
+        for f in ["config.json", "vocab.txt"] {
+            std::fs::copy(model.join(f), dir.join(f)).unwrap();
+        }
+        let mut changed = 0;
+        let map: std::collections::HashMap<String, candle_core::Tensor> = weights
+            .iter()
+            .map(|(k, t)| {
+                let t = if pick(k) {
+                    changed += 1;
+                    (t.zeros_like().unwrap() + f64::NAN).unwrap()
+                } else {
+                    t.clone()
+                };
+                (k.clone(), t)
+            })
+            .collect();
+        assert!(changed > 0, "no tensor picked for {name}");
+        candle_core::safetensors::save(&map, dir.join("model.safetensors")).unwrap();
+        dir
+    };
+    let tower = poisoned("tower", &|k| {
+        k.contains("visual") && k.ends_with("ln_post.weight")
+    });
+    let decoder = poisoned("decoder", &|k| {
+        k.starts_with("text_decoder.") && k.ends_with("output.LayerNorm.weight")
+    });
+    for dir in [&tower, &decoder] {
+        mplug_fails(&["caption", "--model", s(dir), s(&img)], "non-finite");
+        mplug_fails(
+            &["vqa", "--model", s(dir), s(&img), "what is there?"],
+            "non-finite",
+        );
+    }
+    mplug_fails(
+        &[
+            "retrieve",
+            "--model",
+            s(&tower),
+            "--text",
+            "a shape",
+            s(&img),
+        ],
+        "non-finite",
+    );
+}

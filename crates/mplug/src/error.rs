@@ -28,6 +28,12 @@ pub enum Error {
     /// The model was asked for something its loaded parts cannot do.
     #[error("{0}")]
     Unsupported(String),
+    /// The model computed NaN or infinite values: its weights or configuration are broken
+    /// (the string says which output).
+    #[error(
+        "the model computed non-finite values (NaN or infinity) in {0}: its weights or configuration are broken"
+    )]
+    NonFinite(String),
     /// Inputs to a model call are inconsistent (shapes, lengths, ids out of range).
     #[error("invalid input: {0}")]
     InvalidInput(String),
@@ -44,6 +50,18 @@ pub enum Error {
 
 /// The library's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Errs with [`Error::NonFinite`] naming `what` unless every value is finite.
+pub(crate) fn ensure_finite<'a>(
+    values: impl IntoIterator<Item = &'a f32>,
+    what: &str,
+) -> Result<()> {
+    if values.into_iter().all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err(Error::NonFinite(what.into()))
+    }
+}
 
 impl Error {
     /// Shorthand for [`Error::InvalidInput`].

@@ -159,8 +159,13 @@ impl Pipeline {
         Ok(batch.to_tensors(self.model.device())?)
     }
 
-    fn generated(&self, hyps: Vec<Vec<crate::Hypothesis>>) -> Vec<Vec<Generated>> {
-        hyps.into_iter()
+    fn generated(&self, hyps: Vec<Vec<crate::Hypothesis>>) -> Result<Vec<Vec<Generated>>> {
+        crate::error::ensure_finite(
+            hyps.iter().flatten().map(|h| &h.score),
+            "the generated texts' scores",
+        )?;
+        Ok(hyps
+            .into_iter()
             .map(|row| {
                 row.into_iter()
                     .map(|h| Generated {
@@ -170,7 +175,7 @@ impl Pipeline {
                     })
                     .collect()
             })
-            .collect()
+            .collect())
     }
 
     /// Captions of images `(N, 3, R, R)`.
@@ -182,15 +187,17 @@ impl Pipeline {
     /// video captioning does).
     pub fn caption_visual(&self, visual: Visual, beam: &BeamConfig) -> Result<Vec<Vec<Generated>>> {
         let embeds = self.visual_tokens(visual)?;
-        Ok(self.generated(caption::generate(&self.model, &embeds, beam)?))
+        self.generated(caption::generate(&self.model, &embeds, beam)?)
     }
 
     /// Visual tokens: `(N, Li, H)` for images, `(N, F * Li, H)` for clips of `F` frames.
     pub fn visual_tokens(&self, visual: Visual) -> Result<Tensor> {
-        match visual {
-            Visual::Images(t) => self.model.encode_image(t),
-            Visual::Clips(t) => video::encode_frames(&self.model, t),
-        }
+        let tokens = match visual {
+            Visual::Images(t) => self.model.encode_image(t)?,
+            Visual::Clips(t) => video::encode_frames(&self.model, t)?,
+        };
+        ensure_finite_tensor(&tokens, "the visual tokens")?;
+        Ok(tokens)
     }
 
     /// Decodes clips (animated GIFs, folders of frames, or video files through ffmpeg) into
@@ -240,7 +247,7 @@ impl Pipeline {
         beam: &BeamConfig,
     ) -> Result<Vec<Vec<Generated>>> {
         let q = self.question_states(visual, questions)?;
-        Ok(self.generated(vqa::generate(&self.model, &q, beam)?))
+        self.generated(vqa::generate(&self.model, &q, beam)?)
     }
 
     /// Ranks a closed list of answers for each (image, question), best `k` first.
@@ -266,6 +273,10 @@ impl Pipeline {
         let enc = self.tokenizer.encode_answers(answers)?;
         let (ids, mask) = enc.to_tensors(self.model.device())?;
         let ranked = vqa::rank_answers(&self.model, &q, &ids, &mask, k.min(answers.len()))?;
+        crate::error::ensure_finite(
+            ranked.iter().flatten().map(|r| &r.prob),
+            "the answers' probabilities",
+        )?;
         Ok(ranked
             .into_iter()
             .map(|row| {
@@ -299,6 +310,7 @@ impl Pipeline {
         let (ids, mask) = self.encode(expressions)?;
         let embeds = self.model.encode_image(&images)?;
         let boxes = grounding::predict(&self.model, &embeds, &ids, &mask, &self.grounding)?;
+        crate::error::ensure_finite(boxes.iter().flatten(), "the boxes")?;
         Ok(boxes
             .into_iter()
             .zip(&infos)
@@ -366,5 +378,21 @@ impl Pipeline {
             visual_side,
             retrieval::encode_texts(&self.model, &ids, &mask)?,
         ))
+    }
+}
+
+/// Errs with [`Error::NonFinite`] naming `what` when `t` holds a NaN or an infinity (a sum of
+/// magnitudes is finite only if every value is; it overflows only for values no working model
+/// computes).
+fn ensure_finite_tensor(t: &Tensor, what: &str) -> Result<()> {
+    let total = t
+        .abs()?
+        .sum_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_scalar::<f32>()?;
+    if total.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::NonFinite(what.into()))
     }
 }

@@ -51,9 +51,11 @@ pub fn similarities(images: &ImageSide, texts: &TextSide) -> Result<Tensor> {
 
 /// ITC similarities as rows, `matrix[image][text]`: every text scored, none re-scored.
 pub fn similarity_rows(images: &ImageSide, texts: &TextSide) -> Result<ScoreMatrix> {
-    Ok(similarities(images, texts)?
+    let rows = similarities(images, texts)?
         .to_dtype(DType::F32)?
-        .to_vec2::<f32>()?)
+        .to_vec2::<f32>()?;
+    crate::error::ensure_finite(rows.iter().flatten(), "the ITC similarities")?;
+    Ok(rows)
 }
 
 /// ITM logits `(n, 2)` for pairs `(image_rows[p], text_rows[p])`.
@@ -83,11 +85,13 @@ pub fn itm_positive(
     texts: &TextSide,
     pairs: &[(usize, usize)],
 ) -> Result<Vec<f32>> {
-    Ok(itm_pairs(model, images, texts, pairs)?
+    let scores = itm_pairs(model, images, texts, pairs)?
         .narrow(1, 1, 1)?
         .squeeze(1)?
         .to_dtype(DType::F32)?
-        .to_vec1::<f32>()?)
+        .to_vec1::<f32>()?;
+    crate::error::ensure_finite(&scores, "the ITM scores")?;
+    Ok(scores)
 }
 
 /// ITM logits for every pair: `(Ni, Nt, 2)`, entry `[i, j]` for text `j` with image `i`.
