@@ -122,7 +122,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", message(&e));
+            eprintln!("error: {}", tasks::escape_controls(&message(&e)));
             ExitCode::FAILURE
         }
     }

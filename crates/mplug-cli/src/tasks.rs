@@ -238,7 +238,8 @@ impl BatchArgs {
 /// Closed-list answering options shared by `vqa` and `video qa`.
 #[derive(Debug, clap::Args)]
 pub struct RankArgs {
-    /// Rank the answers of this file (one per line) instead of generating.
+    /// Rank the answers of this file instead of generating: a JSON array of answers (VQA's
+    /// `answer_list.json`, as `mplug eval` reads) or one answer per line.
     #[arg(long)]
     answers: Option<PathBuf>,
     /// Answers kept when ranking.
@@ -391,7 +392,7 @@ pub fn caption(a: &CaptionArgs) -> Result<()> {
                 .collect();
             sink.emit(a.json, &json!({"image": path, "captions": h}), || {
                 hyps.iter()
-                    .map(|h| format!("{}\t{}\n", path.display(), h.text))
+                    .map(|h| format!("{}\t{}\n", shown(path), h.text))
                     .collect()
             })?;
         }
@@ -509,7 +510,7 @@ pub fn retrieve(a: &RetrieveArgs) -> Result<()> {
             sink.emit(a.json, &json!({"image": path, "texts": r}), || {
                 order
                     .iter()
-                    .map(|&j| format!("{}\t{:.4}\t{}\n", path.display(), row[j], a.texts[j]))
+                    .map(|&j| format!("{}\t{:.4}\t{}\n", shown(path), row[j], a.texts[j]))
                     .collect()
             })?;
         }
@@ -551,19 +552,30 @@ fn draw_box(img: &mut mplug::input::RgbImage, xyxy: [f32; 4]) {
     }
 }
 
+/// The candidate answers of `--answers`: the format `mplug eval` reads (a JSON array or object
+/// of answers, as VQA's `answer_list.json`, or one answer per line; a byte-order mark is
+/// skipped; a file with no answer is an error).
 fn answers_file(file: &std::path::Path) -> Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let answers: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
-    if answers.is_empty() {
-        bail!("{} lists no answers", file.display());
-    }
-    Ok(answers)
+    Ok(mplug::eval::annotations::read_answer_list(file)?)
+}
+
+/// A path for a line of text output: control characters (an escape sequence in a file name
+/// would reach the terminal raw) written as escapes, as `{:?}` writes them.
+pub fn shown(path: &std::path::Path) -> String {
+    escape_controls(&path.display().to_string())
+}
+
+/// `text` with every control character written as its escape (`\n`, `\u{1b}`).
+pub fn escape_controls(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 pub fn video(a: &VideoArgs) -> Result<()> {
@@ -589,7 +601,7 @@ pub fn video(a: &VideoArgs) -> Result<()> {
                     println!("{}", json!({"clip": path, "captions": h}));
                 } else {
                     for h in hyps {
-                        println!("{}\t{}", path.display(), h.text);
+                        println!("{}\t{}", shown(path), h.text);
                     }
                 }
             }
@@ -634,7 +646,7 @@ pub fn video(a: &VideoArgs) -> Result<()> {
                     println!("{}", json!({"clip": path, "texts": r}));
                 } else {
                     for j in order {
-                        println!("{}\t{:.4}\t{}", path.display(), row[j], texts[j]);
+                        println!("{}\t{:.4}\t{}", shown(path), row[j], texts[j]);
                     }
                 }
             }
@@ -663,12 +675,18 @@ fn expand_images(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .parent()
                 .map(std::path::Path::to_path_buf)
                 .unwrap_or_default();
-            out.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .map(|l| base.join(l)),
-            );
+            // A byte-order mark (Windows editors write one) is not part of the first name.
+            let listed: Vec<PathBuf> = text
+                .trim_start_matches('\u{feff}')
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(|l| base.join(l))
+                .collect();
+            if listed.is_empty() {
+                bail!("{} lists no images", a.display());
+            }
+            out.extend(listed);
         } else {
             out.push(a.clone());
         }

@@ -698,3 +698,67 @@ fn nan_weights_are_an_error_not_an_empty_answer() {
         "non-finite",
     );
 }
+
+/// List files as users write them (issue 26's defects): `--answers` takes VQA's JSON answer
+/// list (its entries are ranked, not its lines); a byte-order mark before the first image of a
+/// list file is skipped; a list file with nothing in it is an error, not a silent success.
+#[test]
+fn list_files_in_the_forms_users_write() {
+    let model = default_model();
+    let dir = scratch("list-files");
+    let img = dir.join("photo.png");
+    std::fs::copy(model.join("examples").join("scene_3.png"), &img).unwrap();
+    let answers = dir.join("answer_list.json");
+    std::fs::write(&answers, "[\n  \"red\",\n  \"two squares\"\n]\n").unwrap();
+    let o = mplug_ok(&[
+        "vqa",
+        "--json",
+        "--answers",
+        s(&answers),
+        "--k",
+        "5",
+        s(&img),
+        "what colour?",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).unwrap();
+    let mut ranked: Vec<&str> = v["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["answer"].as_str().unwrap())
+        .collect();
+    ranked.sort();
+    assert_eq!(ranked, ["red", "two squares"], "{}", o.stdout);
+
+    let list = dir.join("images.txt");
+    std::fs::write(&list, "\u{feff}photo.png\n").unwrap();
+    let o = mplug_ok(&["caption", s(&list)]);
+    assert!(o.stdout.contains("photo.png\t"), "{}", o.stdout);
+    assert!(!o.stdout.contains('\u{feff}'), "{}", o.stdout);
+
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "\n\n").unwrap();
+    mplug_fails(&["caption", s(&empty)], "lists no images");
+    let no_answers = dir.join("none.txt");
+    std::fs::write(&no_answers, "").unwrap();
+    mplug_fails(
+        &["vqa", "--answers", s(&no_answers), s(&img), "what colour?"],
+        "lists no answers",
+    );
+}
+
+/// A control character in a file name (an escape sequence) reaches neither the output lines
+/// nor the error line raw: both write it escaped.
+#[test]
+fn control_bytes_in_file_names_are_escaped() {
+    let model = default_model();
+    let dir = scratch("control-names");
+    let img = dir.join("a\u{1b}[31mred.png");
+    std::fs::copy(model.join("examples").join("scene_3.png"), &img).unwrap();
+    let o = mplug_ok(&["caption", s(&img)]);
+    assert!(!o.stdout.contains('\u{1b}'), "{:?}", o.stdout);
+    assert!(o.stdout.contains("a\\u{1b}[31mred.png"), "{:?}", o.stdout);
+    let missing = dir.join("gone\u{1b}[2J.png");
+    let o = mplug_fails(&["caption", s(&missing)], "gone\\u{1b}[2J.png");
+    assert!(!o.stderr.contains('\u{1b}'), "{:?}", o.stderr);
+}
