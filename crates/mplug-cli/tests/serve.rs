@@ -99,22 +99,25 @@ fn caption_server_serves_every_endpoint() {
         .unwrap()
         .starts_with("text/html"));
     assert!(page.text().contains("<canvas"));
+    // The document lists the endpoints this caption server answers and the limits it enforces
+    // (issue 26's defect: it listed every task's endpoints and max_len 64 where 39 held).
     let doc = server.get("/openapi.json").json();
     assert_eq!(doc["openapi"], "3.0.3");
-    for p in [
-        "/v1/caption",
-        "/v1/vqa",
-        "/v1/ground",
-        "/v1/retrieve",
-        "/v1/embed",
-        "/healthz",
-        "/metrics",
-    ] {
+    for p in ["/v1/caption", "/healthz", "/metrics", "/v1/info"] {
         assert!(
             doc["paths"].get(p).is_some(),
             "no {p} in the OpenAPI document"
         );
     }
+    for p in ["/v1/vqa", "/v1/ground", "/v1/retrieve", "/v1/embed"] {
+        assert!(
+            doc["paths"].get(p).is_none(),
+            "{p} is listed, but a caption server refuses it"
+        );
+    }
+    let props = &doc["components"]["schemas"]["CaptionRequest"]["properties"];
+    assert_eq!(props["max_len"]["maximum"], info["limits"]["max_len"]);
+    assert_eq!(props["beam"]["maximum"], info["limits"]["max_beam"]);
 
     // JSON with base64, a data URL and a multipart upload give the command line's caption.
     let img = image("gray.png");

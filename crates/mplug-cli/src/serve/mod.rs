@@ -586,7 +586,11 @@ async fn metrics_text(State(app): State<Shared>) -> Response {
 
 /// `GET /openapi.json`.
 async fn openapi_json(State(app): State<Shared>) -> Json<Value> {
-    Json(openapi::document(app.task))
+    Json(openapi::document(
+        app.task,
+        app.limits.max_beam,
+        app.limits.max_len,
+    ))
 }
 
 /// The web page.

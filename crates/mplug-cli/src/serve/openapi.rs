@@ -43,12 +43,14 @@ fn operation(summary: &str, task: Task, schema: &str, response: &str) -> Value {
     })
 }
 
-/// The document; `task` is the loaded model's.
-pub fn document(task: Task) -> Value {
+/// The document; `task` is the loaded model's, `max_beam` and `max_len` the limits the server
+/// enforces. Only the endpoints the server answers are listed (each POST endpoint needs one
+/// task; the others answer 422).
+pub fn document(task: Task, max_beam: usize, max_len: usize) -> Value {
     let decode = json!({
-        "beam": {"type": "integer", "minimum": 1, "maximum": 16, "description": "Beam size (1: greedy)"},
-        "min_len": {"type": "integer", "minimum": 0},
-        "max_len": {"type": "integer", "minimum": 1, "maximum": 64},
+        "beam": {"type": "integer", "minimum": 1, "maximum": max_beam, "description": "Beam size (1: greedy)"},
+        "min_len": {"type": "integer", "minimum": 0, "maximum": max_len},
+        "max_len": {"type": "integer", "minimum": 1, "maximum": max_len},
         "n_best": {"type": "integer", "minimum": 1, "description": "Hypotheses returned (at most beam)"}
     });
     let image = json!({"type": "string", "format": "byte", "description": "Encoded image (png, jpeg, webp, gif, bmp, tiff), base64"});
@@ -59,7 +61,7 @@ pub fn document(task: Task) -> Value {
     vqa_props["question"] = json!({"type": "string"});
     vqa_props["answers"] = json!({"type": "array", "items": {"type": "string"}, "description": "Rank these candidates instead of generating"});
     vqa_props["k"] = json!({"type": "integer", "minimum": 1, "default": 5, "description": "Ranked answers returned"});
-    json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "mplug serve",
@@ -117,5 +119,10 @@ pub fn document(task: Task) -> Value {
                     "text_embeddings": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}}
             }
         }
-    })
+    });
+    // The model endpoints of other tasks answer 422: they are not this server's API.
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        paths.retain(|path, op| op.get("post").is_none() || super::endpoint_task(path) == task);
+    }
+    doc
 }
