@@ -762,3 +762,16 @@ fn control_bytes_in_file_names_are_escaped() {
     let o = mplug_fails(&["caption", s(&missing)], "gone\\u{1b}[2J.png");
     assert!(!o.stderr.contains('\u{1b}'), "{:?}", o.stderr);
 }
+
+/// A model folder without its `vocab.txt` is refused, naming the file (issue 26's defect: it
+/// decoded with BERT's vocabulary, `[unused213] ...`).
+#[test]
+fn a_model_folder_without_its_vocabulary_is_refused() {
+    let model = default_model();
+    let dir = scratch("no-vocab");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(model.join(f), dir.join(f)).unwrap();
+    }
+    let img = model.join("examples").join("scene_3.png");
+    mplug_fails(&["caption", "--model", s(&dir), s(&img)], "vocab.txt");
+}

@@ -404,10 +404,18 @@ impl ModelSource {
     }
 
     /// The tokenizer: `vocab.txt` when the source has one, else the embedded BERT uncased
-    /// vocabulary (its first entries for a model with a smaller vocabulary).
+    /// vocabulary (its first entries for a model with a smaller vocabulary), as released
+    /// checkpoints and bare configurations expect. A model folder (its `config.json` names a
+    /// task) without its `vocab.txt` is an error: every folder mplug writes carries the
+    /// vocabulary it was trained with, and BERT's would decode other words.
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         match &self.vocab {
             Some(path) => Ok(Tokenizer::from_vocab_file(path)?),
+            None if self.task.is_some() || !self.tasks.is_empty() => Err(Error::Config(format!(
+                "{}: no {VOCAB_FILE} beside it, though its {CONFIG_FILE} makes it a model folder, \
+                 which carries the vocabulary it was trained with; copy the folder's {VOCAB_FILE} back",
+                self.checkpoint.display()
+            ))),
             None => {
                 let vocab = default_vocab(&self.config);
                 Ok(Tokenizer::from_vocab_bytes(
@@ -592,6 +600,36 @@ mod tests {
         v["task"] = "painting".into();
         let err = ModelCard::from_json(&v.to_string(), Path::new("c.json")).unwrap_err();
         assert!(err.to_string().contains("painting"), "{err}");
+    }
+
+    /// A model folder without its vocabulary is an error naming the file; a bare checkpoint
+    /// (no task in its configuration, as released ones and the golden folders) takes BERT's.
+    #[test]
+    fn a_model_folder_needs_its_own_vocabulary() {
+        let bare = ModelSource {
+            config: MplugConfig::tiny(),
+            task: None,
+            tasks: vec![],
+            checkpoint: PathBuf::from("m/model.safetensors"),
+            vocab: None,
+        };
+        assert!(bare.tokenizer().is_ok());
+        for folder in [
+            ModelSource {
+                task: Some(Task::Caption),
+                ..bare.clone()
+            },
+            ModelSource {
+                tasks: vec![Task::Caption, Task::Vqa],
+                ..bare.clone()
+            },
+        ] {
+            let err = folder.tokenizer().unwrap_err().to_string();
+            assert!(
+                err.contains(VOCAB_FILE) && err.contains("m/model.safetensors"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
