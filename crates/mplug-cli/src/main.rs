@@ -78,7 +78,7 @@ const MAX_THREADS: usize = 1024;
 fn main() -> ExitCode {
     mplug::model::kernels::tune_allocator();
     // Before any thread exists: every thread inherits it.
-    mplug::model::kernels::flush_denormals_on_this_thread();
+    mplug::model::kernels::flush_denormals();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
         quiet_broken_pipe();
@@ -98,7 +98,6 @@ fn main() -> ExitCode {
         // candle's CPU kernels size their pool from this variable on first use.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-    mplug::model::kernels::flush_denormals();
     let result = match &cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Caption(a) => tasks::caption(a),

@@ -149,31 +149,6 @@ impl VisionTransformer {
 }
 
 impl VisionTransformer {
-    /// The patch convolution, `(B, 3, H, W)` -> `(B, g*g, W)`. In training (a trainable
-    /// kernel) it runs as what it is, a linear layer over the flattened patches, with
-    /// [`super::kernels::grad::linear`]'s backward pass: candle's convolution backward computes
-    /// the image's gradient by a transposed convolution and the kernel's by a convolution with
-    /// the gradient as kernel.
-    fn patch_embed(&self, images: &Tensor) -> Result<Tensor> {
-        let kernel = self.conv1.weight();
-        let (width, c, p, _) = kernel.dims4()?;
-        let (b, _, h, _) = images.dims4()?;
-        let g = h / p.max(1);
-        if kernel.track_op() && g * p == h {
-            let patches = images
-                .reshape((b, c, g, p, g, p))?
-                .permute((0, 2, 4, 1, 3, 5))?
-                .contiguous()?
-                .reshape((b, g * g, c * p * p))?;
-            let w = kernel.reshape((width, c * p * p))?;
-            if let Some(x) = super::kernels::grad::linear(&patches, &w, None)? {
-                return Ok(x);
-            }
-        }
-        let x = self.conv1.forward(images)?; // (B, W, g, g)
-        x.flatten_from(2)?.transpose(1, 2)
-    }
-
     /// The positional embedding in use `(1 + grid^2, width)` (resized if the checkpoint's grid
     /// differed).
     pub fn positional_embedding(&self) -> &Tensor {
@@ -192,8 +167,9 @@ impl Module for VisionTransformer {
                 r = self.image_res
             );
         }
-        let x = self.patch_embed(images)?; // (B, g*g, W)
-        let width = x.dim(2)?;
+        let x = self.conv1.forward(images)?; // (B, W, g, g)
+        let width = x.dim(1)?;
+        let x = x.flatten_from(2)?.transpose(1, 2)?; // (B, g*g, W)
         let cls = self
             .class_embedding
             .reshape((1, 1, width))?

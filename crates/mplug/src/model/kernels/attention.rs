@@ -35,6 +35,20 @@ pub struct Mask<'a> {
     pub strides: [usize; 4],
 }
 
+impl Mask<'_> {
+    /// The first value of row `r` of head `h` of key batch entry `b`, and the stride between
+    /// its values: what [`simd::softmax_rows`] reads a row's mask through.
+    pub fn row(&self, b: usize, h: usize, r: usize) -> (*const f32, isize) {
+        let at = self.offset + b * self.strides[0] + h * self.strides[1] + r * self.strides[2];
+        // SAFETY: the mask's strides address `(Bk, H, G*Lq, Lk)` values inside `data`, so
+        // `at` is the row's first value (checked by the callers' shapes).
+        (
+            unsafe { self.data.as_ptr().add(at) },
+            self.strides[3] as isize,
+        )
+    }
+}
+
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -107,14 +121,7 @@ pub fn attention(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> V
                     1,
                 );
             }
-            let mask_row = |r: usize| {
-                mask.map(|m| {
-                    let at =
-                        m.offset + b * m.strides[0] + h * m.strides[1] + (r0 + r) * m.strides[2];
-                    // SAFETY: `at` addresses the row's first value inside `m.data`.
-                    (unsafe { m.data.as_ptr().add(at) }, m.strides[3] as isize)
-                })
-            };
+            let mask_row = |r: usize| mask.map(|m| m.row(b, h, r0 + r));
             simd::softmax_rows(&mut s[..n_rows * lk], lk, scale, &mask_row);
             // SAFETY: as above.
             unsafe {

@@ -521,8 +521,10 @@ impl CustomOp2 for TokenNllOp {
 /// `(N,)`, with its backward pass; `None` when the operands do not fit the kernel.
 ///
 /// Why by hand: the composed form (log-softmax, gather) keeps the `(N, V)` log-probabilities
-/// and its backward makes several passes over them and a scatter into zeros; over BERT's
-/// 30522-token vocabulary that backward took longer than the whole decoder's.
+/// and its backward makes several passes over them and a scatter into zeros; this is one pass
+/// each way. (It was written while chasing a slow decoder backward whose cause turned out to
+/// be denormal gradients, see [`super::flush_denormals`]; it makes no measurable difference to
+/// a base caption step, whose vocabulary pass is small beside the layers.)
 pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<Option<Tensor>> {
     if !applies(&[logits]) || logits.rank() != 2 || targets.dtype() != DType::U32 {
         return Ok(None);
@@ -567,14 +569,8 @@ impl AttentionOp {
         match &self.mask {
             None => f(None),
             Some(m) => {
-                let (s, l) = m.storage_and_layout();
-                let st = l.stride();
-                let view = super::attention::Mask {
-                    data: super::f32s(&s)?,
-                    offset: l.start_offset(),
-                    strides: [st[0], st[1], st[2], st[3]],
-                };
-                f(Some(view))
+                let (s, _) = m.storage_and_layout();
+                f(Some(super::mask_view(&s, m)?))
             }
         }
     }
@@ -670,16 +666,7 @@ impl CustomOp3 for AttentionOp {
                                         1,
                                     );
                                 }
-                                let mask_row = |r: usize| {
-                                    mask.map(|m| {
-                                        let at = m.offset
-                                            + bi * m.strides[0]
-                                            + h * m.strides[1]
-                                            + r * m.strides[2];
-                                        // SAFETY: `at` addresses the row's first value.
-                                        (unsafe { m.data.as_ptr().add(at) }, m.strides[3] as isize)
-                                    })
-                                };
+                                let mask_row = |r: usize| mask.map(|m| m.row(bi, h, r));
                                 simd::softmax_rows(&mut p, lk, scale, &mask_row);
                                 unsafe {
                                     // dV = P^T dO

@@ -36,29 +36,19 @@ pub fn tune_allocator() {
     }
 }
 
-/// Makes the tensor-math threads treat denormal floats (magnitudes below 1.2e-38) as zero,
-/// inputs and results alike (x86's FTZ and DAZ bits, aarch64's FZ), as TensorFlow does by
-/// default: the current thread, every thread it creates afterwards (threads inherit the
-/// floating-point environment on Linux), and every thread of rayon's global pool, which this
-/// builds (sized by `RAYON_NUM_THREADS`; a no-op for the pool if it already exists).
-/// Process-wide, so the library never calls it: the `mplug` binary does at start, before any
-/// other thread exists, so that every thread computes alike (a result must not depend on
-/// which thread, or how many, computed it: data-parallel training makes the serial update's
-/// bits).
+/// Makes the current thread, and every thread it creates afterwards (threads inherit the
+/// floating-point environment on Linux), treat denormal floats (magnitudes below 1.2e-38) as
+/// zero, inputs and results alike (x86's FTZ and DAZ bits, aarch64's FZ), as TensorFlow does
+/// by default. Process-wide, so the library never calls it: the `mplug` binary does at start,
+/// before any other thread exists (rayon's pool, candle's, the trainer's), so that every
+/// thread computes alike: a result must not depend on which thread, or how many, computed it
+/// (data-parallel training makes the serial update's bits).
 ///
 /// Why: each arithmetic operation on a denormal takes a microcode assist of about a hundred
 /// cycles. A caption fine-tuning step of a base model with random weights carries gradients
 /// that small through the decoder, and its backward pass took 2.1 s instead of 0.8 s. A value
 /// that small changes no result the golden tolerances can see.
 pub fn flush_denormals() {
-    flush_denormals_on_this_thread();
-    let _ = rayon::ThreadPoolBuilder::new()
-        .start_handler(|_| flush_denormals_on_this_thread())
-        .build_global();
-}
-
-/// The current thread's part of [`flush_denormals`].
-pub fn flush_denormals_on_this_thread() {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: reads the SSE control register into a local and writes it back with the FTZ
     // (bit 15) and DAZ (bit 6) bits set; every x86-64 CPU has SSE2 and both bits.
@@ -92,41 +82,24 @@ const HUGE_PAGE: usize = 2 << 20;
 pub fn transposed_weight(weight: &Tensor, dtype: DType) -> Result<Tensor> {
     let (n, k) = weight.dims2()?;
     let values = weight.to_dtype(DType::F32)?.contiguous()?;
-    let transpose = |dst: &mut [f32], src: &[f32]| {
-        // 32 x 32 tiles: both sides stay in cache.
-        const T: usize = 32;
-        for j0 in (0..n).step_by(T) {
-            for i0 in (0..k).step_by(T) {
-                for j in j0..(j0 + T).min(n) {
-                    for i in i0..(i0 + T).min(k) {
-                        dst[i * n + j] = src[j * k + i];
-                    }
-                }
-            }
-        }
-    };
     // Zeroed by the allocator (calloc: fresh pages are not written), advised, then written.
     let out = match dtype {
         DType::F32 => {
             let mut buf = vec![0f32; n * k];
             advise_huge_pages(buf.as_ptr() as usize, buf.len() * 4);
             with_values(&values, |src| {
-                transpose(&mut buf, src);
+                transpose_into(&mut buf, src, n, k, |v| v);
                 Ok(())
             })?;
             Tensor::from_vec(buf, (k, n), &Device::Cpu)?
         }
         DType::BF16 => {
-            let mut wide = vec![0f32; n * k];
-            with_values(&values, |src| {
-                transpose(&mut wide, src);
-                Ok(())
-            })?;
             let mut bits = std::mem::ManuallyDrop::new(vec![0u16; n * k]);
             advise_huge_pages(bits.as_ptr() as usize, bits.len() * 2);
-            bits.iter_mut()
-                .zip(&wide)
-                .for_each(|(b, v)| *b = half::bf16::from_f32(*v).to_bits());
+            with_values(&values, |src| {
+                transpose_into(&mut bits, src, n, k, |v| half::bf16::from_f32(v).to_bits());
+                Ok(())
+            })?;
             // SAFETY: bf16 is a transparent wrapper of u16 (same size and alignment) and every
             // u16 is a valid bf16; ownership of the allocation moves to the new vector.
             let buf = unsafe {
@@ -141,6 +114,20 @@ pub fn transposed_weight(weight: &Tensor, dtype: DType) -> Result<Tensor> {
         other => candle_core::bail!("transposed_weight: unsupported dtype {other:?}"),
     };
     out.t()
+}
+
+/// `dst (k, n) = convert(src (n, k))^T`, in 32 x 32 tiles so that both sides stay in cache.
+fn transpose_into<T>(dst: &mut [T], src: &[f32], n: usize, k: usize, convert: impl Fn(f32) -> T) {
+    const TILE: usize = 32;
+    for j0 in (0..n).step_by(TILE) {
+        for i0 in (0..k).step_by(TILE) {
+            for j in j0..(j0 + TILE).min(n) {
+                for i in i0..(i0 + TILE).min(k) {
+                    dst[i * n + j] = convert(src[j * k + i]);
+                }
+            }
+        }
+    }
 }
 
 /// Advises the whole huge pages inside `bytes` bytes at `addr` as huge pages (Linux).
@@ -318,6 +305,20 @@ fn rows_of<'a>(s: &'a Storage, t: &Tensor) -> Result<attention::Rows<'a>> {
     })
 }
 
+/// A 4-dimensional mask tensor (broadcast views allowed) whose storage is `s`, as
+/// [`attention::Mask`].
+fn mask_view<'a>(s: &'a Storage, m: &Tensor) -> Result<attention::Mask<'a>> {
+    let st = m.layout().stride();
+    if st.len() != 4 {
+        candle_core::bail!("attention: a mask of {} dimensions", st.len());
+    }
+    Ok(attention::Mask {
+        data: f32s(s)?,
+        offset: m.layout().start_offset(),
+        strides: [st[0], st[1], st[2], st[3]],
+    })
+}
+
 /// Multi-head attention `softmax(q k^T / sqrt(d) + mask) v` of `q (Bq, Lq, H*d)` over `k`, `v
 /// (Bk, Lk, H*d)`, `Bq = Bk * G` (see [`super::attention::attend`] for the sharing and the
 /// mask's shape): `(Bq, Lq, H*d)`. Operands may be views (such as the parts of a packed
@@ -365,14 +366,7 @@ pub fn attention(
     let (vs, _) = v.storage_and_layout();
     let ms = mask.as_ref().map(|m| m.storage_and_layout());
     let mask_view = match (&ms, &mask) {
-        (Some((s, _)), Some(m)) => {
-            let st = m.layout().stride();
-            Some(attention::Mask {
-                data: f32s(s)?,
-                offset: m.layout().start_offset(),
-                strides: [st[0], st[1], st[2], st[3]],
-            })
-        }
+        (Some((s, _)), Some(m)) => Some(mask_view(s, m)?),
         _ => None,
     };
     let dims = attention::Dims {
@@ -496,7 +490,7 @@ mod tests {
         let product = || std::hint::black_box(1e-30f32) * std::hint::black_box(1e-10f32);
         assert!(product() > 0.0, "denormals exist before flushing");
         let flushed = std::thread::spawn(move || {
-            flush_denormals_on_this_thread();
+            flush_denormals();
             product()
         })
         .join()
