@@ -3,32 +3,17 @@
 
 use anyhow::{Context, Result};
 use mplug::eval::blind;
-use mplug::eval::BoxFormat;
+use mplug::eval::{BoxFormat, EvalTask};
 use std::path::PathBuf;
-
-/// The benchmark of a blind baseline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BaselineTask {
-    /// The most frequent training caption for every image.
-    Caption,
-    /// The most frequent training answer of the question.
-    Vqa,
-    /// Random ranking (expected recall).
-    Retrieval,
-    /// The mean training box.
-    Grounding,
-    /// The most frequent training answer of the question, on video QA files.
-    Videoqa,
-    /// Random ranking of videos (expected recall).
-    Videoretrieval,
-}
 
 /// `mplug baseline`.
 #[derive(Debug, clap::Args)]
 pub struct BaselineArgs {
-    /// The benchmark.
-    #[arg(value_enum)]
-    task: BaselineTask,
+    /// The benchmark: caption (the most frequent training caption), vqa and videoqa (the
+    /// question's most frequent training answer), retrieval and videoretrieval (random
+    /// ranking's expected recall), grounding (the mean training box).
+    #[arg(value_parser = crate::model_args::benchmark_parser())]
+    task: EvalTask,
     /// The test annotations (as `mplug eval` reads them).
     test: PathBuf,
     /// The training annotations the baseline is fitted on (all tasks but retrieval).
@@ -47,20 +32,20 @@ pub fn run(a: &BaselineArgs) -> Result<()> {
     let train = || {
         a.train
             .as_deref()
-            .with_context(|| format!("the {:?} baseline needs --train FILE", a.task))
+            .with_context(|| format!("the {} baseline needs --train FILE", a.task))
     };
     let metrics = match a.task {
-        BaselineTask::Caption => blind::caption(train()?, &a.test)?,
-        BaselineTask::Vqa => blind::vqa(train()?, &a.test)?,
-        BaselineTask::Videoqa => blind::videoqa(train()?, &a.test)?,
-        BaselineTask::Grounding => {
+        EvalTask::Caption => blind::caption(train()?, &a.test)?,
+        EvalTask::Vqa => blind::vqa(train()?, &a.test)?,
+        EvalTask::VideoQa => blind::videoqa(train()?, &a.test)?,
+        EvalTask::Grounding => {
             let format = BoxFormat::parse(&a.box_format).with_context(|| {
                 format!("--box-format {:?}: expected xywh or xyxy", a.box_format)
             })?;
             blind::grounding(train()?, &a.test, format)?
         }
-        BaselineTask::Retrieval => blind::retrieval(&a.test)?,
-        BaselineTask::Videoretrieval => blind::video_retrieval(&a.test)?,
+        EvalTask::Retrieval => blind::retrieval(&a.test)?,
+        EvalTask::VideoRetrieval => blind::video_retrieval(&a.test)?,
     };
     if a.json {
         println!("{metrics}");

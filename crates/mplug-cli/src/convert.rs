@@ -30,8 +30,8 @@ pub struct ConvertArgs {
     pub config: ConfigArgs,
     /// The task of the weights (default: the checkpoint's keys tell; caption and VQA
     /// checkpoints share a layout, so name `caption` for a captioning model).
-    #[arg(long, value_parser = ["caption", "vqa", "retrieval", "grounding"])]
-    pub task: Option<String>,
+    #[arg(long, value_parser = crate::model_args::task_parser())]
+    pub task: Option<Task>,
     /// Floating-point type of the written weights.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     pub dtype: String,
@@ -155,7 +155,7 @@ fn grouped(keys: &[String]) -> String {
 /// Runs `mplug convert`.
 pub fn run(a: &ConvertArgs) -> Result<()> {
     let dtype = dtype(&a.dtype)?;
-    let wanted = a.task.as_deref().map(Task::parse).transpose()?;
+    let wanted = a.task;
     let holds_model = [model_dir::CONFIG_FILE, model_dir::WEIGHTS_FILE]
         .iter()
         .any(|f| a.out.join(f).exists());

@@ -1,7 +1,7 @@
 //! `mplug data`: datasets for training and evaluation.
 
 use anyhow::Result;
-use mplug::world::{generate, WorldConfig};
+use mplug_world::{generate, WorldConfig};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -47,7 +47,7 @@ pub struct GenerateArgs {
     /// default, 8, lines them up with the tiny model's 8 x 8 patches: a visual tower trained
     /// from nothing learns a shape seen at one alignment with its patches in a few hundred
     /// updates, at every alignment only in thousands (README, the generated world).
-    #[arg(long, default_value_t = mplug::world::DEFAULT_PLACES)]
+    #[arg(long, default_value_t = mplug_world::DEFAULT_PLACES)]
     pub places: u32,
 }
 

@@ -8,36 +8,6 @@ use mplug::eval::{self, BoxFormat, EvalOptions, EvalTask, Progress};
 use serde_json::Value;
 use std::path::PathBuf;
 
-/// The benchmark to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TaskArg {
-    /// COCO Karpathy test captions: BLEU-1..4, ROUGE-L, CIDEr-D.
-    Caption,
-    /// VQA v2: accuracy, and the official result file.
-    Vqa,
-    /// COCO / Flickr30K image-text retrieval: TR and IR recall@1/5/10.
-    Retrieval,
-    /// RefCOCO / RefCOCO+ / RefCOCOg: accuracy at IoU 0.5.
-    Grounding,
-    /// MSRVTT-QA with a VQA model: accuracy.
-    Videoqa,
-    /// MSRVTT text-video retrieval with a retrieval model: recall@1/5/10, median rank.
-    Videoretrieval,
-}
-
-impl TaskArg {
-    fn task(self) -> EvalTask {
-        match self {
-            TaskArg::Caption => EvalTask::Caption,
-            TaskArg::Vqa => EvalTask::Vqa,
-            TaskArg::Retrieval => EvalTask::Retrieval,
-            TaskArg::Grounding => EvalTask::Grounding,
-            TaskArg::Videoqa => EvalTask::VideoQa,
-            TaskArg::Videoretrieval => EvalTask::VideoRetrieval,
-        }
-    }
-}
-
 /// How grounding annotations write their boxes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BoxFormatArg {
@@ -50,9 +20,12 @@ pub enum BoxFormatArg {
 /// `mplug eval`.
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
-    /// The benchmark.
-    #[arg(value_enum)]
-    task: TaskArg,
+    /// The benchmark: caption (COCO Karpathy test: BLEU, ROUGE-L, CIDEr-D), vqa (VQA v2
+    /// accuracy and result file), retrieval (COCO / Flickr30K recall@1/5/10), grounding
+    /// (RefCOCO family, accuracy at IoU 0.5), videoqa (MSRVTT-QA with a VQA model),
+    /// videoretrieval (MSRVTT with a retrieval model).
+    #[arg(value_parser = crate::model_args::benchmark_parser())]
+    task: EvalTask,
     #[command(flatten)]
     model: ModelArgs,
     /// The annotation file, in the reference's JSON or JSON Lines form.
@@ -146,7 +119,7 @@ impl Progress for Bar {
 }
 
 pub fn run(a: &EvalArgs) -> Result<()> {
-    let task = a.task.task();
+    let task = a.task;
     if a.answers.is_some() && !matches!(task, EvalTask::Vqa | EvalTask::VideoQa) {
         bail!("--answers applies to vqa and videoqa, not {task}");
     }

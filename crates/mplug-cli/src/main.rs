@@ -40,6 +40,9 @@ enum Command {
     Ground(tasks::GroundArgs),
     /// Rank texts for images by ITC similarity re-scored with ITM.
     Retrieve(tasks::RetrieveArgs),
+    /// Label images zero-shot: each candidate label's probability (ITC similarity of "a photo
+    /// of LABEL" at the model's temperature, softmax over the labels).
+    Classify(tasks::ClassifyArgs),
     /// Index a folder of images for text search (ITC features on disk; updates incrementally).
     Index(index_cmd::IndexArgs),
     /// Search an image index: ITC top k re-ranked by ITM.
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
         Command::Vqa(a) => tasks::vqa(a),
         Command::Ground(a) => tasks::ground(a),
         Command::Retrieve(a) => tasks::retrieve(a),
+        Command::Classify(a) => tasks::classify(a),
         Command::Index(a) => index_cmd::index(a),
         Command::Search(a) => index_cmd::search(a),
         Command::Video(a) => tasks::video(a),

@@ -9,6 +9,34 @@ use mplug::pipeline::Pipeline;
 use mplug::{MplugConfig, Task};
 use std::path::{Path, PathBuf};
 
+/// A command-line parser for one of the library's vocabularies ([`Task::ALL`],
+/// [`mplug::eval::EvalTask::ALL`]): its names are the possible values, listed in `--help` and
+/// in the error for any other.
+pub fn vocabulary<T: Copy + Send + Sync + 'static>(
+    all: &'static [T],
+    name: fn(T) -> &'static str,
+) -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(all.iter().map(|&t| name(t))).try_map(
+        move |s: String| {
+            all.iter()
+                .copied()
+                .find(|&t| name(t) == s)
+                .ok_or_else(|| format!("unknown name {s:?}"))
+        },
+    )
+}
+
+/// `--task`'s parser: a model task's name.
+pub fn task_parser() -> impl clap::builder::TypedValueParser<Value = Task> {
+    vocabulary(&Task::ALL, Task::name)
+}
+
+/// A benchmark's name, as `mplug eval` and `mplug baseline` take it.
+pub fn benchmark_parser() -> impl clap::builder::TypedValueParser<Value = mplug::eval::EvalTask> {
+    vocabulary(&mplug::eval::EvalTask::ALL, mplug::eval::EvalTask::name)
+}
+
 /// Where the model comes from.
 #[derive(Debug, clap::Args)]
 pub struct ModelArgs {

@@ -45,24 +45,19 @@ pub struct DecodeArgs {
     pub seed: u64,
 }
 
-/// The reference's caption lengths: 5 to 20 tokens.
-const CAPTION_LENGTHS: (usize, usize) = (5, 20);
-/// The reference's answer lengths: 1 to 10 tokens.
-const ANSWER_LENGTHS: (usize, usize) = (1, 10);
-
 impl DecodeArgs {
-    /// The search settings, with `lengths` (min, max) where the command line gives none.
-    /// The decoding settings, with the task's reference `lengths` where not given. A
-    /// `--max-len` below the default minimum lowers the minimum with it; an explicit
-    /// `--min-len` above the maximum is an error.
-    fn config(&self, lengths: (usize, usize)) -> Result<BeamConfig> {
-        let max_length = self.max_len.unwrap_or(lengths.1);
+    /// The decoding settings: the task's `reference` ([`BeamConfig::caption`],
+    /// [`BeamConfig::answer`]) with what the command line gives. A `--max-len` below the
+    /// reference's minimum lowers the minimum with it; an explicit `--min-len` above the
+    /// maximum is an error.
+    fn config(&self, reference: BeamConfig) -> Result<BeamConfig> {
+        let max_length = self.max_len.unwrap_or(reference.max_length);
         let min_length = match self.min_len {
             Some(min) if min > max_length => anyhow::bail!(
                 "--min-len {min} is above the maximum length {max_length} (--max-len)"
             ),
             Some(min) => min,
-            None => lengths.0.min(max_length),
+            None => reference.min_length.min(max_length),
         };
         let sampling = self.sample.then_some(mplug::generate::Sampling {
             temperature: self.temperature,
@@ -82,7 +77,7 @@ impl DecodeArgs {
             n_best: self.n_best.min(beam_size),
             use_cache: !self.no_cache,
             sampling,
-            ..Default::default()
+            ..reference
         })
     }
 }
@@ -377,6 +372,71 @@ pub struct RetrieveArgs {
     images: Vec<PathBuf>,
 }
 
+/// `mplug classify`.
+#[derive(Debug, clap::Args)]
+pub struct ClassifyArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A candidate label (repeat the option).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// A file of candidate labels: one per line, or a JSON array.
+    #[arg(long)]
+    labels_file: Option<PathBuf>,
+    /// The prompt each label is written into (`{}` is the label).
+    #[arg(long, default_value = mplug::pipeline::DEFAULT_LABEL_TEMPLATE)]
+    template: String,
+    /// Labels printed per image, best first (0: all).
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    batch: BatchArgs,
+    /// Image files, folders of images (searched recursively), or list files (`.txt`, one path
+    /// per line, relative to the list).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+}
+
+/// `mplug classify`: zero-shot labels of images with their probabilities.
+pub fn classify(a: &ClassifyArgs) -> Result<()> {
+    let mut labels = a.labels.clone();
+    if let Some(file) = &a.labels_file {
+        labels.extend(answers_file(file)?);
+    }
+    if labels.is_empty() {
+        anyhow::bail!("no labels: give --label LABEL (repeated) or --labels-file FILE");
+    }
+    let size = a.batch.size()?;
+    let p = a.model.load(Task::Retrieval)?;
+    let images = expand_images(&a.images)?;
+    let mut sink = Sink::new(a.batch.output.as_deref())?;
+    let bar = batch_bar(images.len(), size);
+    let top = if a.top == 0 { labels.len() } else { a.top };
+    for chunk in images.chunks(size) {
+        let scored = p.classify(Visual::Images(&p.load_images(chunk)?), &labels, &a.template)?;
+        for (path, row) in chunk.iter().zip(&scored) {
+            let kept = &row[..top.min(row.len())];
+            let r: Vec<_> = kept
+                .iter()
+                .map(|l| json!({"label": l.label, "score": l.score, "similarity": l.similarity}))
+                .collect();
+            sink.emit(a.json, &json!({"image": path, "labels": r}), || {
+                let shown_labels: Vec<String> = kept
+                    .iter()
+                    .map(|l| format!("{} {:.4}", escape_controls(&l.label), l.score))
+                    .collect();
+                format!("{}\t{}\n", shown(path), shown_labels.join("\t"))
+            })?;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    sink.finish()
+}
+
 pub fn caption(a: &CaptionArgs) -> Result<()> {
     let size = a.batch.size()?;
     let p = a.model.load(Task::Caption)?;
@@ -384,7 +444,10 @@ pub fn caption(a: &CaptionArgs) -> Result<()> {
     let mut sink = Sink::new(a.batch.output.as_deref())?;
     let bar = batch_bar(images.len(), size);
     for chunk in images.chunks(size) {
-        let captions = p.caption(&p.load_images(chunk)?, &a.decode.config(CAPTION_LENGTHS)?)?;
+        let captions = p.caption(
+            &p.load_images(chunk)?,
+            &a.decode.config(BeamConfig::caption())?,
+        )?;
         for (path, hyps) in chunk.iter().zip(captions) {
             let h: Vec<_> = hyps
                 .iter()
@@ -435,7 +498,7 @@ fn answer(
                 .collect()
         }
         None => p
-            .answer_visual(visual, &questions, &decode.config(ANSWER_LENGTHS)?)?
+            .answer_visual(visual, &questions, &decode.config(BeamConfig::answer())?)?
             .remove(0)
             .into_iter()
             .map(|h| (h.text, h.score))
@@ -489,16 +552,16 @@ pub fn retrieve(a: &RetrieveArgs) -> Result<()> {
     let p = a.model.load(Task::Retrieval)?;
     // Texts are encoded once; each image's top k texts (k at most the number of texts) are
     // re-scored by ITM, so the rows do not depend on the batch size.
-    let texts = mplug::index::encode_texts(&p, &a.texts)?;
+    let texts = p.text_side(&a.texts)?;
     let images = expand_images(&a.images)?;
     let mut sink = Sink::new(a.batch.output.as_deref())?;
     let bar = batch_bar(images.len(), size);
     for chunk in images.chunks(size) {
-        let side = mplug::tasks::retrieval::encode_images(p.model(), &p.load_images(chunk)?)?;
+        let side = p.image_side(Visual::Images(&p.load_images(chunk)?))?;
         let i2t = if a.itc_only {
             mplug::tasks::retrieval::similarity_rows(&side, &texts)?
         } else {
-            mplug::index::rank_texts(&p, &side, &texts, a.k)?
+            p.rank_texts(&side, &texts, a.k)?
         };
         for (path, row) in chunk.iter().zip(&i2t) {
             let mut order: Vec<usize> = (0..row.len()).collect();
@@ -591,7 +654,7 @@ pub fn video(a: &VideoArgs) -> Result<()> {
             let t = p.load_clips(clips, *frames)?;
             for (path, hyps) in clips
                 .iter()
-                .zip(p.caption_visual(Visual::Clips(&t), &decode.config(CAPTION_LENGTHS)?)?)
+                .zip(p.caption_visual(Visual::Clips(&t), &decode.config(BeamConfig::caption())?)?)
             {
                 if *json {
                     let h: Vec<_> = hyps
@@ -663,7 +726,7 @@ fn expand_images(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
     for a in args {
         let ext = a.extension().and_then(|e| e.to_str()).unwrap_or("");
         if a.is_dir() {
-            let files = mplug::index::image_files(a)?;
+            let files = mplug::input::image_files(a)?;
             if files.is_empty() {
                 bail!("folder {} holds no images", a.display());
             }

@@ -9,20 +9,20 @@ use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use mplug::checkpoint::Checkpoint;
 use mplug::data::loader::derive_seed;
-use mplug::data::{AugmentConfig, Batch, Dataset, Loader, LoaderConfig};
-use mplug::eval::BoxFormat;
+use mplug::data::{AugmentConfig, Dataset, Loader, LoaderConfig};
+use mplug::eval::{BoxFormat, EvalTask};
 use mplug::input::{ImageConfig, ImagePreprocessor, Tokenizer};
 use mplug::model_dir::{default_vocab, is_buffer, write_folder, ModelCard};
 use mplug::tasks::grounding::GroundingTokens;
 use mplug::tasks::pretrain::{self, LossWeights, MaskTokens, Momentum, PretrainBatch};
-use mplug::tasks::{caption, grounding, vqa};
+use mplug::tasks::vqa;
+use mplug::train::finetune::{TaskLoss, OBJECTIVES_STREAM, RETRIEVAL_WEIGHTS};
 use mplug::train::optim::{MplugAdamW, OptimizerConfig};
 use mplug::train::schedule::CosineSchedule;
-use mplug::train::trainer::{train, train_with_state, StepLog, TrainConfig};
+use mplug::train::trainer::{train_with_state, Loss, StepLog, TrainConfig};
 use mplug::train::Trainable;
 use mplug::{Mplug, MplugConfig, Task};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -376,7 +376,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<()> {
         weights,
         a.queue_size,
         a.alpha,
-        mask_tokens(&tokenizer),
+        MaskTokens::of(&tokenizer),
         true,
     )?;
     finish(&trainable, &cfg, &[Task::Pretrain], vocab, None, None, t)
@@ -419,7 +419,8 @@ pub fn pretrain_tower(a: &PretrainTowerArgs) -> Result<()> {
     let vocab = default_vocab(&cfg);
     let tokenizer = Tokenizer::from_vocab_bytes(vocab.as_bytes(), Path::new("<vocab>"))?;
     let loader = make_loader(dataset, t, &cfg, tokenizer, AugmentConfig::pretrain(), "")?;
-    simple_run(&trainable, &loader, t, None, |model, b| {
+    run(&trainable, t, None, 1, |model, i| {
+        let b = loader.batch(i)?;
         let logits = head.logits(model, &b.images)?;
         let targets = head.targets(loader.dataset(), &b.samples, &device)?;
         label_loss(&logits, &targets)
@@ -511,9 +512,9 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         FinetuneTask::Caption(c) => {
             let data = Dataset::caption(one_data(t)?, c.split.as_deref())?;
             let loader = make_loader(data, t, &cfg, tokenizer.clone(), aug, &c.prompt)?;
-            let losses = TaskLosses::new(&tokenizer, GroundingTokens::default(), t.seed);
-            simple_run(&trainable, &loader, t, None, |model, b| {
-                losses.loss(model, Task::Caption, b)
+            let losses = TaskLoss::new(&tokenizer, GroundingTokens::default(), t.seed);
+            run(&trainable, t, None, 1, |model, i| {
+                losses.loss(model, Task::Caption, &loader.batch(i)?)
             })?;
         }
         FinetuneTask::Vqa(v) => {
@@ -522,24 +523,23 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
             if v.distill {
                 distilled_vqa_run(&trainable, &loader, t, v.alpha)?;
             } else {
-                let losses = TaskLosses::new(&tokenizer, GroundingTokens::default(), t.seed);
-                simple_run(&trainable, &loader, t, None, |model, b| {
-                    losses.loss(model, Task::Vqa, b)
+                let losses = TaskLoss::new(&tokenizer, GroundingTokens::default(), t.seed);
+                run(&trainable, t, None, 1, |model, i| {
+                    losses.loss(model, Task::Vqa, &loader.batch(i)?)
                 })?;
             }
         }
         FinetuneTask::Retrieval(c) => {
             let data = Dataset::retrieval(one_data(t)?)?;
             let loader = make_loader(data, t, &cfg, tokenizer.clone(), aug, "")?;
-            let weights = RETRIEVAL_WEIGHTS;
             contrastive_run(
                 &trainable,
                 &loader,
                 t,
-                weights,
+                RETRIEVAL_WEIGHTS,
                 c.queue_size,
                 c.alpha,
-                mask_tokens(&tokenizer),
+                MaskTokens::of(&tokenizer),
                 false,
             )?;
         }
@@ -548,9 +548,9 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
             tokens = Some(found);
             let data = Dataset::grounding(one_data(t)?, box_format(&g.grounding)?)?;
             let loader = make_loader(data, t, &cfg, tokenizer.clone(), aug, "")?;
-            let losses = TaskLosses::new(&tokenizer, found, t.seed);
-            simple_run(&trainable, &loader, t, None, |model, b| {
-                losses.loss(model, Task::Grounding, b)
+            let losses = TaskLoss::new(&tokenizer, found, t.seed);
+            run(&trainable, t, None, 1, |model, i| {
+                losses.loss(model, Task::Grounding, &loader.batch(i)?)
             })?;
         }
         FinetuneTask::Multitask(m) => {
@@ -559,25 +559,25 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
             let mut names = Vec::new();
             for spec in &t.data {
                 let (name, file) = task_data(spec)?;
-                let (task, data) = match name.as_str() {
-                    "caption" => (Task::Caption, Dataset::caption(&file, None)?),
-                    "vqa" => (Task::Vqa, Dataset::vqa(&file)?),
-                    "retrieval" => (Task::Retrieval, Dataset::retrieval(&file)?),
-                    "grounding" => {
-                        tokens = Some(found);
-                        let format = box_format(&m.grounding)?;
-                        (Task::Grounding, Dataset::grounding(&file, format)?)
-                    }
-                    "videoqa" => (Task::Vqa, Dataset::videoqa(&file, m.frames)?),
-                    "videoretrieval" => {
-                        (Task::Retrieval, Dataset::video_retrieval(&file, m.frames)?)
-                    }
-                    other => bail!(
-                        "--data {}: unknown task `{other}` (expected caption, vqa, retrieval, \
+                let benchmark = EvalTask::parse(&name).with_context(|| {
+                    format!(
+                        "--data {}: unknown task `{name}` (expected caption, vqa, retrieval, \
                          grounding, videoqa or videoretrieval)",
                         spec.display()
-                    ),
+                    )
+                })?;
+                let data = match benchmark {
+                    EvalTask::Caption => Dataset::caption(&file, None)?,
+                    EvalTask::Vqa => Dataset::vqa(&file)?,
+                    EvalTask::Retrieval => Dataset::retrieval(&file)?,
+                    EvalTask::Grounding => {
+                        tokens = Some(found);
+                        Dataset::grounding(&file, box_format(&m.grounding)?)?
+                    }
+                    EvalTask::VideoQa => Dataset::videoqa(&file, m.frames)?,
+                    EvalTask::VideoRetrieval => Dataset::video_retrieval(&file, m.frames)?,
                 };
+                let task = benchmark.model_task();
                 if names.contains(&name) {
                     bail!("--data names {name} twice");
                 }
@@ -596,7 +596,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
                 );
             }
             let weights = task_weights(&m.task_weights, &names)?;
-            let losses = TaskLosses::new(&tokenizer, found, t.seed);
+            let losses = TaskLoss::new(&tokenizer, found, t.seed);
             multitask_run(&trainable, &loaders, &weights, t, &losses)?;
             let mut tasks: Vec<Task> = Vec::new();
             for (task, _) in &loaders {
@@ -612,14 +612,6 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
 
 /// Key prefix of the pre-training MLM head.
 const MLM_HEAD: &str = "fusion_encoder.cls.";
-
-/// Retrieval fine-tuning's objectives: ITC and ITM of pre-training.
-const RETRIEVAL_WEIGHTS: LossWeights = LossWeights {
-    itc: 1.0,
-    itm: 1.0,
-    mlm: 0.0,
-    prefix_lm: 0.0,
-};
 
 /// Parses `--task-weight TASK=W` for the tasks `names` (in `--data` order): one weight per task.
 fn task_weights(specs: &[String], names: &[String]) -> Result<Vec<f64>> {
@@ -655,145 +647,32 @@ fn task_data(spec: &Path) -> Result<(String, PathBuf)> {
     Ok((name.to_string(), PathBuf::from(file)))
 }
 
-/// The fine-tuning loss of each task on a loader's batch.
-struct TaskLosses {
-    grounding: GroundingTokens,
-    mask: MaskTokens,
-    seed: u64,
-}
-
-impl TaskLosses {
-    fn new(tokenizer: &Tokenizer, grounding: GroundingTokens, seed: u64) -> Self {
-        TaskLosses {
-            grounding,
-            mask: mask_tokens(tokenizer),
-            seed,
-        }
-    }
-
-    /// The reference's loss of `task` (retrieval: ITC + ITM with same-image positives and no
-    /// momentum encoders).
-    fn loss(&self, model: &Mplug, task: Task, b: &Batch) -> mplug::Result<Tensor> {
-        let missing = |what: &str| mplug::Error::invalid(format!("a {task} batch without {what}"));
-        // Clips `(B, F, 3, R, R)`: frame tokens concatenated, as at inference.
-        let embeds = || match b.images.rank() {
-            5 => mplug::tasks::video::encode_frames(model, &b.images),
-            _ => model.encode_image(&b.images),
-        };
-        match task {
-            Task::Caption => caption::loss(model, &embeds()?, &b.ids, &b.mask),
-            Task::Vqa => {
-                let q = vqa::encode_question(model, &embeds()?, &b.ids, &b.mask)?;
-                vqa::loss(
-                    model,
-                    &q,
-                    b.answer_ids.as_ref().ok_or_else(|| missing("answers"))?,
-                    b.answer_mask.as_ref().ok_or_else(|| missing("answers"))?,
-                    &b.answer_counts,
-                    b.answer_weights
-                        .as_ref()
-                        .ok_or_else(|| missing("answers"))?,
-                )
-            }
-            Task::Grounding => {
-                let targets = b.targets.as_ref().ok_or_else(|| missing("boxes"))?;
-                grounding::loss(model, &embeds()?, &b.ids, &b.mask, targets, &self.grounding)
-            }
-            Task::Retrieval | Task::Pretrain => {
-                let weights = RETRIEVAL_WEIGHTS;
-                let batch = PretrainBatch {
-                    images: b.images.clone(),
-                    ids: b.ids.clone(),
-                    mask: b.mask.clone(),
-                    image_ids: Some(b.image_ids.clone()),
-                };
-                let l = pretrain::losses(
-                    model,
-                    None,
-                    &batch,
-                    &weights,
-                    0.0,
-                    &self.mask,
-                    derive_seed(self.seed, 3, b.index),
-                )?;
-                Ok(l.total)
-            }
-        }
-    }
-}
-
 /// A multi-task run: micro-batch `i` is batch `i / n` of task `i % n`, and an update
 /// accumulates `--accumulate` micro-batches of every task, each task's loss multiplied by its
-/// weight in `weights`. Per-task losses (unweighted) go to `OUT/losses.jsonl`.
+/// weight in `weights`. Each task's unweighted loss is logged by its name.
 fn multitask_run(
     trainable: &Trainable,
     loaders: &[(Task, Loader)],
     weights: &[f64],
     t: &TrainOpts,
-    losses: &TaskLosses,
+    losses: &TaskLoss,
 ) -> Result<()> {
     let n = loaders.len() as u64;
-    let mut opt = optimizer(trainable, t)?;
-    let bar = progress(t);
-    let mut config = train_config(t, &trainable.model.config);
-    config.accumulate = t.accumulate.max(1) * n;
-    check_parallel(&config, false)?;
-    let (mut file, path) = losses_log(t)?;
-    let sums: Mutex<Vec<(f64, u64)>> = Mutex::new(vec![(0.0, 0); loaders.len()]);
-    let mut write_err: Option<anyhow::Error> = None;
-    let logs = train(
-        trainable,
-        &mut opt,
-        &config,
-        |model, i| {
-            let k = (i % n) as usize;
-            let (task, loader) = &loaders[k];
-            let b = loader.batch(i / n)?;
-            let loss = losses.loss(model, *task, &b)?;
-            let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-            let mut s = lock(&sums);
-            s[k].0 += value;
-            s[k].1 += 1;
-            if weights[k] == 1.0 {
-                Ok(loss)
-            } else {
-                Ok((loss * weights[k])?)
-            }
-        },
-        |log| {
-            let s = std::mem::replace(&mut *lock(&sums), vec![(0.0, 0); loaders.len()]);
-            let mut line = serde_json::json!({"step": log.step, "loss": log.loss, "lr1": log.lr1});
-            let mut msg = step_message(log);
-            for ((task, _), (sum, count)) in loaders.iter().zip(&s) {
-                let mean = sum / (*count).max(1) as f64;
-                line[task.name()] = serde_json::json!(mean);
-                msg.push_str(&format!(" {} {mean:.3}", task.name()));
-            }
-            if let Err(e) = writeln!(file, "{line}") {
-                write_err.get_or_insert(anyhow::anyhow!("{}: {e}", path.display()));
-            }
-            bar.set_position(log.step);
-            bar.set_message(msg);
-        },
-    )?;
-    bar.finish_and_clear();
-    if let Some(e) = write_err {
-        return Err(e);
-    }
-    report(&logs, t);
-    Ok(())
-}
-
-/// `OUT/losses.jsonl`, opened for appending (a resumed run continues it).
-fn losses_log(t: &TrainOpts) -> Result<(std::fs::File, PathBuf)> {
-    let path = t.out.join("losses.jsonl");
-    std::fs::create_dir_all(&t.out).with_context(|| t.out.display().to_string())?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| path.display().to_string())?;
-    Ok((file, path))
+    run(trainable, t, None, n, |model, i| {
+        let k = (i % n) as usize;
+        let (task, loader) = &loaders[k];
+        let loss = losses.loss(model, *task, &loader.batch(i / n)?)?;
+        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let total = if weights[k] == 1.0 {
+            loss
+        } else {
+            (loss * weights[k])?
+        };
+        Ok(Loss {
+            total,
+            parts: vec![(task.name().to_string(), value)],
+        })
+    })
 }
 
 /// Refuses to mix runs: an output folder with a checkpoint needs `--resume`, and `--resume`
@@ -856,15 +735,6 @@ fn grounding_tokens(
 fn box_format(a: &GroundingTokenArgs) -> Result<BoxFormat> {
     BoxFormat::parse(&a.box_format)
         .with_context(|| format!("--box-format {:?}: expected xywh or xyxy", a.box_format))
-}
-
-fn mask_tokens(tok: &Tokenizer) -> MaskTokens {
-    MaskTokens {
-        mask: tok.token_to_id("[MASK]").unwrap_or(103),
-        cls: tok.cls_id(),
-        sep: tok.sep_id(),
-        pad: tok.pad_id(),
-    }
 }
 
 fn make_loader(
@@ -962,10 +832,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn step_message(log: &StepLog) -> String {
-    format!(
+    let mut msg = format!(
         "loss {:.4} lr {:.2e} {:.1} samples/s",
         log.loss, log.lr1, log.samples_per_s
-    )
+    );
+    for (name, value) in &log.parts {
+        msg.push_str(&format!(" {name} {value:.3}"));
+    }
+    msg
 }
 
 fn report(logs: &[StepLog], t: &TrainOpts) {
@@ -983,32 +857,27 @@ fn report(logs: &[StepLog], t: &TrainOpts) {
     }
 }
 
-/// A fine-tuning run whose loss is a function of the model and the batch.
-fn simple_run(
+/// The one training driver: `loss_of(model, i)` gives the loss of global micro-batch `i`;
+/// `tasks` micro-batches (one per task of a multi-task run) make one of `--accumulate`'s. The
+/// trainer logs each update, the loss's named parts included, to `OUT/train_log.jsonl`; the
+/// progress bar shows the same figures. `extra` is state saved with every checkpoint
+/// (momentum encoders), which also rules out computing micro-batches in parallel.
+fn run<L: Into<Loss>>(
     trainable: &Trainable,
-    loader: &Loader,
     t: &TrainOpts,
     extra: Option<&dyn mplug::train::trainer::ExtraState>,
-    loss: impl Fn(&Mplug, &Batch) -> mplug::Result<Tensor> + Sync,
+    tasks: u64,
+    loss_of: impl Fn(&Mplug, u64) -> mplug::Result<L> + Sync,
 ) -> Result<()> {
-    let config = train_config(t, &trainable.model.config);
+    let mut config = train_config(t, &trainable.model.config);
+    config.accumulate *= tasks.max(1);
     check_parallel(&config, extra.is_some())?;
     let mut opt = optimizer(trainable, t)?;
     let bar = progress(t);
-    let logs = train_with_state(
-        trainable,
-        &mut opt,
-        &config,
-        extra,
-        |model, i| {
-            let b = loader.batch(i)?;
-            loss(model, &b)
-        },
-        |log| {
-            bar.set_position(log.step);
-            bar.set_message(step_message(log));
-        },
-    )?;
+    let logs = train_with_state(trainable, &mut opt, &config, extra, loss_of, |log| {
+        bar.set_position(log.step);
+        bar.set_message(step_message(log));
+    })?;
     bar.finish_and_clear();
     report(&logs, t);
     Ok(())
@@ -1030,7 +899,8 @@ fn distilled_vqa_run(
     let vars = trainable.named_vars();
     let momentum = Mutex::new(Momentum::new(&trainable.model, &vars, 0, t.seed)?);
     let epoch_batches = loader.batches_per_epoch().max(1) as f64;
-    simple_run(trainable, loader, t, Some(&momentum), |model, b| {
+    run(trainable, t, Some(&momentum), 1, |model, i| {
+        let b = &loader.batch(i)?;
         let missing = || mplug::Error::invalid("a VQA batch without answers");
         let answer_ids = b.answer_ids.as_ref().ok_or_else(missing)?;
         let answer_mask = b.answer_mask.as_ref().ok_or_else(missing)?;
@@ -1068,7 +938,7 @@ fn distilled_vqa_run(
 }
 
 /// A run of the pre-training objectives (pre-training, or retrieval fine-tuning with image
-/// ids): each loss is logged to `OUT/losses.jsonl` per update, averaged over micro-batches.
+/// ids); each objective's value is logged by its name (`itc`, `itm`, `mlm`, `prefix_lm`).
 #[allow(clippy::too_many_arguments)]
 fn contrastive_run(
     trainable: &Trainable,
@@ -1095,83 +965,37 @@ fn contrastive_run(
     } else {
         None
     };
-    let config = train_config(t, &trainable.model.config);
-    check_parallel(&config, momentum.is_some())?;
-    let mut opt = optimizer(trainable, t)?;
-    let bar = progress(t);
-    let (mut file, path) = losses_log(t)?;
-    let sums: Mutex<([f64; 4], u64)> = Mutex::new(([0.0; 4], 0));
     let epoch_batches = loader.batches_per_epoch().max(1) as f64;
-    let mut write_err: Option<anyhow::Error> = None;
-    let logs = train_with_state(
-        trainable,
-        &mut opt,
-        &config,
-        momentum
-            .as_ref()
-            .map(|m| m as &dyn mplug::train::trainer::ExtraState),
-        |model, i| {
-            let b = loader.batch(i)?;
-            let mut guard = momentum.as_ref().map(lock);
-            if let Some(m) = guard.as_mut() {
-                m.update(&vars)?;
-            }
-            let a = alpha * (i as f64 / epoch_batches).min(1.0);
-            let batch = PretrainBatch {
-                images: b.images,
-                ids: b.ids,
-                mask: b.mask,
-                image_ids: (!pretraining).then_some(b.image_ids),
-            };
-            let l = pretrain::losses(
-                model,
-                guard.as_deref_mut(),
-                &batch,
-                &weights,
-                a,
-                &tokens,
-                derive_seed(t.seed, 3, i),
-            )?;
-            let mut s = lock(&sums);
-            for (k, v) in [&l.itc, &l.itm, &l.mlm, &l.prefix_lm].iter().enumerate() {
-                s.0[k] += pretrain::value(v);
-            }
-            s.1 += 1;
-            Ok(l.total)
-        },
-        |log| {
-            let (sum, n) = std::mem::take(&mut *lock(&sums));
-            let n = n.max(1) as f64;
-            let line = serde_json::json!({
-                "step": log.step,
-                "loss": log.loss,
-                "itc": (weights.itc > 0.0).then_some(sum[0] / n),
-                "itm": (weights.itm > 0.0).then_some(sum[1] / n),
-                "mlm": (weights.mlm > 0.0).then_some(sum[2] / n),
-                "prefix_lm": (weights.prefix_lm > 0.0).then_some(sum[3] / n),
-                "lr1": log.lr1,
-                "lr2": log.lr2,
-            });
-            if let Err(e) = writeln!(file, "{line}") {
-                write_err.get_or_insert(anyhow::anyhow!("{}: {e}", path.display()));
-            }
-            bar.set_position(log.step);
-            bar.set_message(format!(
-                "{} (itc {:.3} itm {:.3} mlm {:.3} prefix {:.3})",
-                step_message(log),
-                sum[0] / n,
-                sum[1] / n,
-                sum[2] / n,
-                sum[3] / n
-            ));
-        },
-    )?;
-    bar.finish_and_clear();
-    if let Some(e) = write_err {
-        return Err(e);
-    }
-    report(&logs, t);
-    Ok(())
+    let extra = momentum
+        .as_ref()
+        .map(|m| m as &dyn mplug::train::trainer::ExtraState);
+    run(trainable, t, extra, 1, |model, i| {
+        let b = loader.batch(i)?;
+        let mut guard = momentum.as_ref().map(lock);
+        if let Some(m) = guard.as_mut() {
+            m.update(&vars)?;
+        }
+        let a = alpha * (i as f64 / epoch_batches).min(1.0);
+        let batch = PretrainBatch {
+            images: b.images,
+            ids: b.ids,
+            mask: b.mask,
+            image_ids: (!pretraining).then_some(b.image_ids),
+        };
+        let l = pretrain::losses(
+            model,
+            guard.as_deref_mut(),
+            &batch,
+            &weights,
+            a,
+            &tokens,
+            derive_seed(t.seed, OBJECTIVES_STREAM, i),
+        )?;
+        Ok(Loss {
+            parts: l.parts(),
+            total: l.total,
+        })
+    })
 }
 
 /// Writes the trained weights as a model folder `OUT/model` (config.json with the task,
@@ -1201,16 +1025,7 @@ fn finish(
     }
     if let Some(g) = grounding {
         // The grounding vocabulary travels with the weights, as in the reference's checkpoints.
-        let device = Device::Cpu;
-        let targets: Vec<i64> = (0..=g.bins as i64)
-            .map(|k| g.first_coordinate as i64 + k)
-            .collect();
-        let n = targets.len();
-        tensors.insert(
-            "prefix_ids".into(),
-            Tensor::from_vec(vec![g.prefix as i64], 1, &device)?,
-        );
-        tensors.insert("target_ids".into(), Tensor::from_vec(targets, n, &device)?);
+        tensors.extend(g.buffers()?);
     }
     let dir = t.out.join("model");
     let (card, what) = match tasks {

@@ -775,3 +775,77 @@ fn a_model_folder_without_its_vocabulary_is_refused() {
     let img = model.join("examples").join("scene_3.png");
     mplug_fails(&["caption", "--model", s(&dir), s(&img)], "vocab.txt");
 }
+
+/// Zero-shot classification (issue 26): each label's probability is the softmax over the labels
+/// of its prompt's ITC similarity at the model's temperature, so the probabilities sum to 1
+/// and follow the similarities; a labels file gives what repeated `--label` gives, `--top`
+/// keeps the best, and a model without ITC heads or no label is an error.
+#[test]
+fn classify_gives_probabilities_over_the_labels() {
+    let img = default_model().join("examples").join("scene_12.png");
+    let labels = [
+        "a red circle",
+        "a blue square",
+        "a green cross",
+        "an orange triangle",
+    ];
+    let mut args = vec!["classify", "--json", "--top", "0"];
+    for l in &labels {
+        args.extend(["--label", l]);
+    }
+    args.push(s(&img));
+    let out = mplug_ok(&args);
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("JSON");
+    let got = v["labels"].as_array().expect("labels");
+    assert_eq!(got.len(), labels.len());
+    let score = |l: &serde_json::Value| l["score"].as_f64().expect("score");
+    let sim = |l: &serde_json::Value| l["similarity"].as_f64().expect("similarity");
+    let total: f64 = got.iter().map(score).sum();
+    assert!((total - 1.0).abs() < 1e-5, "probabilities sum to {total}");
+    for w in got.windows(2) {
+        assert!(score(&w[0]) >= score(&w[1]), "not best first: {v}");
+        assert!(
+            sim(&w[0]) >= sim(&w[1]),
+            "scores do not follow similarities: {v}"
+        );
+    }
+    // Softmax at one temperature: log-ratios of scores are proportional to similarity gaps.
+    let t = (sim(&got[0]) - sim(&got[1])) / (score(&got[0]) / score(&got[1])).ln();
+    let t2 = (sim(&got[0]) - sim(&got[3])) / (score(&got[0]) / score(&got[3])).ln();
+    assert!((t - t2).abs() < 1e-3 * t.abs(), "temperatures {t} and {t2}");
+
+    let dir = scratch("classify");
+    let file = dir.join("labels.txt");
+    std::fs::write(&file, labels.join("\n") + "\n").unwrap();
+    let from_file = mplug_ok(&[
+        "classify",
+        "--json",
+        "--top",
+        "2",
+        "--labels-file",
+        s(&file),
+        s(&img),
+    ]);
+    let f: serde_json::Value = serde_json::from_str(from_file.stdout.trim()).expect("JSON");
+    assert_eq!(f["labels"].as_array().map(Vec::len), Some(2));
+    assert_eq!(f["labels"][0], v["labels"][0]);
+    assert_eq!(f["labels"][1], v["labels"][1]);
+
+    mplug_fails(&["classify", s(&img)], "no labels");
+    let k = config();
+    let caption = ckpt("caption");
+    mplug_fails(
+        &[
+            "classify",
+            "--model",
+            s(&caption),
+            "--config",
+            s(&k),
+            "--label",
+            "a",
+            s(&img),
+        ],
+        "caption",
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

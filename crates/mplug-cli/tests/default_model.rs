@@ -28,9 +28,9 @@ fn s(p: &Path) -> &str {
 /// (its test split has 50 images and 40 clips).
 fn subset(dir: &Path) -> PathBuf {
     let out = dir.join("world");
-    let mut cfg = mplug::world::WorldConfig::new(2, 10);
+    let mut cfg = mplug_world::WorldConfig::new(2, 10);
     cfg.train_clips = 4;
-    mplug::world::generate(&out, &cfg).expect("the world generates");
+    mplug_world::generate(&out, &cfg).expect("the world generates");
     out
 }
 
@@ -282,7 +282,7 @@ fn short_training_from_scratch_lowers_every_loss() {
         ]
         .concat(),
     );
-    let rows = losses(&pre.join("losses.jsonl"));
+    let rows = losses(&pre.join("train_log.jsonl"));
     for key in ["itc", "itm", "mlm", "prefix_lm"] {
         let (first, last) = first_and_last(&rows, key, 8);
         assert!(last < first, "pre-training {key}: {first:.4} -> {last:.4}");
@@ -327,7 +327,7 @@ fn short_training_from_scratch_lowers_every_loss() {
         ]
         .concat(),
     );
-    let rows = losses(&multi.join("losses.jsonl"));
+    let rows = losses(&multi.join("train_log.jsonl"));
     for key in ["caption", "vqa", "retrieval", "grounding"] {
         let (first, last) = first_and_last(&rows, key, 6);
         assert!(last < first, "multi-task {key}: {first:.4} -> {last:.4}");

@@ -704,6 +704,194 @@ fn serve_refuses_a_model_for_another_task() {
     );
 }
 
+/// One server for every task (issue 26): without `--model` the embedded default answers
+/// caption, VQA, retrieval (its general folder) and grounding (its grounding folder), each
+/// endpoint as the command line answers it; `/v1/info`, `/healthz`, the metrics and the
+/// OpenAPI document name all four. `--model TASK=MODEL` routes one task to one model, and a
+/// multi-task folder serves each of its tasks.
+#[test]
+fn one_server_answers_every_task_of_its_models() {
+    let server = Server::with_args(&[]);
+    let info = server.get("/v1/info").json();
+    assert_eq!(
+        info["tasks"],
+        json!(["caption", "vqa", "retrieval", "grounding"])
+    );
+    assert_eq!(info["models"].as_array().map(Vec::len), Some(4));
+    let doc = server.get("/openapi.json").json();
+    for p in [
+        "/v1/caption",
+        "/v1/vqa",
+        "/v1/ground",
+        "/v1/retrieve",
+        "/v1/embed",
+    ] {
+        assert!(doc["paths"].get(p).is_some(), "no {p} in the document");
+    }
+    let img = image("gray.png");
+    let b64 = image_b64("gray.png");
+    let cli = |args: &[&str]| -> Value {
+        let out = mplug_ok(args);
+        serde_json::from_str(out.stdout.trim()).expect("JSON")
+    };
+
+    let want = cli(&["caption", "--json", s(&img)]);
+    let r = server.post_json("/v1/caption", &json!({"image": b64}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["captions"][0]["caption"],
+        want["captions"][0]["caption"]
+    );
+
+    let want = cli(&["vqa", "--json", s(&img), "what color is it?"]);
+    let r = server.post_json(
+        "/v1/vqa",
+        &json!({"image": b64, "question": "what color is it?"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["answers"][0]["answer"],
+        want["answers"][0]["answer"]
+    );
+
+    let want = cli(&["ground", "--json", s(&img), "the square"]);
+    let r = server.post_json(
+        "/v1/ground",
+        &json!({"image": b64, "expression": "the square"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["box_xyxy"], want["box_xyxy"]);
+
+    let r = server.post_json(
+        "/v1/retrieve",
+        &json!({"images": [b64], "texts": ["a", "b"]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = server.post_json("/v1/embed", &json!({"texts": ["a"]}));
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Zero-shot labels in Hugging Face's request and answer shapes, as the command line
+    // scores them.
+    let want = cli(&[
+        "classify",
+        "--json",
+        "--top",
+        "0",
+        "--label",
+        "a red circle",
+        "--label",
+        "a blue square",
+        s(&img),
+    ]);
+    let r = server.post_json(
+        "/v1/classify",
+        &json!({"inputs": b64, "parameters": {"candidate_labels": ["a red circle", "a blue square"]}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = r.json();
+    for (g, w) in got
+        .as_array()
+        .expect("a list")
+        .iter()
+        .zip(want["labels"].as_array().expect("labels"))
+    {
+        assert_eq!(g["label"], w["label"]);
+        assert_eq!(g["score"], w["score"]);
+    }
+    let r = server.post_json(
+        "/v1/classify",
+        &json!({"image": b64, "candidate_labels": []}),
+    );
+    assert_error(&r, 422, "candidate_labels");
+
+    let metrics = server.get("/metrics").text();
+    for t in ["caption", "vqa", "retrieval", "grounding"] {
+        assert!(
+            metrics.contains(&format!("mplug_model_info{{task=\"{t}\"}} 1")),
+            "{metrics}"
+        );
+    }
+    drop(server);
+
+    // One task routed to one model: two golden checkpoints of one configuration answer
+    // captions and grounding; VQA is refused naming what the server runs.
+    let k = config();
+    let caption = tiny_model().join("caption.pth");
+    let grounding = tiny_model().join("grounding.pth");
+    let server = Server::with_args(&[
+        "--model",
+        &format!("caption={}", s(&caption)),
+        "--model",
+        &format!("grounding={}", s(&grounding)),
+        "--config",
+        s(&k),
+    ]);
+    assert_eq!(
+        server.get("/v1/info").json()["tasks"],
+        json!(["caption", "grounding"])
+    );
+    let r = server.post_json("/v1/caption", &json!({"image": b64}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = server.post_json(
+        "/v1/ground",
+        &json!({"image": b64, "expression": "the square"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = server.post_json("/v1/vqa", &json!({"image": b64, "question": "q"}));
+    assert_error(&r, 422, "caption,grounding model");
+    drop(server);
+
+    // A multi-task folder serves each of the tasks its configuration lists; two models for
+    // one task are refused.
+    let card: Value = serde_json::from_str(
+        &std::fs::read_to_string(default_model().join("config.json")).expect("config.json"),
+    )
+    .expect("JSON");
+    let server = Server::start(&default_model(), &[]);
+    assert_eq!(server.get("/v1/info").json()["tasks"], card["tasks"]);
+    drop(server);
+    let dm = default_model();
+    mplug_fails(
+        &[
+            "serve",
+            "--model",
+            s(&dm),
+            "--model",
+            &format!("caption={}", s(&dm)),
+            "--addr",
+            "127.0.0.1:0",
+        ],
+        "two models for caption",
+    );
+}
+
+/// The pixels decoded at once are bounded server-wide (issue 26: 16 concurrent 40-megapixel
+/// uploads took 1.9 GB): an image larger than the whole budget is refused naming the option,
+/// and concurrent uploads that together exceed it wait their turn and are all answered.
+#[test]
+fn images_decoded_at_once_stay_within_the_pixel_budget() {
+    let server = server_for("caption", &["--max-pixels-in-flight", "2000"]);
+    let r = server.post_json(
+        "/v1/caption",
+        &json!({"image": base64(&bmp(50, 50)), "max_len": 3}),
+    );
+    assert_error(&r, 422, "--max-pixels-in-flight");
+    // Eight 40 x 40 uploads at once: 12,800 pixels together, one at a time within 2,000.
+    let body = json!({"image": base64(&bmp(40, 40)), "max_len": 3});
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| server.post_json("/v1/caption", &body).status))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client"))
+            .collect()
+    });
+    assert_eq!(statuses, vec![200; 8]);
+    let text = server.get("/metrics").text();
+    assert_eq!(metric(&text, "mplug_pixels_in_flight "), 0.0);
+}
+
 /// A load test: 512 mixed requests (caption, VQA free and ranked, grounding, retrieval) from
 /// 32 clients in flight against four tiny-model servers; prints throughput and latency
 /// percentiles and requires zero failures. Run with

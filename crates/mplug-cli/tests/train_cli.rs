@@ -241,7 +241,7 @@ fn pretrain_from_scratch_logs_each_loss() {
         "1",
     ]);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    let log = lines(&out.join("losses.jsonl"));
+    let log = lines(&out.join("train_log.jsonl"));
     assert_eq!(log.len(), 3);
     for l in &log {
         for k in ["itc", "itm", "mlm", "prefix_lm", "loss"] {
@@ -311,7 +311,7 @@ fn pretrain_from_scratch_logs_each_loss() {
         "0",
     ]);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    let l = &lines(&out2.join("losses.jsonl"))[0];
+    let l = &lines(&out2.join("train_log.jsonl"))[0];
     assert!(l["itc"].is_null() && l["mlm"].as_f64().is_some(), "{l}");
 }
 
@@ -473,7 +473,7 @@ fn multitask_continues_a_multitask_folder_with_task_weights() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     // The folder has no MLM head (multi-task inference never reads it): it starts fresh.
     assert!(r.stderr.contains("no MLM head"), "{}", r.stderr);
-    let log = lines(&dir.join("d").join("losses.jsonl"));
+    let log = lines(&dir.join("d").join("train_log.jsonl"));
     let (total, caption) = (
         log[0]["loss"].as_f64().unwrap(),
         log[0]["caption"].as_f64().unwrap(),

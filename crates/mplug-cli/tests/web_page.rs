@@ -90,5 +90,28 @@ fn the_page_shows_a_caption_and_a_grounded_box() {
         assert_eq!(element(&dom, "error"), "", "{task}: page error");
         assert!(element(&dom, "model").contains(task), "{task}: model line");
     }
+    // One server for every task (the embedded default): the page shows each task's panel and
+    // its self-test runs them all, each answer under its task's name.
+    let server = Server::with_args(&[]);
+    let tasks = ["caption", "vqa", "retrieval", "grounding"];
+    let mut dom = String::new();
+    for attempt in 0..4 {
+        dom = dump_dom(
+            browser,
+            &format!("http://{}/#selftest", server.addr),
+            &dir.join(format!("all-{attempt}")),
+        );
+        let out = element(&dom, "out");
+        if tasks.iter().all(|t| out.contains(&format!("{t}: "))) && !out.contains("working") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1 + attempt));
+    }
+    let out = element(&dom, "out");
+    for t in tasks {
+        assert!(out.contains(&format!("{t}: ")), "no {t} answer in {out:?}");
+    }
+    assert!(out.contains("grounding: box (x0, y0, x1, y1)"), "{out:?}");
+    assert_eq!(element(&dom, "error"), "", "page error");
     std::fs::remove_dir_all(&dir).ok();
 }

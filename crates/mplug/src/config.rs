@@ -379,8 +379,8 @@ impl MplugConfig {
     }
 
     /// The dropout probabilities a training run applies.
-    pub fn dropout(&self) -> crate::model::dropout::DropoutConfig {
-        crate::model::dropout::DropoutConfig {
+    pub fn dropout(&self) -> DropoutConfig {
+        DropoutConfig {
             hidden: self.bert.hidden_dropout_prob,
             attention: self.bert.attention_probs_dropout_prob,
         }
@@ -406,6 +406,22 @@ fn read(path: &Path) -> Result<String> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Dropout probabilities of a training run.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct DropoutConfig {
+    /// `hidden_dropout_prob`: hidden states and the visual tokens after `visn_fc`.
+    pub hidden: f32,
+    /// `attention_probs_dropout_prob`: attention probabilities.
+    pub attention: f32,
+}
+
+impl DropoutConfig {
+    /// Whether any dropout applies.
+    pub fn is_active(&self) -> bool {
+        self.hidden > 0.0 || self.attention > 0.0
+    }
 }
 
 #[cfg(test)]

@@ -58,8 +58,8 @@ pub struct Sampling {
 }
 
 impl Default for BeamConfig {
-    /// The reference's caption setting: beam 5, lengths 5..=20... is task-specific; this default
-    /// is beam 5, min 1, max 20, one result, cached.
+    /// Beam 5, lengths 1..=20, length penalty 0.6, one result, cached. The reference's settings
+    /// differ per task: [`BeamConfig::caption`] and [`BeamConfig::answer`].
     fn default() -> Self {
         BeamConfig {
             beam_size: 5,
@@ -76,6 +76,24 @@ impl Default for BeamConfig {
 }
 
 impl BeamConfig {
+    /// The reference's captioning: beam 5, 5 to 20 tokens (`min_length=5, max_length=20`).
+    pub fn caption() -> Self {
+        BeamConfig {
+            min_length: 5,
+            max_length: 20,
+            ..Default::default()
+        }
+    }
+
+    /// The reference's free-form VQA answers: beam 5, 1 to 10 tokens.
+    pub fn answer() -> Self {
+        BeamConfig {
+            min_length: 1,
+            max_length: 10,
+            ..Default::default()
+        }
+    }
+
     /// Greedy decoding with the same stopping rules.
     pub fn greedy(min_length: usize, max_length: usize) -> Self {
         BeamConfig {

@@ -18,10 +18,9 @@
 
 use crate::config::MplugConfig;
 use crate::error::{Error, Result};
-use crate::input::EncodeOptions;
 use crate::model::Task;
-use crate::pipeline::{Pipeline, MAX_TEXT_TOKENS};
-use crate::tasks::retrieval::{self, ImageSide, ScoreMatrix, TextSide};
+use crate::pipeline::{Pipeline, Visual};
+use crate::tasks::retrieval::{self, ImageSide};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -38,10 +37,8 @@ pub const FEATURES_FILE: &str = "features.safetensors";
 pub const DEFAULT_INDEX_DIR: &str = ".mplug-index";
 /// Images per token shard.
 pub const SHARD_IMAGES: usize = 64;
-/// Image file extensions the index picks up (compared case-insensitively).
-pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
 /// Pairs fused per ITM call when re-ranking.
-const ITM_BATCH: usize = 16;
+const ITM_BATCH: usize = retrieval::ITM_PAIRS_PER_CALL;
 /// Version of the on-disk layout.
 const FORMAT_VERSION: u32 = 1;
 /// Bytes hashed at each end of the checkpoint for its fingerprint.
@@ -280,43 +277,6 @@ fn shard_file(shard: u32) -> String {
     format!("tokens-{shard:04}.safetensors")
 }
 
-/// Image files under `root`, sorted, as `(relative path, absolute path)`. Hidden files and
-/// folders (names starting with `.`, such as the default index folder) are left out;
-/// symbolic links to folders are not followed.
-pub fn image_files(root: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let mut out = Vec::new();
-    let mut stack = vec![(String::new(), root.to_path_buf())];
-    while let Some((rel, dir)) = stack.pop() {
-        let read = fs::read_dir(&dir).map_err(io_err(&dir))?;
-        for item in read {
-            let item = item.map_err(io_err(&dir))?;
-            let name = item.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.starts_with('.') {
-                continue;
-            }
-            let path = item.path();
-            let child = if rel.is_empty() {
-                name.to_string()
-            } else {
-                format!("{rel}/{name}")
-            };
-            let Ok(kind) = item.file_type() else { continue };
-            if kind.is_dir() {
-                stack.push((child, path));
-            } else if path
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
-            {
-                out.push((child, path));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// Fails unless `pipeline` holds a retrieval model whose ITC width is `embed_dim`.
 fn check_retrieval(pipeline: &Pipeline, embed_dim: usize) -> Result<()> {
     let model = pipeline.model();
@@ -333,54 +293,6 @@ fn check_retrieval(pipeline: &Pipeline, embed_dim: usize) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Tokenizes and encodes texts for retrieval, as [`Pipeline::retrieve`] does.
-pub fn encode_texts(pipeline: &Pipeline, texts: &[impl AsRef<str>]) -> Result<TextSide> {
-    if texts.is_empty() {
-        return Err(Error::invalid("no texts to encode"));
-    }
-    let model = pipeline.model();
-    let limit = MAX_TEXT_TOKENS.min(model.config.bert.max_position_embeddings);
-    let batch = pipeline
-        .tokenizer()
-        .encode_batch(texts, &EncodeOptions::longest().truncate(limit))?;
-    let (ids, mask) = batch.to_tensors(model.device())?;
-    retrieval::encode_texts(model, &ids, &mask)
-}
-
-/// Image-to-text scores of the reference's retrieval evaluation for encoded images: for each
-/// image, the top `min(k, texts)` texts by ITC similarity get their ITM positive logit, every
-/// other entry is -100. Unlike [`retrieval::rerank`], `k` is not limited by the number of
-/// images, so scoring images in chunks gives the same rows as scoring them together.
-pub fn rank_texts(
-    pipeline: &Pipeline,
-    images: &ImageSide,
-    texts: &TextSide,
-    k: usize,
-) -> Result<ScoreMatrix> {
-    let model = pipeline.model();
-    let sims = retrieval::similarities(images, texts)?;
-    let (ni, nt) = sims.dims2()?;
-    if k == 0 {
-        return Err(Error::invalid("k must be at least 1"));
-    }
-    let k = k.min(nt);
-    let top = crate::tasks::topk_rows(&sims, k)?;
-    let pairs: Vec<(usize, usize)> = top
-        .iter()
-        .enumerate()
-        .flat_map(|(i, row)| row.iter().map(move |&(j, _)| (i, j)))
-        .collect();
-    let mut itm = Vec::with_capacity(pairs.len());
-    for chunk in pairs.chunks(ITM_BATCH) {
-        itm.extend(retrieval::itm_positive(model, images, texts, chunk)?);
-    }
-    let mut out = vec![vec![-100f32; nt]; ni];
-    for (p, &(i, j)) in pairs.iter().enumerate() {
-        out[i][j] = itm[p];
-    }
-    Ok(out)
 }
 
 impl ImageIndex {
@@ -550,7 +462,7 @@ impl ImageIndex {
             _ => {}
         }
         let batch_size = batch_size.max(1);
-        let files = image_files(&root)?;
+        let files = crate::input::image_files(&root)?;
         let mut report = AddReport::default();
 
         // What to keep and what to encode.
@@ -593,7 +505,6 @@ impl ImageIndex {
             .count();
 
         // Encode, writing token shards as they fill.
-        let model = pipeline.model();
         let token_dtype = self.tokens.dtype();
         let mut new_entries: Vec<Entry> = Vec::new();
         let mut new_feats: Vec<Tensor> = Vec::new();
@@ -624,7 +535,7 @@ impl ImageIndex {
                 }
             }
             if !images.is_empty() {
-                let side = retrieval::encode_images(model, &Tensor::cat(&images, 0)?)?;
+                let side = pipeline.image_side(Visual::Images(&Tensor::cat(&images, 0)?))?;
                 new_feats.push(side.feat.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
                 for (b, &i) in ok.iter().enumerate() {
                     let (rel, _, size, mtime, existed) = &chunk[i];
@@ -774,7 +685,7 @@ impl ImageIndex {
             return Ok(Vec::new());
         };
         let model = pipeline.model();
-        let texts = encode_texts(pipeline, &[text])?;
+        let texts = pipeline.text_side(&[text])?;
         let q = texts.feat.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
         let sims = features.matmul(&q.t()?)?.squeeze(1)?.to_vec1::<f32>()?;
         let by_row: HashMap<usize, &Entry> =
@@ -811,7 +722,7 @@ impl ImageIndex {
                 .map(|&c| self.image_path(by_row[&order[c]], root))
                 .collect::<Result<_>>()?;
             let images = pipeline.load_images(&paths)?;
-            let embeds = model.encode_image(&images)?;
+            let embeds = pipeline.visual_tokens(Visual::Images(&images))?;
             for (b, &c) in chunk.iter().enumerate() {
                 tokens[c] = Some(embeds.get(b)?.unsqueeze(0)?);
             }
@@ -872,32 +783,6 @@ impl ImageIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn image_files_are_sorted_recursive_and_skip_hidden() {
-        let dir = std::env::temp_dir().join(format!("mplug-index-files-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        for d in ["b", ".hidden", "a"] {
-            fs::create_dir_all(dir.join(d)).unwrap();
-        }
-        for f in [
-            "z.JPG",
-            "a/x.png",
-            "b/y.webp",
-            ".hidden/h.png",
-            ".dot.png",
-            "notes.txt",
-        ] {
-            fs::write(dir.join(f), b"x").unwrap();
-        }
-        let found: Vec<String> = image_files(&dir)
-            .unwrap()
-            .into_iter()
-            .map(|f| f.0)
-            .collect();
-        assert_eq!(found, ["a/x.png", "b/y.webp", "z.JPG"]);
-        let _ = fs::remove_dir_all(&dir);
-    }
 
     #[test]
     fn identity_follows_contents_not_path() {

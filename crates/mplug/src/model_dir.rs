@@ -452,7 +452,6 @@ impl ModelSource {
         let pipeline = Pipeline::new(model, self.tokenizer()?, grounding)?;
         Ok(LoadedModel {
             pipeline,
-            grounding,
             task,
             checkpoint: ckpt,
         })
@@ -511,8 +510,6 @@ impl ModelSource {
 pub struct LoadedModel {
     /// The model with its input processing.
     pub pipeline: Pipeline,
-    /// The grounding vocabulary of the checkpoint (defaults for other tasks).
-    pub grounding: GroundingTokens,
     /// The task the model was built for.
     pub task: Task,
     /// The checkpoint, which records the tensors the model read.

@@ -6,8 +6,9 @@ use crate::config::MplugConfig;
 use crate::error::{Error, Result};
 use crate::generate::BeamConfig;
 use crate::input::{
-    EncodeOptions, GroundingPreprocessor, ImageConfig, ImagePreprocessor, LetterboxConfig,
-    Tokenizer, VideoConfig, VideoPreprocessor,
+    DecodeOptions, EncodeOptions, GroundingPreprocessor, ImageConfig, ImagePreprocessor,
+    LetterboxConfig, LetterboxInfo, Letterboxed, Padding, Tokenizer, VideoConfig,
+    VideoPreprocessor,
 };
 use crate::model::{Mplug, Task};
 use crate::tasks::{caption, grounding, retrieval, video, vqa};
@@ -39,6 +40,23 @@ pub struct RankedText {
     /// Softmax over the re-ranked candidates.
     pub prob: f32,
 }
+
+/// A label of zero-shot classification with its score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredLabel {
+    /// The label.
+    pub label: String,
+    /// Its index in the label list.
+    pub index: usize,
+    /// Probability among the labels: softmax of the ITC similarities at the model's
+    /// temperature, as CLIP's zero-shot classification computes it.
+    pub score: f32,
+    /// The ITC similarity (cosine) between the image and the label's prompt.
+    pub similarity: f32,
+}
+
+/// The prompt of zero-shot classification when none is given: `{}` is the label.
+pub const DEFAULT_LABEL_TEMPLATE: &str = "a photo of {}";
 
 /// A grounded box.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -146,17 +164,131 @@ impl Pipeline {
         &self.tokenizer
     }
 
+    /// The grounding vocabulary: the coordinate tokens boxes are decoded from.
+    pub fn grounding_tokens(&self) -> &grounding::GroundingTokens {
+        &self.grounding
+    }
+
+    /// The same pipeline refusing images of more than `max_pixels` pixels, read from the
+    /// image's header before its pixels are decoded (what a server sets so that one upload
+    /// cannot take its memory).
+    pub fn with_max_pixels(mut self, max_pixels: u64) -> Result<Self> {
+        let res = self.model.config.image_res as u32;
+        let decode = DecodeOptions {
+            max_pixels,
+            ..DecodeOptions::default()
+        };
+        let mut images = ImageConfig::new(res);
+        images.decode = decode;
+        let mut letterbox = LetterboxConfig::new(res);
+        letterbox.decode = decode;
+        self.images = ImagePreprocessor::new(images)?;
+        self.letterbox = GroundingPreprocessor::new(letterbox)?;
+        Ok(self)
+    }
+
     /// Decodes and normalizes image files into `(N, 3, R, R)`.
     pub fn load_images<P: AsRef<Path> + Sync>(&self, paths: &[P]) -> Result<Tensor> {
         Ok(self.images.preprocess_paths(paths, self.model.device())?)
     }
 
-    fn encode(&self, texts: &[impl AsRef<str>]) -> Result<(Tensor, Tensor)> {
-        let limit = MAX_TEXT_TOKENS.min(self.model.config.bert.max_position_embeddings);
-        let batch = self
-            .tokenizer
-            .encode_batch(texts, &EncodeOptions::longest().truncate(limit))?;
+    /// The width and height of an encoded image from its header (no pixels decoded), checked
+    /// against the pipeline's pixel limit; `name` names it in errors.
+    pub fn image_dimensions(&self, bytes: &[u8], name: &str) -> Result<(u32, u32)> {
+        Ok(self.images.config().decode.dimensions(bytes, name)?)
+    }
+
+    /// Decodes and normalizes one encoded image (PNG, JPEG, ...) into `(3, R, R)`; `name`
+    /// names it in errors.
+    pub fn preprocess_bytes(&self, bytes: &[u8], name: &str) -> Result<Tensor> {
+        Ok(self
+            .images
+            .preprocess_bytes(bytes, name, self.model.device())?)
+    }
+
+    /// Decodes one encoded image and letterboxes it onto the square grounding reads, `(3, R,
+    /// R)`, with where it sits ([`Pipeline::ground_letterboxed`] maps boxes back through it).
+    pub fn letterbox_bytes(&self, bytes: &[u8], name: &str) -> Result<Letterboxed> {
+        Ok(self
+            .letterbox
+            .preprocess_bytes(bytes, name, self.model.device())?)
+    }
+
+    /// The longest text passed to the model, in tokens: [`MAX_TEXT_TOKENS`], or the model's
+    /// positions when it has fewer. Longer texts are cut to it.
+    pub fn text_limit(&self) -> usize {
+        MAX_TEXT_TOKENS.min(self.model.config.bert.max_position_embeddings)
+    }
+
+    /// Token ids and attention masks `(N, L)` of texts (questions, referring expressions,
+    /// retrieval texts) as every task passes them to the model: padded to the longest, cut at
+    /// [`Pipeline::text_limit`].
+    pub fn encode_texts(&self, texts: &[impl AsRef<str>]) -> Result<(Tensor, Tensor)> {
+        self.encode_texts_with(texts, Padding::Longest, self.text_limit())
+    }
+
+    /// [`Pipeline::encode_texts`] with an evaluation protocol's padding and limit (the
+    /// reference pads retrieval captions to 30 tokens); the limit is at most the model's
+    /// positions.
+    pub fn encode_texts_with(
+        &self,
+        texts: &[impl AsRef<str>],
+        padding: Padding,
+        limit: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let limit = limit.min(self.model.config.bert.max_position_embeddings);
+        let opts = match padding {
+            Padding::Longest => EncodeOptions::longest(),
+            Padding::Fixed(_) => EncodeOptions::fixed(limit),
+        }
+        .truncate(limit);
+        let batch = self.tokenizer.encode_batch(texts, &opts)?;
         Ok(batch.to_tensors(self.model.device())?)
+    }
+
+    /// Checks that a text encodes as [`Pipeline::encode_texts`] would (it is not empty).
+    pub fn check_text(&self, text: &str) -> Result<()> {
+        self.tokenizer.encode(text, Some(self.text_limit()))?;
+        Ok(())
+    }
+
+    /// Checks that closed-list answers encode (none empty, each within the positions).
+    pub fn check_answers(&self, answers: &[impl AsRef<str>]) -> Result<()> {
+        self.tokenizer.encode_answers(answers)?;
+        Ok(())
+    }
+
+    /// Images encoded for retrieval: visual tokens and normalized ITC features.
+    pub fn image_side(&self, visual: Visual) -> Result<retrieval::ImageSide> {
+        let side = match visual {
+            Visual::Images(t) => retrieval::encode_images(&self.model, t)?,
+            Visual::Clips(t) => video::encode_videos(&self.model, t)?,
+        };
+        ensure_finite_tensor(&side.feat, "the image features")?;
+        Ok(side)
+    }
+
+    /// Texts encoded for retrieval (as [`Pipeline::encode_texts`]): text states, mask and
+    /// normalized ITC features.
+    pub fn text_side(&self, texts: &[impl AsRef<str>]) -> Result<retrieval::TextSide> {
+        if texts.is_empty() {
+            return Err(Error::invalid("no texts to encode"));
+        }
+        let (ids, mask) = self.encode_texts(texts)?;
+        let side = retrieval::encode_texts(&self.model, &ids, &mask)?;
+        ensure_finite_tensor(&side.feat, "the text features")?;
+        Ok(side)
+    }
+
+    /// L2-normalized ITC features of images or clips, one row each (what search indexes and
+    /// `/v1/embed` return).
+    pub fn embed_images(&self, visual: Visual) -> Result<Vec<Vec<f32>>> {
+        Ok(self.image_side(visual)?.feat.to_vec2::<f32>()?)
+    }
+
+    /// L2-normalized ITC features of texts, one row each.
+    pub fn embed_texts(&self, texts: &[impl AsRef<str>]) -> Result<Vec<Vec<f32>>> {
+        Ok(self.text_side(texts)?.feat.to_vec2::<f32>()?)
     }
 
     fn generated(&self, hyps: Vec<Vec<crate::Hypothesis>>) -> Result<Vec<Vec<Generated>>> {
@@ -224,7 +356,7 @@ impl Pipeline {
                 questions.len()
             )));
         }
-        let (ids, mask) = self.encode(questions)?;
+        let (ids, mask) = self.encode_texts(questions)?;
         let embeds = self.visual_tokens(visual)?;
         vqa::encode_question(&self.model, &embeds, &ids, &mask)
     }
@@ -307,13 +439,32 @@ impl Pipeline {
         let (images, infos) = self
             .letterbox
             .preprocess_paths(paths, self.model.device())?;
-        let (ids, mask) = self.encode(expressions)?;
-        let embeds = self.model.encode_image(&images)?;
+        self.ground_letterboxed(&images, &infos, expressions)
+    }
+
+    /// The box each expression refers to in its letterboxed image `(N, 3, R, R)` (from
+    /// [`Pipeline::letterbox_bytes`]), in pixels of the original image through `infos`.
+    pub fn ground_letterboxed(
+        &self,
+        images: &Tensor,
+        infos: &[LetterboxInfo],
+        expressions: &[impl AsRef<str>],
+    ) -> Result<Vec<GroundedBox>> {
+        let n = images.dim(0)?;
+        if infos.len() != n || expressions.len() != n {
+            return Err(Error::invalid(format!(
+                "{} expressions and {} placements for {n} images",
+                expressions.len(),
+                infos.len()
+            )));
+        }
+        let (ids, mask) = self.encode_texts(expressions)?;
+        let embeds = self.visual_tokens(Visual::Images(images))?;
         let boxes = grounding::predict(&self.model, &embeds, &ids, &mask, &self.grounding)?;
         crate::error::ensure_finite(boxes.iter().flatten(), "the boxes")?;
         Ok(boxes
             .into_iter()
-            .zip(&infos)
+            .zip(infos)
             .map(|(cxcywh, info)| GroundedBox {
                 xyxy: info.box_to_original(cxcywh),
                 cxcywh,
@@ -351,6 +502,98 @@ impl Pipeline {
         retrieval::rerank(&self.model, &visual_side, &text_side, k, rescore)
     }
 
+    /// Image-to-text scores for encoded images and texts ([`Pipeline::image_side`],
+    /// [`Pipeline::text_side`]): for each image, its top `min(k, texts)` texts by ITC
+    /// similarity get their ITM positive logit, every other entry -100. Only images ask (no
+    /// text-to-image side), so scoring images in chunks gives the same rows as scoring them
+    /// together; the ITM head reads a few pairs at a time.
+    pub fn rank_texts(
+        &self,
+        images: &retrieval::ImageSide,
+        texts: &retrieval::TextSide,
+        k: usize,
+    ) -> Result<retrieval::ScoreMatrix> {
+        let sims = retrieval::similarities(images, texts)?;
+        let (ni, nt) = sims.dims2()?;
+        let queries: Vec<usize> = (0..ni).collect();
+        let rows = retrieval::rerank_rows(
+            &self.model,
+            images,
+            texts,
+            &sims,
+            &queries,
+            retrieval::Query::Image,
+            k,
+            retrieval::Rescore::Itm,
+            retrieval::ITM_PAIRS_PER_CALL,
+        )?;
+        Ok(retrieval::score_matrix(&rows, nt))
+    }
+
+    /// Zero-shot classification of images or clips: every label, written into `template`
+    /// (`{}` is the label; the label alone when the template has no `{}`), is scored by the
+    /// ITC similarity of the prompt to the image, and the similarities divided by the model's
+    /// temperature give probabilities over the labels by a softmax (CLIP's zero-shot
+    /// classification, here with mPLUG's contrastive heads). Best first.
+    pub fn classify(
+        &self,
+        visual: Visual,
+        labels: &[impl AsRef<str>],
+        template: &str,
+    ) -> Result<Vec<Vec<ScoredLabel>>> {
+        if labels.is_empty() {
+            return Err(Error::invalid("no labels to choose from"));
+        }
+        let heads = self.model.heads.as_ref().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "zero-shot classification needs a retrieval model (ITC heads); this is a {} \
+                 model",
+                self.model.task
+            ))
+        })?;
+        let prompts: Vec<String> = labels
+            .iter()
+            .map(|l| {
+                if template.contains("{}") {
+                    template.replace("{}", l.as_ref())
+                } else {
+                    l.as_ref().to_string()
+                }
+            })
+            .collect();
+        let temp = heads
+            .temp
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .first()
+            .copied()
+            .unwrap_or(0.07)
+            .clamp(0.001, 0.5);
+        let sims = self.similarities(visual, &prompts)?;
+        Ok(sims
+            .into_iter()
+            .map(|row| {
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s / temp));
+                let exps: Vec<f32> = row.iter().map(|&s| (s / temp - max).exp()).collect();
+                let total: f32 = exps.iter().sum();
+                let mut scored: Vec<ScoredLabel> = row
+                    .iter()
+                    .zip(&exps)
+                    .enumerate()
+                    .map(|(i, (&sim, &e))| ScoredLabel {
+                        label: labels[i].as_ref().to_string(),
+                        index: i,
+                        score: e / total,
+                        similarity: sim,
+                    })
+                    .collect();
+                scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
+                scored
+            })
+            .collect())
+    }
+
     /// ITC similarities between images or clips and texts, `(visuals, texts)`: the ranking
     /// before ITM re-scores it, for every text (a model whose ITM head is weak ranks better by
     /// these alone).
@@ -364,20 +607,12 @@ impl Pipeline {
     }
 
     /// Images (or clips: the mean frame feature) and texts encoded for retrieval.
-    fn retrieval_sides(
+    pub fn retrieval_sides(
         &self,
         visual: Visual,
         texts: &[impl AsRef<str>],
     ) -> Result<(retrieval::ImageSide, retrieval::TextSide)> {
-        let (ids, mask) = self.encode(texts)?;
-        let visual_side = match visual {
-            Visual::Images(t) => retrieval::encode_images(&self.model, t)?,
-            Visual::Clips(t) => video::encode_videos(&self.model, t)?,
-        };
-        Ok((
-            visual_side,
-            retrieval::encode_texts(&self.model, &ids, &mask)?,
-        ))
+        Ok((self.image_side(visual)?, self.text_side(texts)?))
     }
 }
 

@@ -1,104 +1,97 @@
-//! The inference engine behind the server: one loaded model shared by every request, model calls
-//! run one batch at a time on tokio's blocking threads, and requests that wait together are
-//! batched.
+//! The inference engine behind the server: one loaded [`Pipeline`] shared by every request,
+//! typed async methods for the handlers, model calls run one batch at a time on tokio's
+//! blocking threads, and requests that wait together batched.
 //!
-//! A request's inputs are decoded and checked on a blocking thread of its own (in parallel with
-//! model work), then queued as a [`Work`] item, and one blocking task per item is started. A
-//! task takes the compute lock, then the oldest queued item with every later item it can share
-//! a model call with (same kind and decoding settings, up to `max_batch`), runs them as one
-//! batch and answers each. While a batch runs, new items wait in the queue, so the next task
-//! finds them together: under load, batches grow by themselves; when idle, a lone request runs
-//! at once. Each task takes at least one item when the queue is not empty and there are as many
-//! tasks as items, so no item is left behind.
+//! Everything a request needs from the model goes through [`Pipeline`]: image decoding,
+//! letterboxing, text checks, and each task. The engine adds only the queue. A request's inputs
+//! are decoded and checked on a blocking thread of its own (in parallel with model work), then
+//! queued as a [`Job`] carrying its typed reply channel, and one blocking task per job is
+//! started. A task takes the compute lock, then the oldest queued job with every later job it
+//! can share a model call with (same kind and decoding settings, up to `max_batch`), runs them
+//! as one batch and answers each. While a batch runs, new jobs wait in the queue, so the next
+//! task finds them together: under load, batches grow by themselves; when idle, a lone request
+//! runs at once. Each task takes at least one job when the queue is not empty and there are as
+//! many tasks as jobs, so no job is left behind.
 
 use super::request::ApiError;
-use candle_core::{Device, Tensor};
-use mplug::input::{
-    DecodeOptions, EncodeOptions, GroundingPreprocessor, ImageConfig, ImagePreprocessor,
-    LetterboxConfig, LetterboxInfo,
-};
-use mplug::model_dir::LoadedModel;
-use mplug::pipeline::{Generated, GroundedBox, Pipeline, RankedText, MAX_TEXT_TOKENS};
-use mplug::tasks::{grounding, retrieval};
+use axum::body::Bytes;
+use candle_core::Tensor;
+use mplug::input::Letterboxed;
+use mplug::pipeline::{Generated, GroundedBox, Pipeline, RankedText, ScoredLabel, Visual};
+use mplug::tasks::retrieval::ScoreMatrix;
 use mplug::BeamConfig;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
-/// One request's model work, its inputs already decoded and checked.
-#[derive(Debug)]
-pub enum Work {
-    /// Caption one image `(3, R, R)`.
-    Caption {
-        /// The normalized image.
-        image: Tensor,
-        /// Decoding settings.
-        beam: BeamConfig,
-    },
-    /// Answer a question about one image.
-    Answer {
-        /// The normalized image.
-        image: Tensor,
-        /// The question.
-        question: String,
-        /// Decoding settings.
-        beam: BeamConfig,
-    },
-    /// Rank a closed list of answers.
-    Rank {
-        /// The normalized image.
-        image: Tensor,
-        /// The question.
-        question: String,
-        /// The candidates.
-        answers: Vec<String>,
-        /// Answers kept.
-        k: usize,
-    },
-    /// Ground an expression in one letterboxed image.
-    Ground {
-        /// The letterboxed image `(3, S, S)`.
-        image: Tensor,
-        /// Where the image sits on the canvas.
-        info: LetterboxInfo,
-        /// The referring expression.
-        expression: String,
-    },
-    /// Score texts against images.
-    Retrieve {
-        /// Normalized images `(N, 3, R, R)`.
-        images: Tensor,
-        /// The texts.
-        texts: Vec<String>,
-        /// Candidates re-scored by ITM.
-        k: usize,
-    },
-    /// ITC features.
-    Embed {
-        /// Normalized images `(N, 3, R, R)`, if any.
-        images: Option<Tensor>,
-        /// Texts, if any.
-        texts: Vec<String>,
-    },
+/// Where a job's result goes.
+type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+
+/// One request's inputs with its reply channel and its place among the requests in flight
+/// (held until the job is answered, so that the in-flight limit counts queued work even when
+/// its client has gone).
+struct Item<I, T> {
+    input: I,
+    reply: Reply<T>,
+    permit: OwnedSemaphorePermit,
 }
 
-/// What a [`Work`] item produced.
-#[derive(Debug)]
-pub enum Output {
-    /// Generated texts, best first.
-    Generated(Vec<Generated>),
-    /// Ranked answers, best first.
-    Ranked(Vec<RankedText>),
-    /// A box.
-    Box(GroundedBox),
-    /// `(image -> text, text -> image)` score matrices.
-    Scores(Vec<Vec<f32>>, Vec<Vec<f32>>),
-    /// `(image features, text features)`, L2-normalized.
-    Embeddings(Vec<Vec<f32>>, Vec<Vec<f32>>),
+struct CaptionIn {
+    image: Tensor,
+    beam: BeamConfig,
 }
 
-/// Which items may share one model call.
+struct AnswerIn {
+    image: Tensor,
+    question: String,
+    beam: BeamConfig,
+}
+
+struct RankIn {
+    image: Tensor,
+    question: String,
+    answers: Vec<String>,
+    k: usize,
+}
+
+struct GroundIn {
+    image: Letterboxed,
+    expression: String,
+}
+
+struct RetrieveIn {
+    images: Tensor,
+    texts: Vec<String>,
+    k: usize,
+}
+
+struct ClassifyIn {
+    image: Tensor,
+    labels: Vec<String>,
+    template: String,
+}
+
+struct EmbedIn {
+    images: Option<Tensor>,
+    texts: Vec<String>,
+}
+
+/// `(image features, text features)`, L2-normalized, one row each.
+pub type Embeddings = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
+/// One queued request.
+enum Job {
+    Caption(Item<CaptionIn, Vec<Generated>>),
+    Answer(Item<AnswerIn, Vec<Generated>>),
+    Rank(Item<RankIn, Vec<RankedText>>),
+    Ground(Item<GroundIn, GroundedBox>),
+    Retrieve(Item<RetrieveIn, (ScoreMatrix, ScoreMatrix)>),
+    Embed(Item<EmbedIn, Embeddings>),
+    Classify(Item<ClassifyIn, Vec<ScoredLabel>>),
+}
+
+/// Which jobs may share one model call.
 #[derive(Debug, Clone, PartialEq)]
 enum BatchKey {
     Caption(BeamKey),
@@ -124,23 +117,15 @@ impl BeamKey {
     }
 }
 
-impl Work {
+impl Job {
     fn key(&self) -> BatchKey {
         match self {
-            Work::Caption { beam, .. } => BatchKey::Caption(BeamKey::of(beam)),
-            Work::Answer { beam, .. } => BatchKey::Answer(BeamKey::of(beam)),
-            Work::Ground { .. } => BatchKey::Ground,
+            Job::Caption(i) => BatchKey::Caption(BeamKey::of(&i.input.beam)),
+            Job::Answer(i) => BatchKey::Answer(BeamKey::of(&i.input.beam)),
+            Job::Ground(_) => BatchKey::Ground,
             _ => BatchKey::Alone,
         }
     }
-}
-
-struct Job {
-    work: Work,
-    reply: oneshot::Sender<Result<Output, ApiError>>,
-    /// Held until the job is answered, so that the in-flight limit counts queued work even when
-    /// its client has gone.
-    permit: OwnedSemaphorePermit,
 }
 
 /// Batch counters, for `/metrics`.
@@ -154,12 +139,54 @@ pub struct BatchStats {
     pub largest: AtomicU64,
 }
 
+/// Pixels of the images being decoded, server-wide: an upload reserves its width x height
+/// (read from its header) before its pixels are decoded and frees them when its tensor is
+/// made, so that concurrent large uploads wait instead of taking the server's memory.
+#[derive(Debug, Clone)]
+pub struct PixelBudget {
+    semaphore: Arc<tokio::sync::Semaphore>,
+    /// The budget, in pixels.
+    pub total: u64,
+}
+
+impl PixelBudget {
+    /// A budget of `total` pixels (at most `u32::MAX`, the most one reservation can hold).
+    pub fn new(total: u64) -> Self {
+        let total = total.clamp(1, u64::from(u32::MAX));
+        PixelBudget {
+            semaphore: Arc::new(tokio::sync::Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Pixels reserved now.
+    pub fn in_flight(&self) -> u64 {
+        self.total
+            .saturating_sub(self.semaphore.available_permits() as u64)
+    }
+
+    /// Waits until `pixels` are free and reserves them; a request larger than the whole
+    /// budget is refused (422) naming it.
+    async fn reserve(&self, pixels: u64, name: &str) -> Result<OwnedSemaphorePermit, ApiError> {
+        if pixels > self.total {
+            return Err(ApiError::unprocessable(format!(
+                "{name} has {pixels} pixels, over the {} pixels this server decodes at once \
+                 (--max-pixels-in-flight)",
+                self.total
+            )));
+        }
+        self.semaphore
+            .clone()
+            .acquire_many_owned(pixels as u32)
+            .await
+            .map_err(|_| ApiError::internal("the pixel budget closed"))
+    }
+}
+
 /// The shared model and its queue.
 pub struct Engine {
     pipeline: Pipeline,
-    grounding: grounding::GroundingTokens,
-    images: ImagePreprocessor,
-    letterbox: GroundingPreprocessor,
+    pixels: PixelBudget,
     queue: Mutex<VecDeque<Job>>,
     compute: Mutex<()>,
     max_batch: usize,
@@ -172,94 +199,212 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Runs `f` on a blocking thread (image decoding, tokenizing: work that must not stall the
+/// async runtime).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(ApiError::internal(format!("a worker thread failed: {e}"))))
+}
+
 impl Engine {
-    /// An engine around a loaded model; images with more than `max_pixels` are refused.
-    pub fn new(model: LoadedModel, max_pixels: u64, max_batch: usize) -> anyhow::Result<Self> {
-        let res = model.pipeline.model().config.image_res as u32;
-        let decode = DecodeOptions {
-            max_pixels,
-            ..DecodeOptions::default()
-        };
-        let mut image_cfg = ImageConfig::new(res);
-        image_cfg.decode = decode;
-        let mut letterbox_cfg = LetterboxConfig::new(res);
-        letterbox_cfg.decode = decode;
-        Ok(Engine {
-            images: ImagePreprocessor::new(image_cfg)?,
-            letterbox: GroundingPreprocessor::new(letterbox_cfg)?,
-            pipeline: model.pipeline,
-            grounding: model.grounding,
+    /// An engine around a pipeline (its image limits already set); at most `max_batch`
+    /// requests share a model call, and images are decoded within `pixels`.
+    pub fn new(pipeline: Pipeline, max_batch: usize, pixels: PixelBudget) -> Self {
+        Engine {
+            pipeline,
+            pixels,
             queue: Mutex::new(VecDeque::new()),
             compute: Mutex::new(()),
             max_batch: max_batch.max(1),
             stats: BatchStats::default(),
-        })
+        }
     }
 
-    /// The model with its tokenizer.
+    /// The model with its tokenizer and preprocessing.
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
     }
 
-    fn device(&self) -> &Device {
-        self.pipeline.model().device()
-    }
-
-    /// Decodes and normalizes encoded image bytes to `(3, R, R)` (a blocking call).
-    pub fn image(&self, bytes: &[u8], name: &str) -> Result<Tensor, ApiError> {
-        self.images
-            .preprocess_bytes(bytes, name, self.device())
-            .map_err(ApiError::input)
-    }
-
-    /// Decodes and letterboxes encoded image bytes (a blocking call).
-    pub fn letterboxed(
-        &self,
-        bytes: &[u8],
-        name: &str,
-    ) -> Result<(Tensor, LetterboxInfo), ApiError> {
-        let l = self
-            .letterbox
-            .preprocess_bytes(bytes, name, self.device())
-            .map_err(ApiError::input)?;
-        Ok((l.image, l.info))
-    }
-
-    /// The longest text passed to the model, in tokens.
-    fn text_limit(&self) -> usize {
-        MAX_TEXT_TOKENS.min(self.pipeline.model().config.bert.max_position_embeddings)
-    }
-
-    /// Checks that a text tokenizes (not empty); `what` names it in the error.
+    /// Checks that a text encodes for the model; `what` names it in the error.
     pub fn check_text(&self, text: &str, what: &str) -> Result<(), ApiError> {
         self.pipeline
-            .tokenizer()
-            .encode(text, Some(self.text_limit()))
-            .map(|_| ())
+            .check_text(text)
             .map_err(|e| ApiError::unprocessable(format!("{what}: {e}")))
     }
 
-    /// Checks that VQA candidates encode (not empty, within the position limit).
+    /// Checks that closed-list answers encode (none empty, each within the positions).
     pub fn check_answers(&self, answers: &[String]) -> Result<(), ApiError> {
         self.pipeline
-            .tokenizer()
-            .encode_answers(answers)
-            .map(|_| ())
+            .check_answers(answers)
             .map_err(|e| ApiError::unprocessable(format!("answers: {e}")))
     }
 
-    /// Queues `work` and waits for its result. `permit` is released when the work is done.
-    pub async fn submit(
+    /// Reserves an encoded image's pixels in the budget, read from its header.
+    async fn reserve(&self, bytes: &Bytes, name: &str) -> Result<OwnedSemaphorePermit, ApiError> {
+        let (w, h) = self
+            .pipeline
+            .image_dimensions(bytes, name)
+            .map_err(ApiError::model)?;
+        self.pixels.reserve(u64::from(w) * u64::from(h), name).await
+    }
+
+    /// Decodes and normalizes one encoded image to `(3, R, R)` on a blocking thread, within
+    /// the pixel budget.
+    pub async fn image(self: &Arc<Self>, bytes: Bytes, name: &str) -> Result<Tensor, ApiError> {
+        let reserved = self.reserve(&bytes, name).await?;
+        let (engine, name) = (self.clone(), name.to_string());
+        blocking(move || {
+            let t = engine
+                .pipeline
+                .preprocess_bytes(&bytes, &name)
+                .map_err(ApiError::model);
+            drop(reserved);
+            t
+        })
+        .await
+    }
+
+    /// Decodes encoded images into `(N, 3, R, R)`, one after the other; they are named
+    /// `images[i]` in errors.
+    pub async fn images(self: &Arc<Self>, images: Vec<Bytes>) -> Result<Tensor, ApiError> {
+        let mut tensors = Vec::with_capacity(images.len());
+        for (i, b) in images.into_iter().enumerate() {
+            tensors.push(self.image(b, &format!("images[{i}]")).await?);
+        }
+        Tensor::stack(&tensors, 0).map_err(internal)
+    }
+
+    /// Decodes one encoded image and letterboxes it for grounding, on a blocking thread,
+    /// within the pixel budget.
+    pub async fn letterboxed(
         self: &Arc<Self>,
-        work: Work,
+        bytes: Bytes,
+        name: &str,
+    ) -> Result<Letterboxed, ApiError> {
+        let reserved = self.reserve(&bytes, name).await?;
+        let (engine, name) = (self.clone(), name.to_string());
+        blocking(move || {
+            let l = engine
+                .pipeline
+                .letterbox_bytes(&bytes, &name)
+                .map_err(ApiError::model);
+            drop(reserved);
+            l
+        })
+        .await
+    }
+
+    /// Captions of one image `(3, R, R)`, best first.
+    pub async fn caption(
+        self: &Arc<Self>,
+        image: Tensor,
+        beam: BeamConfig,
         permit: OwnedSemaphorePermit,
-    ) -> Result<Output, ApiError> {
+    ) -> Result<Vec<Generated>, ApiError> {
+        self.submit(permit, Job::Caption, CaptionIn { image, beam })
+            .await
+    }
+
+    /// Free-form answers to a question about one image, best first.
+    pub async fn answer(
+        self: &Arc<Self>,
+        image: Tensor,
+        question: String,
+        beam: BeamConfig,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Vec<Generated>, ApiError> {
+        let input = AnswerIn {
+            image,
+            question,
+            beam,
+        };
+        self.submit(permit, Job::Answer, input).await
+    }
+
+    /// The best `k` of a closed list of answers to a question about one image.
+    pub async fn rank(
+        self: &Arc<Self>,
+        image: Tensor,
+        question: String,
+        answers: Vec<String>,
+        k: usize,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Vec<RankedText>, ApiError> {
+        let input = RankIn {
+            image,
+            question,
+            answers,
+            k,
+        };
+        self.submit(permit, Job::Rank, input).await
+    }
+
+    /// The box an expression refers to in a letterboxed image.
+    pub async fn ground(
+        self: &Arc<Self>,
+        image: Letterboxed,
+        expression: String,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<GroundedBox, ApiError> {
+        let input = GroundIn { image, expression };
+        self.submit(permit, Job::Ground, input).await
+    }
+
+    /// `(image -> text, text -> image)` retrieval scores ([`Pipeline::retrieve`]).
+    pub async fn retrieve(
+        self: &Arc<Self>,
+        images: Tensor,
+        texts: Vec<String>,
+        k: usize,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(ScoreMatrix, ScoreMatrix), ApiError> {
+        let input = RetrieveIn { images, texts, k };
+        self.submit(permit, Job::Retrieve, input).await
+    }
+
+    /// ITC features of images and texts (either may be empty).
+    pub async fn embed(
+        self: &Arc<Self>,
+        images: Option<Tensor>,
+        texts: Vec<String>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Embeddings, ApiError> {
+        let input = EmbedIn { images, texts };
+        self.submit(permit, Job::Embed, input).await
+    }
+
+    /// Zero-shot labels of one image, best first ([`Pipeline::classify`]).
+    pub async fn classify(
+        self: &Arc<Self>,
+        image: Tensor,
+        labels: Vec<String>,
+        template: String,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Vec<ScoredLabel>, ApiError> {
+        let input = ClassifyIn {
+            image,
+            labels,
+            template,
+        };
+        self.submit(permit, Job::Classify, input).await
+    }
+
+    /// Queues a job and waits for its result.
+    async fn submit<I, T>(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+        job: impl FnOnce(Item<I, T>) -> Job,
+        input: I,
+    ) -> Result<T, ApiError> {
         let (reply, rx) = oneshot::channel();
-        lock(&self.queue).push_back(Job {
-            work,
+        lock(&self.queue).push_back(job(Item {
+            input,
             reply,
             permit,
-        });
+        }));
         let engine = self.clone();
         // The task's handle is not awaited: the reply channel carries the result, and a
         // dropped sender (a panic) reads as an internal error below.
@@ -276,12 +421,12 @@ impl Engine {
             let Some(first) = queue.pop_front() else {
                 return;
             };
-            let key = first.work.key();
+            let key = first.key();
             let mut batch = vec![first];
             if key != BatchKey::Alone {
                 let mut i = 0;
                 while i < queue.len() && batch.len() < self.max_batch {
-                    if queue[i].work.key() == key {
+                    if queue[i].key() == key {
                         if let Some(job) = queue.remove(i) {
                             batch.push(job);
                         }
@@ -296,150 +441,106 @@ impl Engine {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.items.fetch_add(n, Ordering::Relaxed);
         self.stats.largest.fetch_max(n, Ordering::Relaxed);
-        let (works, replies): (Vec<Work>, Vec<_>) = batch
-            .into_iter()
-            .map(|j| (j.work, (j.reply, j.permit)))
-            .unzip();
-        let results = match self.run_batch(&works) {
-            Ok(outputs) => outputs.into_iter().map(Ok).collect(),
-            // One failing item must not fail the others: run each alone.
-            Err(_) if works.len() > 1 => works
-                .iter()
-                .map(|w| {
-                    self.run_batch(std::slice::from_ref(w))
-                        .and_then(|mut o| o.pop().ok_or_else(|| internal("no result")))
-                })
-                .collect(),
-            Err(e) => vec![Err(e)],
-        };
-        for ((reply, permit), result) in replies.into_iter().zip(results) {
-            // The place is free before the client hears back, so that a client sending its
-            // next request at once is not refused.
-            drop(permit);
-            // The client may have gone; its result is dropped.
-            let _ = reply.send(result);
-        }
-    }
-
-    /// Runs items that share a [`BatchKey`] as one model call; one output per item.
-    fn run_batch(&self, works: &[Work]) -> Result<Vec<Output>, ApiError> {
         let p = &self.pipeline;
-        let stack = |images: Vec<&Tensor>| Tensor::stack(&images, 0).map_err(internal);
-        match &works[0] {
-            Work::Caption { beam, .. } => {
-                let images = stack(
-                    works
-                        .iter()
-                        .filter_map(|w| match w {
-                            Work::Caption { image, .. } => Some(image),
-                            _ => None,
-                        })
-                        .collect(),
-                )?;
-                let out = p.caption(&images, beam).map_err(ApiError::model)?;
-                Ok(out.into_iter().map(Output::Generated).collect())
-            }
-            Work::Answer { beam, .. } => {
-                let (images, questions): (Vec<&Tensor>, Vec<&str>) = works
-                    .iter()
-                    .filter_map(|w| match w {
-                        Work::Answer {
-                            image, question, ..
-                        } => Some((image, question.as_str())),
+        macro_rules! items {
+            ($variant:ident) => {
+                batch
+                    .into_iter()
+                    .filter_map(|j| match j {
+                        Job::$variant(item) => Some(item),
                         _ => None,
                     })
-                    .unzip();
-                let out = p
-                    .answer(&stack(images)?, &questions, beam)
-                    .map_err(ApiError::model)?;
-                Ok(out.into_iter().map(Output::Generated).collect())
-            }
-            Work::Ground { .. } => {
-                let mut images = Vec::new();
-                let mut infos = Vec::new();
-                let mut exprs = Vec::new();
-                for w in works {
-                    if let Work::Ground {
-                        image,
-                        info,
-                        expression,
-                    } = w
-                    {
-                        images.push(image);
-                        infos.push(*info);
-                        exprs.push(expression.as_str());
-                    }
-                }
-                let boxes = self.ground(&stack(images)?, &exprs)?;
-                Ok(boxes
-                    .into_iter()
-                    .zip(infos)
-                    .map(|(cxcywh, info)| {
-                        Output::Box(GroundedBox {
-                            xyxy: info.box_to_original(cxcywh),
-                            cxcywh,
-                        })
-                    })
-                    .collect())
-            }
-            Work::Rank {
-                image,
-                question,
-                answers,
-                k,
-            } => {
-                let mut out = p
-                    .rank_answers(
-                        &image.unsqueeze(0).map_err(internal)?,
-                        &[question],
-                        answers,
-                        *k,
-                    )
-                    .map_err(ApiError::model)?;
-                Ok(vec![Output::Ranked(out.pop().unwrap_or_default())])
-            }
-            Work::Retrieve { images, texts, k } => {
-                let (i2t, t2i) = p.retrieve(images, texts, *k).map_err(ApiError::model)?;
-                Ok(vec![Output::Scores(i2t, t2i)])
-            }
-            Work::Embed { images, texts } => {
-                let model = p.model();
-                let image_feats = match images {
-                    Some(images) => retrieval::encode_images(model, images)
-                        .and_then(|s| Ok(s.feat.to_vec2::<f32>()?))
-                        .map_err(ApiError::model)?,
+                    .collect()
+            };
+        }
+        match batch.first() {
+            None => {}
+            Some(Job::Caption(_)) => run_batched(items!(Caption), |ins: &[&CaptionIn]| {
+                let images = stack(ins.iter().map(|i| &i.image))?;
+                p.caption(&images, &ins[0].beam).map_err(ApiError::model)
+            }),
+            Some(Job::Answer(_)) => run_batched(items!(Answer), |ins: &[&AnswerIn]| {
+                let images = stack(ins.iter().map(|i| &i.image))?;
+                let questions: Vec<&str> = ins.iter().map(|i| i.question.as_str()).collect();
+                p.answer(&images, &questions, &ins[0].beam)
+                    .map_err(ApiError::model)
+            }),
+            Some(Job::Ground(_)) => run_batched(items!(Ground), |ins: &[&GroundIn]| {
+                let images = stack(ins.iter().map(|i| &i.image.image))?;
+                let infos: Vec<_> = ins.iter().map(|i| i.image.info).collect();
+                let exprs: Vec<&str> = ins.iter().map(|i| i.expression.as_str()).collect();
+                p.ground_letterboxed(&images, &infos, &exprs)
+                    .map_err(ApiError::model)
+            }),
+            Some(Job::Rank(_)) => run_batched(items!(Rank), |ins: &[&RankIn]| {
+                let i = ins[0];
+                let image = i.image.unsqueeze(0).map_err(internal)?;
+                p.rank_answers(&image, &[&i.question], &i.answers, i.k)
+                    .map_err(ApiError::model)
+            }),
+            Some(Job::Retrieve(_)) => run_batched(items!(Retrieve), |ins: &[&RetrieveIn]| {
+                let i = ins[0];
+                Ok(vec![p
+                    .retrieve(&i.images, &i.texts, i.k)
+                    .map_err(ApiError::model)?])
+            }),
+            Some(Job::Classify(_)) => run_batched(items!(Classify), |ins: &[&ClassifyIn]| {
+                let i = ins[0];
+                let image = i.image.unsqueeze(0).map_err(internal)?;
+                p.classify(Visual::Images(&image), &i.labels, &i.template)
+                    .map_err(ApiError::model)
+            }),
+            Some(Job::Embed(_)) => run_batched(items!(Embed), |ins: &[&EmbedIn]| {
+                let i = ins[0];
+                let images = match &i.images {
+                    Some(t) => p.embed_images(Visual::Images(t)).map_err(ApiError::model)?,
                     None => Vec::new(),
                 };
-                let text_feats = if texts.is_empty() {
+                let texts = if i.texts.is_empty() {
                     Vec::new()
                 } else {
-                    let (ids, mask) = self.encode(texts)?;
-                    retrieval::encode_texts(model, &ids, &mask)
-                        .and_then(|s| Ok(s.feat.to_vec2::<f32>()?))
-                        .map_err(ApiError::model)?
+                    p.embed_texts(&i.texts).map_err(ApiError::model)?
                 };
-                Ok(vec![Output::Embeddings(image_feats, text_feats)])
-            }
+                Ok(vec![(images, texts)])
+            }),
         }
     }
+}
 
-    fn encode(&self, texts: &[impl AsRef<str>]) -> Result<(Tensor, Tensor), ApiError> {
-        let batch = self
-            .pipeline
-            .tokenizer()
-            .encode_batch(texts, &EncodeOptions::longest().truncate(self.text_limit()))
-            .map_err(ApiError::input)?;
-        batch.to_tensors(self.device()).map_err(ApiError::input)
+/// Runs `f` on the inputs of `items` as one model call (one output per input) and answers each;
+/// when a batch of several fails, each item runs alone, so that one bad item does not fail the
+/// others.
+fn run_batched<I, T>(items: Vec<Item<I, T>>, f: impl Fn(&[&I]) -> Result<Vec<T>, ApiError>) {
+    let inputs: Vec<&I> = items.iter().map(|i| &i.input).collect();
+    let results: Vec<Result<T, ApiError>> = match f(&inputs) {
+        Ok(outputs) if outputs.len() == items.len() => outputs.into_iter().map(Ok).collect(),
+        Ok(_) => items
+            .iter()
+            .map(|_| Err(internal("the model returned a wrong number of results")))
+            .collect(),
+        Err(_) if items.len() > 1 => inputs
+            .iter()
+            .map(|i| {
+                f(std::slice::from_ref(i))
+                    .and_then(|mut o| o.pop().ok_or_else(|| internal("no result")))
+            })
+            .collect(),
+        Err(e) => vec![Err(e)],
+    };
+    drop(inputs);
+    for (item, result) in items.into_iter().zip(results) {
+        // The place is free before the client hears back, so that a client sending its next
+        // request at once is not refused.
+        drop(item.permit);
+        // The client may have gone; its result is dropped.
+        let _ = item.reply.send(result);
     }
+}
 
-    /// Boxes `(cx, cy, w, h)` for letterboxed images `(N, 3, S, S)` and their expressions,
-    /// as [`Pipeline::ground`] computes them from files.
-    fn ground(&self, images: &Tensor, exprs: &[&str]) -> Result<Vec<[f32; 4]>, ApiError> {
-        let model = self.pipeline.model();
-        let (ids, mask) = self.encode(exprs)?;
-        let embeds = model.encode_image(images).map_err(ApiError::model)?;
-        grounding::predict(model, &embeds, &ids, &mask, &self.grounding).map_err(ApiError::model)
-    }
+/// Images `(3, R, R)` stacked into `(N, 3, R, R)`.
+fn stack<'a>(images: impl Iterator<Item = &'a Tensor>) -> Result<Tensor, ApiError> {
+    let images: Vec<&Tensor> = images.collect();
+    Tensor::stack(&images, 0).map_err(internal)
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {

@@ -12,21 +12,6 @@ const BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// The paths reported by name; any other is reported as `other`, so that scanning clients
-/// cannot grow the label set.
-pub const KNOWN_PATHS: &[&str] = &[
-    "/",
-    "/healthz",
-    "/metrics",
-    "/openapi.json",
-    "/v1/info",
-    "/v1/caption",
-    "/v1/vqa",
-    "/v1/ground",
-    "/v1/retrieve",
-    "/v1/embed",
-];
-
 #[derive(Debug, Default, Clone)]
 struct Histogram {
     counts: Vec<u64>,
@@ -44,15 +29,6 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
-}
-
-/// The label of a request path.
-pub fn endpoint(path: &str) -> &'static str {
-    KNOWN_PATHS
-        .iter()
-        .find(|p| **p == path)
-        .copied()
-        .unwrap_or("other")
 }
 
 impl Metrics {
@@ -77,16 +53,27 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(
         &self,
-        task: &str,
+        tasks: &str,
         in_flight: usize,
         max_in_flight: usize,
-        batches: &BatchStats,
+        batches: &[&BatchStats],
+        pixels_in_flight: u64,
     ) -> String {
+        let total = |f: fn(&BatchStats) -> &std::sync::atomic::AtomicU64| -> u64 {
+            batches.iter().map(|b| f(b).load(Ordering::Relaxed)).sum()
+        };
+        let largest = batches
+            .iter()
+            .map(|b| b.largest.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP mplug_model_info The loaded model's task.");
+        let _ = writeln!(out, "# HELP mplug_model_info The tasks the server answers.");
         let _ = writeln!(out, "# TYPE mplug_model_info gauge");
-        let _ = writeln!(out, "mplug_model_info{{task=\"{task}\"}} 1");
+        for task in tasks.split(',') {
+            let _ = writeln!(out, "mplug_model_info{{task=\"{task}\"}} 1");
+        }
         let _ = writeln!(
             out,
             "# HELP mplug_requests_total HTTP requests answered, by endpoint and status."
@@ -138,33 +125,27 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE mplug_max_in_flight_requests gauge");
         let _ = writeln!(out, "mplug_max_in_flight_requests {max_in_flight}");
-        let _ = writeln!(out, "# HELP mplug_batches_total Model calls made.");
-        let _ = writeln!(out, "# TYPE mplug_batches_total counter");
         let _ = writeln!(
             out,
-            "mplug_batches_total {}",
-            batches.batches.load(Ordering::Relaxed)
+            "# HELP mplug_pixels_in_flight Pixels of the images being decoded now."
         );
+        let _ = writeln!(out, "# TYPE mplug_pixels_in_flight gauge");
+        let _ = writeln!(out, "mplug_pixels_in_flight {pixels_in_flight}");
+        let _ = writeln!(out, "# HELP mplug_batches_total Model calls made.");
+        let _ = writeln!(out, "# TYPE mplug_batches_total counter");
+        let _ = writeln!(out, "mplug_batches_total {}", total(|b| &b.batches));
         let _ = writeln!(
             out,
             "# HELP mplug_batched_requests_total Requests answered by those calls."
         );
         let _ = writeln!(out, "# TYPE mplug_batched_requests_total counter");
-        let _ = writeln!(
-            out,
-            "mplug_batched_requests_total {}",
-            batches.items.load(Ordering::Relaxed)
-        );
+        let _ = writeln!(out, "mplug_batched_requests_total {}", total(|b| &b.items));
         let _ = writeln!(
             out,
             "# HELP mplug_largest_batch The most requests one model call has answered."
         );
         let _ = writeln!(out, "# TYPE mplug_largest_batch gauge");
-        let _ = writeln!(
-            out,
-            "mplug_largest_batch {}",
-            batches.largest.load(Ordering::Relaxed)
-        );
+        let _ = writeln!(out, "mplug_largest_batch {largest}");
         out
     }
 }

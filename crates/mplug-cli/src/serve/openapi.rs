@@ -1,5 +1,6 @@
 //! The OpenAPI 3.0 document of the server, written by hand.
 
+use super::endpoints;
 use mplug::Task;
 use serde_json::{json, Value};
 
@@ -21,7 +22,10 @@ fn error_responses() -> Value {
 }
 
 /// A POST operation with a JSON body schema and the same fields as multipart.
-fn operation(summary: &str, task: Task, schema: &str, response: &str) -> Value {
+fn operation(route: &endpoints::Route, doc: &endpoints::Doc) -> Value {
+    let (summary, schema, response) = (doc.summary, doc.request, doc.response);
+    let names: Vec<&str> = route.tasks.iter().map(|t| t.name()).collect();
+    let task = names.join(" or ");
     let mut responses = error_responses();
     responses["200"] = json!({
         "description": "Result",
@@ -30,7 +34,7 @@ fn operation(summary: &str, task: Task, schema: &str, response: &str) -> Value {
     json!({
         "post": {
             "summary": summary,
-            "description": format!("Needs a {task} model (other models answer 422). JSON with images as base64 strings (or data: URLs), or multipart/form-data with image files as `image`/`images` parts and the other fields as text parts (`texts`, `answers` repeated)."),
+            "description": format!("Answered by the {task} model. JSON with images as base64 strings (or data: URLs), or multipart/form-data with image files as `image`/`images` parts and the other fields as text parts (`texts`, `answers` repeated)."),
             "requestBody": {
                 "required": true,
                 "content": {
@@ -43,10 +47,12 @@ fn operation(summary: &str, task: Task, schema: &str, response: &str) -> Value {
     })
 }
 
-/// The document; `task` is the loaded model's, `max_beam` and `max_len` the limits the server
-/// enforces. Only the endpoints the server answers are listed (each POST endpoint needs one
-/// task; the others answer 422).
-pub fn document(task: Task, max_beam: usize, max_len: usize) -> Value {
+/// The document; `tasks` are those the server answers, `max_beam` and `max_len` the limits it
+/// enforces. Only the endpoints the server answers are listed (the route table's model
+/// endpoints of its tasks; the others answer 422).
+pub fn document(tasks: &[Task], max_beam: usize, max_len: usize) -> Value {
+    let names: Vec<&str> = tasks.iter().map(|t| t.name()).collect();
+    let names = names.join(", ");
     let decode = json!({
         "beam": {"type": "integer", "minimum": 1, "maximum": max_beam, "description": "Beam size (1: greedy)"},
         "min_len": {"type": "integer", "minimum": 0, "maximum": max_len},
@@ -66,17 +72,13 @@ pub fn document(task: Task, max_beam: usize, max_len: usize) -> Value {
         "info": {
             "title": "mplug serve",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": format!("mPLUG vision-language model over HTTP. This server runs a {task} model.")
+            "description": format!("mPLUG vision-language model over HTTP. This server answers: {names}.")
         },
         "paths": {
-            "/v1/caption": operation("Caption an image", Task::Caption, "CaptionRequest", "CaptionResponse"),
-            "/v1/vqa": operation("Answer a question about an image, free-form or from a list", Task::Vqa, "VqaRequest", "VqaResponse"),
-            "/v1/ground": operation("Find the box an expression refers to", Task::Grounding, "GroundRequest", "GroundResponse"),
-            "/v1/retrieve": operation("Rank texts for images and images for texts (ITC top k re-scored by ITM)", Task::Retrieval, "RetrieveRequest", "RetrieveResponse"),
-            "/v1/embed": operation("L2-normalized ITC features of images and texts", Task::Retrieval, "EmbedRequest", "EmbedResponse"),
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Up", "content": {"application/json": {"schema": {"type": "object", "properties": {"status": {"type": "string"}, "task": {"type": "string"}}}}}}}}},
             "/v1/info": {"get": {"summary": "The loaded model: task, configuration, limits", "responses": {"200": {"description": "Model information", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics: requests by endpoint and status, latency histograms, in-flight requests, batching", "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/v1/models": {"get": {"summary": "OpenAI-compatible list of models: mplug-<task> per task served", "responses": {"200": {"description": "Models", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.0", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/": {"get": {"summary": "A web page to try the model", "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}}
         },
@@ -111,8 +113,30 @@ pub fn document(task: Task, max_beam: usize, max_len: usize) -> Value {
                     "text_to_image": {"type": "array", "items": {"type": "object", "properties": {"text": {"type": "integer"}, "images": {"type": "array", "items": {"type": "object", "properties": {"image": {"type": "integer"}, "score": {"type": "number"}}}}}}}}},
                 "EmbedRequest": {"type": "object", "additionalProperties": false, "properties": {
                     "images": {"type": "array", "items": image.clone()},
-                    "image": image,
+                    "image": image.clone(),
                     "texts": {"type": "array", "items": {"type": "string"}}}},
+                "ClassifyRequest": {"type": "object", "additionalProperties": false, "description": "The image as `image` (or Hugging Face's `inputs`), base64; the labels as `candidate_labels` (or under `parameters`)", "properties": {
+                    "image": image.clone(),
+                    "inputs": image.clone(),
+                    "candidate_labels": {"type": "array", "items": {"type": "string"}},
+                    "hypothesis_template": {"type": "string", "default": "a photo of {}"},
+                    "parameters": {"type": "object", "properties": {"candidate_labels": {"type": "array", "items": {"type": "string"}}, "hypothesis_template": {"type": "string"}}}}},
+                "ClassifyResponse": {"type": "array", "items": {"type": "object", "properties": {"label": {"type": "string"}, "score": {"type": "number", "description": "Probability among the labels"}}}},
+                "ChatRequest": {"type": "object", "required": ["model", "messages"], "description": "OpenAI's chat completion request: the last user message holds one `image_url` part (a data URL or bare base64) and optionally `text` parts (a question). `n`, `max_tokens`, `temperature`, `top_p`, `seed` and `stream` are read; other fields are ignored.", "properties": {
+                    "model": {"type": "string", "description": "mplug, mplug-caption or mplug-vqa (GET /v1/models)"},
+                    "messages": {"type": "array", "items": {"type": "object"}},
+                    "n": {"type": "integer", "minimum": 1, "maximum": max_beam},
+                    "max_tokens": {"type": "integer", "minimum": 1},
+                    "temperature": {"type": "number", "minimum": 0},
+                    "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                    "seed": {"type": "integer"},
+                    "stream": {"type": "boolean"}}},
+                "ChatResponse": {"type": "object", "description": "OpenAI's chat.completion object (or, with stream, chat.completion.chunk server-sent events)"},
+                "EmbeddingsRequest": {"type": "object", "required": ["model", "input"], "properties": {
+                    "model": {"type": "string", "description": "mplug or mplug-retrieval"},
+                    "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}], "description": "Texts, and images as data URLs"},
+                    "encoding_format": {"type": "string", "enum": ["float", "base64"]}}},
+                "EmbeddingsResponse": {"type": "object", "description": "OpenAI's list of embedding objects"},
                 "EmbedResponse": {"type": "object", "properties": {
                     "dim": {"type": "integer"},
                     "image_embeddings": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
@@ -120,9 +144,10 @@ pub fn document(task: Task, max_beam: usize, max_len: usize) -> Value {
             }
         }
     });
-    // The model endpoints of other tasks answer 422: they are not this server's API.
-    if let Some(paths) = doc["paths"].as_object_mut() {
-        paths.retain(|path, op| op.get("post").is_none() || super::endpoint_task(path) == task);
+    for route in endpoints::served(tasks) {
+        if let Some(d) = &route.doc {
+            doc["paths"][route.path] = operation(route, d);
+        }
     }
     doc
 }

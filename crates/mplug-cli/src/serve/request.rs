@@ -70,11 +70,6 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 
-    /// 422 for an input-layer error (image decoding, tokenizing).
-    pub fn input(e: impl std::fmt::Display) -> Self {
-        Self::unprocessable(e.to_string())
-    }
-
     /// A library error from a model call: invalid input is the client's (422), the rest ours.
     pub fn model(e: mplug::Error) -> Self {
         match e {
@@ -205,7 +200,7 @@ fn fields<T: DeserializeOwned>(map: Map<String, Value>) -> Result<T, ApiError> {
 }
 
 /// Decodes a base64 string (or a `data:` URL) into bytes.
-fn base64_image(v: &Value, what: &str) -> Result<Bytes, ApiError> {
+pub fn base64_image(v: &Value, what: &str) -> Result<Bytes, ApiError> {
     let Value::String(s) = v else {
         return Err(ApiError::unprocessable(format!(
             "`{what}` must be a base64 string"

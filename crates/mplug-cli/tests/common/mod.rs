@@ -197,11 +197,17 @@ pub struct Server {
 impl Server {
     /// Starts `mplug serve MODEL --addr 127.0.0.1:0 EXTRA...` and waits for its address.
     pub fn start(model: &Path, extra: &[&str]) -> Server {
+        let mut args = vec![model.to_str().expect("utf-8 path")];
+        args.extend(extra);
+        Server::with_args(&args)
+    }
+
+    /// Starts `mplug serve ARGS... --addr 127.0.0.1:0` and waits for its address.
+    pub fn with_args(args: &[&str]) -> Server {
         let mut child = Command::new(MPLUG)
             .arg("serve")
-            .arg(model)
+            .args(args)
             .args(["--addr", "127.0.0.1:0"])
-            .args(extra)
             .env("RAYON_NUM_THREADS", "2")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -446,7 +452,12 @@ pub fn base64(data: &[u8]) -> String {
 
 /// Base64 of an example image.
 pub fn image_b64(name: &str) -> String {
-    base64(&std::fs::read(image(name)).expect("example image"))
+    image_b64_path(&image(name))
+}
+
+/// The base64 of any image file.
+pub fn image_b64_path(path: &Path) -> String {
+    base64(&std::fs::read(path).expect("image file"))
 }
 
 /// An uncompressed 24-bit BMP of `w x h` pixels with a colour gradient.

@@ -10,6 +10,7 @@
 //! Every function takes its randomness from the caller's generator, so that a sample's pixels
 //! are a function of the seed it was drawn with.
 
+pub use super::flip::{hflip, swap_left_right};
 use super::grounding_augment::GroundingAugment;
 use crate::input::resample::{resize, Filter};
 use crate::input::RgbImage;
@@ -155,32 +156,6 @@ pub fn random_resized_crop(
     let (left, top, w, h) = crop_box(img.width(), img.height(), scale, ratio, rng);
     let crop = ::image::imageops::crop_imm(img, left, top, w, h).to_image();
     resize(&crop, size, size, Filter::Bicubic)
-}
-
-/// The image mirrored left to right.
-pub fn hflip(img: &RgbImage) -> RgbImage {
-    ::image::imageops::flip_horizontal(img)
-}
-
-/// The reference's text change on a flip: every `left` becomes `right` and every `right`
-/// becomes `left`, as substrings (so `brighter` becomes `blefter`, as in the reference).
-pub fn swap_left_right(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while !rest.is_empty() {
-        if let Some(r) = rest.strip_prefix("left") {
-            out.push_str("right");
-            rest = r;
-        } else if let Some(r) = rest.strip_prefix("right") {
-            out.push_str("left");
-            rest = r;
-        } else {
-            let c = rest.chars().next().unwrap_or(' ');
-            out.push(c);
-            rest = &rest[c.len_utf8()..];
-        }
-    }
-    out
 }
 
 fn map_channels(img: &mut RgbImage, table: impl Fn(usize, u8) -> u8) {

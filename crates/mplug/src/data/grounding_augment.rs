@@ -23,7 +23,7 @@
 //! nothing) is replaced by the rule it was meant to enforce, stricter: the crop contains the
 //! whole box.
 
-use super::augment::{hflip, swap_left_right};
+use super::flip::{hflip, swap_left_right};
 use crate::input::error::{InputError, Result};
 use crate::input::resample::{resize, Filter};
 use crate::input::RgbImage;

@@ -16,10 +16,11 @@
 //! ([`super::grounding_augment`]), drawn from the same per-visit generator; otherwise centred,
 //! as at evaluation, and only flipped.
 
-use super::augment::{hflip, rand_augment, random_resized_crop, swap_left_right, AugmentConfig};
+use super::annotations::resolve_video;
+use super::augment::{rand_augment, random_resized_crop, AugmentConfig};
+use super::flip::{hflip, swap_left_right};
 use super::grounding_augment::{augment_grounding, flip_box};
 use super::{DataError, DataTask, Dataset, Result};
-use crate::eval::annotations::resolve_video;
 use crate::input::{
     DecodeOptions, EncodeOptions, GroundingPreprocessor, ImageConfig, ImagePreprocessor,
     InputError, LetterboxConfig, RgbImage, Tokenizer, VideoConfig, VideoPreprocessor,

@@ -2,7 +2,7 @@
 //! and a deterministic loader whose batch `i` is a function of the seed and `i` alone, so that
 //! a resumed run sees exactly the batches an uninterrupted one would have seen.
 //!
-//! Annotation files are read with [`crate::eval::annotations`]' readers (the same formats,
+//! Annotation files are read with [`annotations`]' readers (the same formats,
 //! field aliases and error messages); captions are cleaned with the reference's `pre_caption`.
 //!
 //! Video datasets ([`Dataset::videoqa`], [`Dataset::video_retrieval`]) name clips instead of
@@ -10,15 +10,17 @@
 //! frame stacks, which [`crate::tasks::video::encode_frames`] and
 //! [`crate::tasks::pretrain::losses`] take.
 
+pub mod annotations;
 pub mod augment;
+pub mod flip;
 pub mod grounding_augment;
 pub mod loader;
 
-pub use augment::{swap_left_right, AugmentConfig};
+pub use augment::AugmentConfig;
+pub use flip::swap_left_right;
 pub use loader::{Batch, Loader, LoaderConfig};
 
-use crate::eval::annotations::{self, pre_caption, BoxFormat};
-use crate::eval::EvalError;
+use annotations::{pre_caption, AnnotationError, BoxFormat};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -30,7 +32,7 @@ pub const MAX_WORDS: usize = 30;
 pub enum DataError {
     /// An annotation file is unreadable or malformed.
     #[error(transparent)]
-    Annotation(Box<EvalError>),
+    Annotation(#[from] AnnotationError),
     /// An annotation file is well-formed but unusable for training.
     #[error("{path}: {msg}")]
     Dataset {
@@ -75,12 +77,6 @@ pub enum DataError {
     /// An error from the tensor library.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
-}
-
-impl From<EvalError> for DataError {
-    fn from(e: EvalError) -> Self {
-        DataError::Annotation(Box::new(e))
-    }
 }
 
 impl From<DataError> for crate::Error {

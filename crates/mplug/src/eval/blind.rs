@@ -17,11 +17,11 @@
 //! fractions for grounding and video QA accuracy, CIDEr and the other caption metrics as
 //! fractions.
 
-use super::annotations::{
+use super::error::{EvalError, Result};
+use crate::data::annotations::{
     pre_caption, read_caption, read_grounding, read_retrieval, read_video_retrieval, read_videoqa,
     read_vqa, BoxFormat,
 };
-use super::error::{EvalError, Result};
 use crate::metrics::caption::evaluate_raw_captions;
 use crate::metrics::grounding::grounding_accuracy;
 use crate::metrics::vqa::{

@@ -1,8 +1,8 @@
 //! Caption evaluation: beam-search captions, scored with BLEU, ROUGE-L and CIDEr-D.
 
-use super::annotations::CaptionSample;
 use super::error::{EvalError, Result};
 use super::{describe, num, output, EvalOptions, EvalReport, Output, Progress};
+use crate::data::annotations::CaptionSample;
 use crate::metrics::evaluate_raw_captions;
 use crate::pipeline::Pipeline;
 use serde_json::{json, Value};

@@ -14,14 +14,9 @@ pub enum EvalError {
         #[source]
         source: std::io::Error,
     },
-    /// An annotation or answer-list file is malformed; `msg` names the entry.
-    #[error("{path}: {msg}")]
-    Annotation {
-        /// The annotation file.
-        path: PathBuf,
-        /// What is wrong, starting with the entry (`entry 3`, `line 4`).
-        msg: String,
-    },
+    /// An annotation or answer-list file is unreadable or malformed.
+    #[error(transparent)]
+    Annotation(#[from] crate::data::annotations::AnnotationError),
     /// A file of an earlier run in the output folder cannot be resumed from.
     #[error("{path}: {msg}")]
     Output {

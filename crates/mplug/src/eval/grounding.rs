@@ -1,8 +1,8 @@
 //! Grounding evaluation: one box per expression, accuracy at IoU 0.5 in pixels of the image.
 
-use super::annotations::GroundingSample;
 use super::error::{EvalError, Result};
 use super::{describe, EvalOptions, EvalReport, Output, Progress};
+use crate::data::annotations::GroundingSample;
 use crate::metrics::grounding::{box_iou, grounding_accuracy, BoxXyxy, IOU_THRESHOLD};
 use crate::pipeline::Pipeline;
 use serde_json::{json, Value};

@@ -24,7 +24,6 @@
 //!
 //! Progress is reported through [`Progress`]; the library draws nothing itself.
 
-pub mod annotations;
 pub mod blind;
 mod caption;
 mod error;
@@ -34,14 +33,14 @@ mod retrieval;
 mod video;
 mod vqa;
 
+/// The annotation readers evaluation shares with training.
+pub use crate::data::annotations;
 pub use annotations::BoxFormat;
 pub use error::{EvalError, Result};
 
 use crate::generate::BeamConfig;
-use crate::input::EncodeOptions;
 use crate::model::Task;
 use crate::pipeline::Pipeline;
-use candle_core::Tensor;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::fmt;
@@ -140,16 +139,8 @@ impl EvalOptions {
     /// captions and 1..=10 for answers, 16 frames for video QA and 12 for video retrieval.
     pub fn new(task: EvalTask, output_dir: impl Into<PathBuf>) -> Self {
         let beam = match task {
-            EvalTask::Vqa | EvalTask::VideoQa => BeamConfig {
-                min_length: 1,
-                max_length: 10,
-                ..BeamConfig::default()
-            },
-            _ => BeamConfig {
-                min_length: 5,
-                max_length: 20,
-                ..BeamConfig::default()
-            },
+            EvalTask::Vqa | EvalTask::VideoQa => BeamConfig::answer(),
+            _ => BeamConfig::caption(),
         };
         Self {
             output_dir: output_dir.into(),
@@ -392,23 +383,6 @@ fn describe<'a>(items: impl IntoIterator<Item = (&'a Value, &'a str)>) -> String
     } else {
         format!("batch of {}", shown.join(", "))
     }
-}
-
-/// Tokenizes `texts` padded to the longest (or to `fixed` tokens) and truncated at `limit`.
-fn encode_texts(
-    pipeline: &Pipeline,
-    texts: &[impl AsRef<str>],
-    limit: usize,
-    fixed: bool,
-) -> crate::Result<(Tensor, Tensor)> {
-    let limit = limit.min(pipeline.model().config.bert.max_position_embeddings);
-    let opts = if fixed {
-        EncodeOptions::fixed(limit).truncate(limit)
-    } else {
-        EncodeOptions::longest().truncate(limit)
-    };
-    let batch = pipeline.tokenizer().encode_batch(texts, &opts)?;
-    Ok(batch.to_tensors(pipeline.model().device())?)
 }
 
 /// An f32 as JSON (`null` when not finite).

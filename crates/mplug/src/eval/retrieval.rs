@@ -4,14 +4,14 @@
 //! [`crate::tasks::retrieval::rerank`] and the reference's `evaluation` compute them, but in
 //! batches of queries whose results are logged as they come.
 
-use super::annotations::{pre_caption, RetrievalSample};
 use super::error::{EvalError, Result};
 use super::output::PredictionLog;
-use super::{describe, encode_texts, num, EvalOptions, EvalReport, Output, Progress};
+use super::{describe, num, EvalOptions, EvalReport, Output, Progress};
+use crate::data::annotations::{pre_caption, RetrievalSample};
+use crate::input::Padding;
 use crate::metrics::image_text_retrieval;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Visual};
 use crate::tasks::retrieval::{self as task, ImageSide, Rescore, ScoreMatrix, TextSide};
-use crate::tasks::topk_rows;
 use candle_core::Tensor;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -97,7 +97,8 @@ pub(super) fn rerank_logged(
         let mut parts: Vec<TextSide> = Vec::new();
         for chunk in all_t.chunks(opts.batch_size.max(64)) {
             let batch: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
-            let side = encode_texts(p, &batch, text_tokens, true)
+            let side = p
+                .encode_texts_with(&batch, Padding::Fixed(text_tokens), text_tokens)
                 .and_then(|(ids, mask)| task::encode_texts(p.model(), &ids, &mask))
                 .map_err(|source| EvalError::Samples {
                     what: describe(chunk.iter().map(|&i| (&t_ids[i], texts[i].as_str()))),
@@ -134,28 +135,27 @@ pub(super) fn rerank_logged(
                 let rows_idx: Vec<u32> = chunk.iter().map(|&i| i as u32).collect();
                 let rows_idx = Tensor::new(rows_idx.as_slice(), sims.device())?;
                 let rows = sims.index_select(&rows_idx, 0)?;
-                let top = topk_rows(&rows, k)?;
-                let pairs: Vec<(usize, usize)> = chunk
-                    .iter()
-                    .zip(&top)
-                    .flat_map(|(&q, row)| {
-                        row.iter()
-                            .map(move |&(c, _)| if visual_major { (q, c) } else { (c, q) })
-                    })
-                    .collect();
-                let pair_sims: Vec<f32> = top.iter().flatten().map(|&(_, sim)| sim).collect();
-                let scores = rescore
-                    .pair_scores(p.model(), &vis, &txt, &pairs, &pair_sims)
-                    .map_err(|source| EvalError::Samples {
-                        what: describe(chunk.iter().map(|&i| (&ids[i], kind))),
-                        source,
-                    })?;
-                for (r, (&q, row)) in chunk.iter().zip(&top).enumerate() {
-                    let mut scored: Vec<(usize, f32)> = row
-                        .iter()
-                        .enumerate()
-                        .map(|(j, &(c, _))| (c, scores[r * k + j]))
-                        .collect();
+                let query = if visual_major {
+                    task::Query::Image
+                } else {
+                    task::Query::Text
+                };
+                let top = task::rerank_rows(
+                    p.model(),
+                    &vis,
+                    &txt,
+                    &rows,
+                    chunk,
+                    query,
+                    k,
+                    rescore,
+                    usize::MAX,
+                )
+                .map_err(|source| EvalError::Samples {
+                    what: describe(chunk.iter().map(|&i| (&ids[i], kind))),
+                    source,
+                })?;
+                for (&q, mut scored) in chunk.iter().zip(top) {
                     scored.sort_by(|a, b| b.1.total_cmp(&a.1));
                     let top: Vec<Value> = scored.iter().map(|&(c, s)| json!([c, num(s)])).collect();
                     let mut rec = json!({"id": ids[q], "query": kind, "index": q, "top": top});
@@ -231,7 +231,7 @@ pub(super) fn run(
     };
     let mut encode = |idx: &[usize]| -> crate::Result<ImageSide> {
         let paths: Vec<_> = idx.iter().map(|&i| root.join(&samples[i].image)).collect();
-        task::encode_images(p.model(), &p.load_images(&paths)?)
+        p.image_side(Visual::Images(&p.load_images(&paths)?))
     };
     let scores = rerank_logged(
         p,

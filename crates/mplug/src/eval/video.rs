@@ -1,14 +1,14 @@
 //! Zero-shot video evaluation: MSRVTT-QA with a VQA model, MSRVTT retrieval with a retrieval
 //! model. Frames go through the visual tower one by one and their tokens are concatenated.
 
-use super::annotations::{pre_caption, resolve_video, VideoQaSample, VideoRetrievalSample};
 use super::error::{EvalError, Result};
 use super::retrieval::{rerank_logged, Visuals};
 use super::vqa::{answer_batch, Ranking};
 use super::{describe, num, EvalOptions, EvalReport, Output, Progress};
+use crate::data::annotations::{pre_caption, resolve_video, VideoQaSample, VideoRetrievalSample};
 use crate::input::{VideoConfig, VideoPreprocessor};
 use crate::metrics::{exact_match_accuracy, exact_match_accuracy_by_type, video_text_retrieval};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Visual};
 use crate::tasks::retrieval::{ImageSide, Rescore};
 use crate::tasks::video as task;
 use candle_core::Tensor;
@@ -152,7 +152,7 @@ pub(super) fn run_retrieval(
     };
     let mut encode = |idx: &[usize]| -> crate::Result<ImageSide> {
         let names: Vec<&str> = idx.iter().map(|&i| samples[i].video.as_str()).collect();
-        task::encode_videos(p.model(), &load_clips(p, &pre, root, &names)?)
+        p.image_side(Visual::Clips(&load_clips(p, &pre, root, &names)?))
     };
     let scores = rerank_logged(
         p,

@@ -1,10 +1,10 @@
 //! VQA evaluation: free-form or ranked answers, the official result file and VQA accuracy.
 
-use super::annotations::VqaSample;
 use super::error::{EvalError, Result};
-use super::{describe, encode_texts, num, output, EvalOptions, EvalReport, Output, Progress};
+use super::{describe, num, output, EvalOptions, EvalReport, Output, Progress};
+use crate::data::annotations::VqaSample;
 use crate::metrics::{vqa_accuracy, VqaEvaluator, VqaPrediction, VqaQuestion};
-use crate::pipeline::{Pipeline, MAX_TEXT_TOKENS};
+use crate::pipeline::Pipeline;
 use crate::tasks::vqa as task;
 use candle_core::Tensor;
 use serde_json::{json, Value};
@@ -19,7 +19,7 @@ pub(super) fn answer_batch(
     ranking: Option<&Ranking>,
     opts: &EvalOptions,
 ) -> crate::Result<Vec<(String, f32)>> {
-    let (ids, mask) = encode_texts(p, questions, MAX_TEXT_TOKENS, false)?;
+    let (ids, mask) = p.encode_texts(questions)?;
     let q = task::encode_question(p.model(), image_embeds, &ids, &mask)?;
     match ranking {
         Some(r) => {

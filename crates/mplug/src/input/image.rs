@@ -76,6 +76,29 @@ impl DecodeOptions {
         Ok(img.into_rgb8())
     }
 
+    /// The width and height an encoded image declares in its header, read without decoding
+    /// its pixels, checked as [`DecodeOptions::decode`] checks them (not empty, not zero-size,
+    /// at most `max_pixels`): what a server reserves memory by before decoding.
+    pub fn dimensions(&self, bytes: &[u8], name: &str) -> Result<(u32, u32)> {
+        if bytes.is_empty() {
+            return Err(InputError::EmptyFile { name: name.into() });
+        }
+        let reader = ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|source| InputError::Read {
+                name: name.into(),
+                source,
+            })?;
+        if reader.format().is_none() {
+            return Err(InputError::NotAnImage { name: name.into() });
+        }
+        let (width, height) = reader
+            .into_dimensions()
+            .map_err(|e| decode_error(name, e))?;
+        check_dimensions(name, width, height, self.max_pixels)?;
+        Ok((width, height))
+    }
+
     fn decode_dynamic(&self, bytes: &[u8], name: &str) -> Result<DynamicImage> {
         if bytes.is_empty() {
             return Err(InputError::EmptyFile { name: name.into() });

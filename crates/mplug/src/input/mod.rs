@@ -9,15 +9,19 @@
 //! - [`video`]: frame sampling over GIFs, frame folders and (through ffmpeg) video files
 //!   ([`VideoPreprocessor`]).
 //!
+//! - [`files`]: image files found in folders ([`image_files`]).
+//!
 //! Every failure is an [`InputError`] naming the text or file at fault.
 
 pub mod error;
+pub mod files;
 pub mod image;
 pub mod resample;
 pub mod tokenizer;
 pub mod video;
 
 pub use self::error::InputError;
+pub use self::files::{image_files, IMAGE_EXTENSIONS};
 pub use self::image::{
     DecodeOptions, GroundingPreprocessor, ImageConfig, ImagePreprocessor, LetterboxConfig,
     LetterboxInfo, Letterboxed, CLIP_MEAN, CLIP_STD, DEFAULT_MAX_PIXELS, IMAGENET_MEAN,

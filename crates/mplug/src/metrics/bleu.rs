@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 
-use super::caption::{check_caption_inputs, python_split};
+use super::caption_inputs::{check_caption_inputs, python_split};
 use super::error::{MetricsError, Result};
 
 /// Guard added to numerators (`tiny` in `bleu_scorer.py`).

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 
 use super::bleu::ngram_counts;
-use super::caption::{check_caption_inputs, mean, python_split, MetricScore};
+use super::caption_inputs::{check_caption_inputs, mean, python_split, MetricScore};
 use super::error::{MetricsError, Result};
 
 /// CIDEr-D scorer configuration.

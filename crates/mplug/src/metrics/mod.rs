@@ -16,6 +16,7 @@
 
 pub mod bleu;
 pub mod caption;
+mod caption_inputs;
 pub mod cider;
 mod error;
 pub mod grounding;
@@ -25,9 +26,8 @@ pub mod rouge;
 pub mod vqa;
 
 pub use bleu::{bleu, Bleu, BleuScores};
-pub use caption::{
-    evaluate_caption_map, evaluate_captions, evaluate_raw_captions, CaptionScores, MetricScore,
-};
+pub use caption::{evaluate_caption_map, evaluate_captions, evaluate_raw_captions, CaptionScores};
+pub use caption_inputs::MetricScore;
 pub use cider::{cider_d, CiderD};
 pub use error::{MetricsError, Result};
 pub use grounding::{box_iou, grounding_accuracy, GroundingMetrics};

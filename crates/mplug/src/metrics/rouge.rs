@@ -7,7 +7,7 @@
 //! `F = (1 + β²)·P·R / (R + β²·P)` (β = 1.2), or 0 when either maximum is 0.
 //! The corpus score is the plain mean over images.
 
-use super::caption::{check_caption_inputs, mean, MetricScore};
+use super::caption_inputs::{check_caption_inputs, mean, MetricScore};
 use super::error::{MetricsError, Result};
 
 /// ROUGE-L scorer configuration.

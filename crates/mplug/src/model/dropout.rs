@@ -9,27 +9,11 @@
 //! Dropout is off unless the forward pass runs inside [`with_dropout`], on the same thread:
 //! inference never sees it.
 
+pub use crate::config::DropoutConfig;
 use candle_core::{Result, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
-
-/// Dropout probabilities of a training run.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-pub struct DropoutConfig {
-    /// `hidden_dropout_prob`: hidden states and the visual tokens after `visn_fc`.
-    pub hidden: f32,
-    /// `attention_probs_dropout_prob`: attention probabilities.
-    pub attention: f32,
-}
-
-impl DropoutConfig {
-    /// Whether any dropout applies.
-    pub fn is_active(&self) -> bool {
-        self.hidden > 0.0 || self.attention > 0.0
-    }
-}
 
 struct State {
     config: DropoutConfig,

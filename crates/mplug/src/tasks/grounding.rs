@@ -35,6 +35,27 @@ impl Default for GroundingTokens {
 }
 
 impl GroundingTokens {
+    /// The checkpoint buffers that carry this vocabulary with the weights, as the reference's
+    /// grounding checkpoints do and [`GroundingTokens::from_checkpoint`] reads them:
+    /// `prefix_ids` (the start token) and `target_ids` (the `bins + 1` coordinate tokens).
+    pub fn buffers(&self) -> Result<Vec<(String, Tensor)>> {
+        let device = candle_core::Device::Cpu;
+        let targets: Vec<i64> = (0..=self.bins as i64)
+            .map(|k| self.first_coordinate as i64 + k)
+            .collect();
+        let n = targets.len();
+        Ok(vec![
+            (
+                "prefix_ids".to_string(),
+                Tensor::from_vec(vec![self.prefix as i64], 1, &device)?,
+            ),
+            (
+                "target_ids".to_string(),
+                Tensor::from_vec(targets, n, &device)?,
+            ),
+        ])
+    }
+
     /// Reads the `prefix_ids` and `target_ids` buffers of a grounding checkpoint, or the
     /// defaults when it has none.
     pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Self> {

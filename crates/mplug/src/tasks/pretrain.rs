@@ -257,6 +257,35 @@ pub struct MaskTokens {
     pub pad: u32,
 }
 
+impl MaskTokens {
+    /// The special tokens of `tokenizer` (`[MASK]` as BERT's id 103 when it has none).
+    pub fn of(tokenizer: &crate::input::Tokenizer) -> Self {
+        MaskTokens {
+            mask: tokenizer.token_to_id("[MASK]").unwrap_or(103),
+            cls: tokenizer.cls_id(),
+            sep: tokenizer.sep_id(),
+            pad: tokenizer.pad_id(),
+        }
+    }
+}
+
+impl PretrainLosses {
+    /// The switched-on objectives' values by name (`itc`, `itm`, `mlm`, `prefix_lm`), as the
+    /// trainer logs them.
+    pub fn parts(&self) -> Vec<(String, f64)> {
+        [
+            ("itc", &self.itc),
+            ("itm", &self.itm),
+            ("mlm", &self.mlm),
+            ("prefix_lm", &self.prefix_lm),
+        ]
+        .into_iter()
+        .filter(|(_, l)| l.is_some())
+        .map(|(name, l)| (name.to_string(), value(l)))
+        .collect()
+    }
+}
+
 impl Default for MaskTokens {
     fn default() -> Self {
         MaskTokens {
@@ -590,15 +619,4 @@ pub fn value(loss: &Option<Tensor>) -> f64 {
                 .ok()
         })
         .unwrap_or(f64::NAN)
-}
-
-impl crate::train::trainer::ExtraState for std::sync::Mutex<Momentum> {
-    fn save(&self, dir: &std::path::Path) -> Result<()> {
-        // A poisoned lock means a loss closure panicked; the run is over before any save.
-        self.lock().unwrap_or_else(|e| e.into_inner()).save(dir)
-    }
-
-    fn load(&self, dir: &std::path::Path) -> Result<()> {
-        self.lock().unwrap_or_else(|e| e.into_inner()).load(dir)
-    }
 }

@@ -152,6 +152,92 @@ impl Rescore {
     }
 }
 
+/// Image-text pairs the ITM head reads per call where memory matters (a search, a command
+/// over many images): a batch of fusion passes, small enough for any machine.
+pub const ITM_PAIRS_PER_CALL: usize = 16;
+
+/// Which side of the similarity matrix a query is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Query {
+    /// An image (or clip) ranking texts: a row of the `(images, texts)` similarities.
+    Image,
+    /// A text ranking images: a row of the transposed similarities.
+    Text,
+}
+
+/// The re-ranking every retrieval shares (the library's, the index's, evaluation's): for each
+/// query, a row of `sims` (`(queries, candidates)`; `queries[r]` is row `r`'s index among the
+/// images or texts, as `query` says), its top `min(k, candidates)` candidates by ITC
+/// similarity, re-scored as `rescore` says, in ITC order: `(candidate, score)`. The ITM head
+/// reads at most `max_pairs` pairs per call (memory; each pair's score is its own).
+#[allow(clippy::too_many_arguments)]
+pub fn rerank_rows(
+    model: &Mplug,
+    images: &ImageSide,
+    texts: &TextSide,
+    sims: &Tensor,
+    queries: &[usize],
+    query: Query,
+    k: usize,
+    rescore: Rescore,
+    max_pairs: usize,
+) -> Result<Vec<Vec<(usize, f32)>>> {
+    if k == 0 {
+        return Err(Error::invalid("k must be at least 1"));
+    }
+    let (rows, cols) = sims.dims2()?;
+    if rows != queries.len() {
+        return Err(Error::invalid(format!(
+            "{rows} similarity rows for {} queries",
+            queries.len()
+        )));
+    }
+    let k = k.min(cols);
+    let top = topk_rows(sims, k)?;
+    let pairs: Vec<(usize, usize)> = queries
+        .iter()
+        .zip(&top)
+        .flat_map(|(&q, row)| {
+            row.iter().map(move |&(c, _)| match query {
+                Query::Image => (q, c),
+                Query::Text => (c, q),
+            })
+        })
+        .collect();
+    let pair_sims: Vec<f32> = top.iter().flatten().map(|&(_, sim)| sim).collect();
+    let mut scores = Vec::with_capacity(pairs.len());
+    for (p, s) in pairs
+        .chunks(max_pairs.max(1))
+        .zip(pair_sims.chunks(max_pairs.max(1)))
+    {
+        scores.extend(rescore.pair_scores(model, images, texts, p, s)?);
+    }
+    Ok(top
+        .iter()
+        .enumerate()
+        .map(|(r, row)| {
+            row.iter()
+                .enumerate()
+                .map(|(j, &(c, _))| (c, scores[r * k + j]))
+                .collect()
+        })
+        .collect())
+}
+
+/// Re-ranked rows as a score matrix `(rows, width)`: each row's candidates get their score,
+/// every other entry -100 (the reference's fill).
+pub fn score_matrix(rows: &[Vec<(usize, f32)>], width: usize) -> ScoreMatrix {
+    rows.iter()
+        .map(|row| {
+            let mut out = vec![-100f32; width];
+            for &(c, s) in row {
+                out[c] = s;
+            }
+            out
+        })
+        .collect()
+}
+
 /// Score matrices of the reference's evaluation: for each image the top `k` texts by ITC
 /// similarity are re-scored, and for each text its top `k` images; every other entry is -100.
 /// Each side's `k` is at most its number of candidates (so with one image and three texts,
@@ -174,30 +260,22 @@ pub fn rerank(
             "retrieval needs images and texts ({ni} images, {nt} texts)"
         )));
     }
-    let one_side =
-        |sims: &Tensor, rows: usize, cols: usize, image_major: bool| -> Result<ScoreMatrix> {
-            let k = k.min(cols);
-            let top = topk_rows(sims, k)?;
-            let pairs: Vec<(usize, usize)> = top
-                .iter()
-                .enumerate()
-                .flat_map(|(r, row)| {
-                    row.iter()
-                        .map(move |&(c, _)| if image_major { (r, c) } else { (c, r) })
-                })
-                .collect();
-            let pair_sims: Vec<f32> = top.iter().flatten().map(|&(_, sim)| sim).collect();
-            let scores = rescore.pair_scores(model, images, texts, &pairs, &pair_sims)?;
-            let mut out = vec![vec![-100f32; cols]; rows];
-            for (r, row) in top.iter().enumerate() {
-                for (j, &(c, _)) in row.iter().enumerate() {
-                    out[r][c] = scores[r * k + j];
-                }
-            }
-            Ok(out)
-        };
-    let i2t = one_side(&sims, ni, nt, true)?;
-    let t2i = one_side(&sims.t()?.contiguous()?, nt, ni, false)?;
+    let side = |sims: &Tensor, rows: usize, query: Query| -> Result<Vec<Vec<(usize, f32)>>> {
+        let queries: Vec<usize> = (0..rows).collect();
+        rerank_rows(
+            model,
+            images,
+            texts,
+            sims,
+            &queries,
+            query,
+            k,
+            rescore,
+            usize::MAX,
+        )
+    };
+    let i2t = score_matrix(&side(&sims, ni, Query::Image)?, nt);
+    let t2i = score_matrix(&side(&sims.t()?.contiguous()?, nt, Query::Text)?, ni);
     Ok((i2t, t2i))
 }
 

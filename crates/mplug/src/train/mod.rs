@@ -1,6 +1,7 @@
 //! Training: models whose weights are trainable variables, and the reference's optimizer.
 //! Losses come from [`crate::tasks`], the same code inference uses.
 
+pub mod finetune;
 pub mod init;
 pub mod optim;
 pub mod schedule;

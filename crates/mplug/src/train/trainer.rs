@@ -1,5 +1,7 @@
-//! The training loop: gradient accumulation, clipping, a learning-rate schedule, a JSONL log,
-//! and checkpoints from which a killed run resumes bit for bit.
+//! The training loop: gradient accumulation, clipping, a learning-rate schedule, one JSONL log
+//! (`train_log.jsonl`: per update the loss, each of its named parts, the learning rates, the
+//! gradient norm and the throughput), and checkpoints from which a killed run resumes bit for
+//! bit.
 //!
 //! The loop asks a closure for the loss of micro-batch `i` (a global index), so that data order
 //! and any randomness can be derived from the index alone: a resumed run then sees exactly the
@@ -65,6 +67,26 @@ impl Default for TrainConfig {
     }
 }
 
+/// One micro-batch's loss: the total that is back-propagated, and the parts it sums (each
+/// objective's value, or each task's in a multi-task run), which the trainer averages over
+/// the update's micro-batches and logs beside the total.
+#[derive(Debug, Clone)]
+pub struct Loss {
+    /// The loss to minimize.
+    pub total: Tensor,
+    /// Named parts, for the log only.
+    pub parts: Vec<(String, f64)>,
+}
+
+impl From<Tensor> for Loss {
+    fn from(total: Tensor) -> Self {
+        Loss {
+            total,
+            parts: Vec::new(),
+        }
+    }
+}
+
 /// What one update did.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StepLog {
@@ -80,6 +102,10 @@ pub struct StepLog {
     pub grad_norm: f64,
     /// Samples per second of this update.
     pub samples_per_s: f64,
+    /// The loss's named parts ([`Loss::parts`]), each the mean over the micro-batches that
+    /// reported it; written as fields of the log line.
+    #[serde(flatten)]
+    pub parts: std::collections::BTreeMap<String, f64>,
 }
 
 const STATE_FILE: &str = "state.json";
@@ -103,29 +129,41 @@ pub trait ExtraState {
     fn load(&self, dir: &Path) -> Result<()>;
 }
 
+/// The momentum encoders and queues of ITC distillation are checkpointed with the weights.
+impl ExtraState for std::sync::Mutex<crate::tasks::pretrain::Momentum> {
+    fn save(&self, dir: &Path) -> Result<()> {
+        // A poisoned lock means a loss closure panicked; the run is over before any save.
+        self.lock().unwrap_or_else(|e| e.into_inner()).save(dir)
+    }
+
+    fn load(&self, dir: &Path) -> Result<()> {
+        self.lock().unwrap_or_else(|e| e.into_inner()).load(dir)
+    }
+}
+
 /// Trains for `config.steps` updates, resuming from `out_dir/latest` when a checkpoint is
 /// there. `loss_of(model, i)` returns the loss of global micro-batch `i`; with
 /// `config.parallel > 1` it is called from several threads at once, so any state it changes
 /// sits behind a lock and must not depend on the order of the calls. Each finished update
 /// is passed to `on_step`. A non-finite loss stops the run with an error naming the update and
 /// the micro-batch.
-pub fn train(
+pub fn train<L: Into<Loss>>(
     trainable: &Trainable,
     optimizer: &mut MplugAdamW,
     config: &TrainConfig,
-    loss_of: impl Fn(&Mplug, u64) -> Result<Tensor> + Sync,
+    loss_of: impl Fn(&Mplug, u64) -> Result<L> + Sync,
     on_step: impl FnMut(&StepLog),
 ) -> Result<Vec<StepLog>> {
     train_with_state(trainable, optimizer, config, None, loss_of, on_step)
 }
 
 /// [`train`] with extra run state saved into and restored from every checkpoint.
-pub fn train_with_state(
+pub fn train_with_state<L: Into<Loss>>(
     trainable: &Trainable,
     optimizer: &mut MplugAdamW,
     config: &TrainConfig,
     extra: Option<&dyn ExtraState>,
-    loss_of: impl Fn(&Mplug, u64) -> Result<Tensor> + Sync,
+    loss_of: impl Fn(&Mplug, u64) -> Result<L> + Sync,
     mut on_step: impl FnMut(&StepLog),
 ) -> Result<Vec<StepLog>> {
     let vars = trainable.named_vars();
@@ -161,16 +199,20 @@ pub fn train_with_state(
         }
         let mut summed: Option<HashMap<String, Tensor>> = None;
         let mut loss_sum = 0.0;
-        // The loss and gradients of global micro-batch `index`.
-        let micro = |index: u64| -> Result<(f64, GradStore)> {
-            let loss = match config.dropout.filter(DropoutConfig::is_active) {
+        let mut part_sums: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
+        // The loss, its parts and the gradients of global micro-batch `index`.
+        type Micro = (f64, Vec<(String, f64)>, GradStore);
+        let micro = |index: u64| -> Result<Micro> {
+            let Loss { total: loss, parts } = match config.dropout.filter(DropoutConfig::is_active)
+            {
                 Some(d) => {
                     with_dropout(d, derive_seed(config.seed, DROPOUT_STREAM, index), || {
                         loss_of(&trainable.model, index)
                     })?
                 }
                 None => loss_of(&trainable.model, index)?,
-            };
+            }
+            .into();
             let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !value.is_finite() {
                 return Err(Error::invalid(format!(
@@ -178,14 +220,14 @@ pub fn train_with_state(
                     step + 1
                 )));
             }
-            Ok((value, loss.backward()?))
+            Ok((value, parts, loss.backward()?))
         };
         let parallel = config.parallel.max(1) as u64;
         for first in (0..accumulate).step_by(parallel as usize) {
             let group: Vec<u64> = (first..(first + parallel).min(accumulate))
                 .map(|m| step * accumulate + m)
                 .collect();
-            let results: Vec<Result<(f64, GradStore)>> = if group.len() == 1 {
+            let results: Vec<Result<Micro>> = if group.len() == 1 {
                 vec![micro(group[0])]
             } else {
                 std::thread::scope(|scope| {
@@ -202,8 +244,13 @@ pub fn train_with_state(
             };
             // Summed in micro-batch order whatever finished first: the same update as serial.
             for result in results {
-                let (value, grads) = result?;
+                let (value, parts, grads) = result?;
                 loss_sum += value;
+                for (name, v) in parts {
+                    let e = part_sums.entry(name).or_default();
+                    e.0 += v;
+                    e.1 += 1;
+                }
                 summed = Some(add_grads(summed, &grads, &vars)?);
             }
         }
@@ -232,6 +279,10 @@ pub fn train_with_state(
             lr2,
             grad_norm: norm,
             samples_per_s: (config.batch_size as u64 * accumulate) as f64 / secs.max(1e-9),
+            parts: part_sums
+                .into_iter()
+                .map(|(name, (sum, n))| (name, sum / n.max(1) as f64))
+                .collect(),
         };
         if let Some(f) = log_file.as_mut() {
             let line = serde_json::to_string(&log).map_err(|e| Error::invalid(e.to_string()))?;

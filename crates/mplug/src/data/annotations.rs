@@ -3,10 +3,34 @@
 //! Every reader accepts a JSON array of entries, JSON Lines (one entry per line) or, where the
 //! format has one, the dataset's container object; field names follow the reference's files,
 //! with the common aliases of other releases. A malformed file gives an
-//! [`EvalError::Annotation`] naming the file and the entry (`entry 3` counts from 0 in a JSON
-//! array, `line 4` from 1 in JSON Lines).
+//! [`AnnotationError::Malformed`] naming the file and the entry (`entry 3` counts from 0 in a
+//! JSON array, `line 4` from 1 in JSON Lines). Training ([`crate::data`]) and evaluation
+//! ([`crate::eval`]) read the same files through these readers.
 
-use super::error::{EvalError, Result};
+/// An annotation or answer-list file that cannot be read or is malformed.
+#[derive(Debug, thiserror::Error)]
+pub enum AnnotationError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is malformed; `msg` names the entry.
+    #[error("{path}: {msg}")]
+    Malformed {
+        /// The annotation file.
+        path: PathBuf,
+        /// What is wrong, starting with the entry (`entry 3`, `line 4`).
+        msg: String,
+    },
+}
+
+/// The result type of the readers.
+pub type Result<T> = std::result::Result<T, AnnotationError>;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -173,15 +197,18 @@ struct Record {
     value: Value,
 }
 
-fn annotation(path: &Path, msg: impl Into<String>) -> EvalError {
-    EvalError::Annotation {
+fn annotation(path: &Path, msg: impl Into<String>) -> AnnotationError {
+    AnnotationError::Malformed {
         path: path.to_path_buf(),
         msg: msg.into(),
     }
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
+    let text = std::fs::read_to_string(path).map_err(|source| AnnotationError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(text.trim_start_matches('\u{feff}').to_string())
 }
 
@@ -297,7 +324,7 @@ impl<'a> Entry<'a> {
         }
     }
 
-    fn err(&self, msg: impl fmt::Display) -> EvalError {
+    fn err(&self, msg: impl fmt::Display) -> AnnotationError {
         annotation(self.path, format!("{}: {msg}", self.loc))
     }
 
@@ -308,7 +335,7 @@ impl<'a> Entry<'a> {
             .find_map(|n| self.obj.get(*n).filter(|v| !v.is_null()).map(|v| (*n, v)))
     }
 
-    fn missing(&self, names: &[&str]) -> EvalError {
+    fn missing(&self, names: &[&str]) -> AnnotationError {
         let list: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
         self.err(format!("missing field {}", list.join(" or ")))
     }

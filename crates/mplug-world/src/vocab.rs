@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::input::BERT_BASE_UNCASED_VOCAB;
+use mplug::input::BERT_BASE_UNCASED_VOCAB;
 
 /// Lines of the BERT uncased vocabulary kept at the top (ids 0 to 103: `[PAD]`, `[unused0]`
 /// to `[unused98]`, `[UNK]`, `[CLS]`, `[SEP]`, `[MASK]`), so that special tokens keep their

@@ -42,8 +42,8 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use crate::error::{Error, Result};
 use language::{annotate, Annotations};
+use mplug::{Error, Result};
 
 /// Smallest accepted image side, in pixels.
 pub const MIN_IMAGE_SIZE: u32 = 32;

@@ -15,7 +15,7 @@ use mplug::eval::annotations::{
 };
 use mplug::input::{Tokenizer, VideoConfig, VideoPreprocessor, BERT_BASE_UNCASED_VOCAB};
 use mplug::metrics::vqa::vqa_accuracy;
-use mplug::world::{
+use mplug_world::{
     generate, generate_with_threads, is_heldout, render_scene, vocabulary, Background,
     ClipQuestionKind, Color, Object, Scene, Shape, Size, Summary, Tone, WorldConfig, HELDOUT_PAIRS,
     MAX_VOCAB,
@@ -38,7 +38,7 @@ fn config(seed: u64) -> WorldConfig {
         image_size: 96,
         train_clips: CLIPS,
         frames: FRAMES,
-        places: mplug::world::DEFAULT_PLACES,
+        places: mplug_world::DEFAULT_PLACES,
     }
 }
 
