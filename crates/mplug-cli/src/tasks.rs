@@ -451,7 +451,7 @@ pub fn caption(a: &CaptionArgs) -> Result<()> {
         for (path, hyps) in chunk.iter().zip(captions) {
             let h: Vec<_> = hyps
                 .iter()
-                .map(|h| json!({"caption": h.text, "score": h.score}))
+                .map(|h| json!({"caption": h.text, "score": h.score, "prob": h.prob}))
                 .collect();
             sink.emit(a.json, &json!({"image": path, "captions": h}), || {
                 hyps.iter()
@@ -488,32 +488,36 @@ fn answer(
     json: bool,
 ) -> Result<()> {
     let questions = [question];
-    let rows: Vec<(String, f32)> = match &rank.answers {
+    // (answer, score, prob): ranked answers have their probability among the candidates,
+    // generated ones their length-penalized score and the probability of their tokens.
+    let rows: Vec<(String, Option<f32>, f32)> = match &rank.answers {
         Some(file) => {
             let list = answers_file(file)?;
             p.rank_answers_visual(visual, &questions, &list, rank.k)?
                 .remove(0)
                 .into_iter()
-                .map(|r| (r.text, r.prob))
+                .map(|r| (r.text, None, r.prob))
                 .collect()
         }
         None => p
             .answer_visual(visual, &questions, &decode.config(BeamConfig::answer())?)?
             .remove(0)
             .into_iter()
-            .map(|h| (h.text, h.score))
+            .map(|h| (h.text, Some(h.score), h.prob))
             .collect(),
     };
     let ranked = rank.answers.is_some();
     if json {
-        let key = if ranked { "prob" } else { "score" };
         let r: Vec<_> = rows
             .iter()
-            .map(|(t, v)| json!({"answer": t, key: v}))
+            .map(|(t, score, prob)| match score {
+                Some(score) => json!({"answer": t, "score": score, "prob": prob}),
+                None => json!({"answer": t, "prob": prob}),
+            })
             .collect();
         println!("{}", json!({"question": question, "answers": r}));
     } else {
-        for (text, v) in rows {
+        for (text, _, v) in rows {
             if ranked {
                 println!("{v:.4}\t{text}");
             } else {
@@ -659,7 +663,7 @@ pub fn video(a: &VideoArgs) -> Result<()> {
                 if *json {
                     let h: Vec<_> = hyps
                         .iter()
-                        .map(|h| json!({"caption": h.text, "score": h.score}))
+                        .map(|h| json!({"caption": h.text, "score": h.score, "prob": h.prob}))
                         .collect();
                     println!("{}", json!({"clip": path, "captions": h}));
                 } else {

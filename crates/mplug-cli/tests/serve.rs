@@ -753,6 +753,10 @@ fn one_server_answers_every_task_of_its_models() {
         r.json()["answers"][0]["answer"],
         want["answers"][0]["answer"]
     );
+    // A generated answer's confidence: its tokens' probability, the command line's too.
+    let prob = r.json()["answers"][0]["prob"].as_f64().expect("prob");
+    assert!(prob > 0.0 && prob <= 1.0, "{prob}");
+    assert_eq!(r.json()["answers"][0]["prob"], want["answers"][0]["prob"]);
 
     let want = cli(&["ground", "--json", s(&img), "the square"]);
     let r = server.post_json(

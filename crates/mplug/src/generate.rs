@@ -143,6 +143,10 @@ pub struct Hypothesis {
     pub ids: Vec<u32>,
     /// Length-penalized log-probability.
     pub score: f32,
+    /// The log-probability of the text: the sum of its tokens' log-probabilities, without the
+    /// length penalty (when sampling, of the tempered and filtered distribution the tokens
+    /// were drawn from).
+    pub log_prob: f32,
 }
 
 /// Beam search over `states (B, Le, encoder_width)` with padding `mask (B, Le)` (`None`: all
@@ -174,7 +178,7 @@ pub fn beam_search(
             }
         })
         .collect();
-    let mut finished: Vec<Vec<(f32, Vec<u32>)>> = vec![Vec::new(); batch];
+    let mut finished: Vec<Vec<(f32, f32, Vec<u32>)>> = vec![Vec::new(); batch];
     let mut rng = cfg
         .sampling
         .map(|s| <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(s.seed));
@@ -226,7 +230,7 @@ pub fn beam_search(
                 seq.push(p.token);
                 let done = top_done || p.token == cfg.eos || step + 1 == cfg.max_length;
                 if done {
-                    finished[input].push((p.score, seq.clone()));
+                    finished[input].push((p.score, p.score * penalty, seq.clone()));
                 }
                 group.push((src, seq, p.score * penalty));
             }
@@ -236,7 +240,11 @@ pub fn beam_search(
                 results[input] = hyps
                     .into_iter()
                     .take(beam.min(cfg.n_best))
-                    .map(|(score, ids)| Hypothesis { ids, score })
+                    .map(|(score, log_prob, ids)| Hypothesis {
+                        ids,
+                        score,
+                        log_prob,
+                    })
                     .collect();
                 continue;
             }

@@ -24,8 +24,11 @@ pub const MAX_TEXT_TOKENS: usize = 64;
 pub struct Generated {
     /// Post-processed text.
     pub text: String,
-    /// Length-penalized log-probability.
+    /// Length-penalized log-probability (what beam search ranks by).
     pub score: f32,
+    /// The probability of the text: its tokens' probabilities multiplied (the answer's
+    /// confidence; when sampling, under the tempered and filtered distribution).
+    pub prob: f32,
     /// Token ids, `[CLS]` first.
     pub ids: Vec<u32>,
 }
@@ -303,6 +306,7 @@ impl Pipeline {
                     .map(|h| Generated {
                         text: self.tokenizer.decode_postprocessed(&h.ids),
                         score: h.score,
+                        prob: h.log_prob.exp(),
                         ids: h.ids,
                     })
                     .collect()

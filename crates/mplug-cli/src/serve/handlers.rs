@@ -97,11 +97,13 @@ fn wide(x: f32) -> f64 {
     x as f64
 }
 
-/// A generated text with its length-penalized log-probability.
+/// A generated text with its length-penalized log-probability and the probability of its
+/// tokens.
 #[derive(Debug, Serialize)]
 pub struct Caption {
     caption: String,
     score: f64,
+    prob: f64,
 }
 
 /// `POST /v1/caption`'s answer.
@@ -125,6 +127,7 @@ pub async fn caption(
             .map(|h| Caption {
                 caption: h.text,
                 score: wide(h.score),
+                prob: wide(h.prob),
             })
             .collect(),
     }))
@@ -158,7 +161,8 @@ impl VqaBody {
     }
 }
 
-/// An answer: generated (with `score`) or ranked (with `index` and `prob`).
+/// An answer: generated (with `score` and `prob`, its tokens' probability) or ranked (with
+/// `index` and `prob`, its probability among the candidates).
 #[derive(Debug, Serialize)]
 pub struct Answer {
     answer: String,
@@ -232,7 +236,7 @@ pub async fn vqa(
                     answer: h.text,
                     score: Some(wide(h.score)),
                     index: None,
-                    prob: None,
+                    prob: Some(wide(h.prob)),
                 })
                 .collect();
             (false, answers)

@@ -86,7 +86,7 @@ pub fn document(tasks: &[Task], max_beam: usize, max_len: usize) -> Value {
             "schemas": {
                 "Error": {"type": "object", "required": ["error", "status"], "properties": {"error": {"type": "string"}, "status": {"type": "integer"}}},
                 "CaptionRequest": {"type": "object", "required": ["image"], "additionalProperties": false, "properties": caption_props},
-                "CaptionResponse": {"type": "object", "properties": {"captions": {"type": "array", "items": {"type": "object", "properties": {"caption": {"type": "string"}, "score": {"type": "number"}}}}}},
+                "CaptionResponse": {"type": "object", "properties": {"captions": {"type": "array", "items": {"type": "object", "properties": {"caption": {"type": "string"}, "score": {"type": "number", "description": "Length-penalized log-probability (what beam search ranks by)"}, "prob": {"type": "number", "description": "The probability of the caption's tokens (their probabilities multiplied)"}}}}}},
                 "VqaRequest": {"type": "object", "required": ["image", "question"], "additionalProperties": false, "properties": vqa_props},
                 "VqaResponse": {"type": "object", "properties": {
                     "question": {"type": "string"},
@@ -94,7 +94,7 @@ pub fn document(tasks: &[Task], max_beam: usize, max_len: usize) -> Value {
                     "answers": {"type": "array", "items": {"type": "object", "properties": {
                         "answer": {"type": "string"},
                         "score": {"type": "number", "description": "Generated: length-penalized log-probability"},
-                        "prob": {"type": "number", "description": "Ranked: probability among the re-ranked candidates"},
+                        "prob": {"type": "number", "description": "Ranked: probability among the re-ranked candidates; generated: the probability of the answer's tokens (their probabilities multiplied)"},
                         "index": {"type": "integer", "description": "Ranked: position in `answers`"}}}}}},
                 "GroundRequest": {"type": "object", "required": ["image", "expression"], "additionalProperties": false, "properties": {"image": image, "expression": {"type": "string"}}},
                 "GroundResponse": {"type": "object", "properties": {
