@@ -4,9 +4,9 @@
 
 mod common;
 
+use common::{mplug, mplug_ok, scratch, Output};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The tiny checkpoints: the first configuration folder of the golden folder
 /// (`MPLUG_GOLDEN_DIR`, else the committed copy).
@@ -19,67 +19,46 @@ fn images() -> PathBuf {
     common::fixture_images_dir()
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("eval_cli")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn write(path: &Path, text: &str) -> PathBuf {
     std::fs::write(path, text).unwrap();
     path.to_path_buf()
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl From<std::process::Output> for Run {
-    fn from(o: std::process::Output) -> Self {
-        Run {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    }
-}
-
 /// `mplug eval <task> --model <tiny checkpoint> --config <tiny config> <ann> <root> --output
 /// <out>` with fast decoding, plus `extra`.
-fn eval(task: &str, model: &str, ann: &Path, root: &Path, out: &Path, extra: &[&str]) -> Run {
+fn eval(task: &str, model: &str, ann: &Path, root: &Path, out: &Path, extra: &[&str]) -> Output {
     let tiny = tiny();
-    Command::new(env!("CARGO_BIN_EXE_mplug"))
-        .arg("eval")
-        .arg(task)
-        .arg("--model")
-        .arg(tiny.join(format!("{model}.pth")))
-        .arg("--config")
-        .arg(tiny.join("config.json"))
-        .arg(ann)
-        .arg(root)
-        .arg("--output")
-        .arg(out)
-        .args([
-            "--batch-size",
-            "2",
-            "--beam",
-            "2",
-            "--max-len",
-            "5",
-            "--json",
-        ])
-        .args(extra)
-        .output()
-        .unwrap()
-        .into()
+    let checkpoint = tiny.join(format!("{model}.pth"));
+    let config = tiny.join("config.json");
+    let mut args = vec![
+        "eval",
+        task,
+        "--model",
+        s(&checkpoint),
+        "--config",
+        s(&config),
+        s(ann),
+        s(root),
+        "--output",
+        s(out),
+        "--batch-size",
+        "2",
+        "--beam",
+        "2",
+        "--max-len",
+        "5",
+        "--json",
+    ];
+    args.extend(extra);
+    mplug(&args)
 }
 
-fn ok(r: Run) -> Value {
+/// A path as an argument.
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn ok(r: Output) -> Value {
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);
     serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
 }
@@ -136,19 +115,20 @@ fn caption_writes_files_and_resumes() {
 
     // The plain output: one `name<TAB>value` line per metric.
     let tiny = tiny();
-    let o = Command::new(env!("CARGO_BIN_EXE_mplug"))
-        .args(["eval", "caption", "--model"])
-        .arg(tiny.join("caption.pth"))
-        .arg("--config")
-        .arg(tiny.join("config.json"))
-        .arg(&ann)
-        .arg(images())
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    let stdout = String::from_utf8_lossy(&o.stdout);
+    let (checkpoint, config, root) = (tiny.join("caption.pth"), tiny.join("config.json"), images());
+    let o = mplug_ok(&[
+        "eval",
+        "caption",
+        "--model",
+        s(&checkpoint),
+        "--config",
+        s(&config),
+        s(&ann),
+        s(&root),
+        "--output",
+        s(&out),
+    ]);
+    let stdout = &o.stdout;
     assert!(stdout.lines().any(|l| l.starts_with("CIDEr\t")), "{stdout}");
 }
 
@@ -340,11 +320,8 @@ fn bad_inputs_fail_with_one_clear_line() {
     assert!(r.stderr.starts_with("error: "), "{}", r.stderr);
 
     // An unknown benchmark is a usage error.
-    let o = Command::new(env!("CARGO_BIN_EXE_mplug"))
-        .args(["eval", "nocaps", "--model", "m.pth", "a.json", "."])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
+    let o = mplug(&["eval", "nocaps", "--model", "m.pth", "a.json", "."]);
+    assert_eq!(o.code, 2);
 }
 
 /// `mplug baseline` as a user runs it: a video QA prior with question types, in both output
@@ -372,14 +349,10 @@ fn baseline_reports_per_question_type() {
         ]
         .join("\n"),
     );
-    let run = |extra: &[&str]| -> Run {
-        Command::new(env!("CARGO_BIN_EXE_mplug"))
-            .args(["baseline", "videoqa"])
-            .arg(&test)
-            .args(extra)
-            .output()
-            .unwrap()
-            .into()
+    let run = |extra: &[&str]| -> Output {
+        let mut args = vec!["baseline", "videoqa", s(&test)];
+        args.extend(extra);
+        mplug(&args)
     };
     let train = train.to_str().unwrap();
     let text = run(&["--train", train]);

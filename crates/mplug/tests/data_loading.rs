@@ -1,7 +1,10 @@
 //! Training data: annotation parsing, VQA answer weights, deterministic augmented batches, and
 //! the grounding flip that swaps `left` and `right` in the text and mirrors the box.
 
+mod common;
+
 use candle_core::Device;
+use common::scratch;
 use mplug::data::augment::{apply, crop_box, Op};
 use mplug::data::{
     answer_weights, swap_left_right, AugmentConfig, DataTask, Dataset, Loader, LoaderConfig,
@@ -10,15 +13,6 @@ use mplug::eval::BoxFormat;
 use mplug::input::{RgbImage, Tokenizer};
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("mplug-data-tests")
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);

@@ -33,16 +33,6 @@ fn pipeline(task: EvalTask) -> Pipeline {
     .unwrap()
 }
 
-/// A fresh folder for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("eval_end_to_end")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn write(path: &Path, text: &str) -> PathBuf {
     std::fs::write(path, text).unwrap();
     path.to_path_buf()
@@ -76,10 +66,6 @@ fn assert_same_numbers(a: &Value, b: &Value) {
         }
         _ => assert_eq!(a, b),
     }
-}
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn assert_keys(v: &Value, keys: &[&str]) {
@@ -128,7 +114,7 @@ fn drop_last_lines(path: &Path, n: usize) -> Vec<String> {
 
 #[test]
 fn caption_end_to_end_and_resume() {
-    let dir = scratch("caption");
+    let dir = common::scratch("caption");
     let ann = write_json(
         &dir.join("coco_karpathy_test.json"),
         &json!([
@@ -157,7 +143,7 @@ fn caption_end_to_end_and_resume() {
     for p in &preds {
         assert_keys(p, &["id", "image", "caption", "score"]);
     }
-    let metrics = read_json(&out.join("metrics.json"));
+    let metrics = common::read_json(&out.join("metrics.json"));
     assert_keys(
         &metrics,
         &[
@@ -171,7 +157,7 @@ fn caption_end_to_end_and_resume() {
         ],
     );
     assert_same_numbers(&metrics, &r.metrics);
-    let result = read_json(&out.join("caption_result.json"));
+    let result = common::read_json(&out.join("caption_result.json"));
     assert_eq!(result.as_array().unwrap().len(), 3);
     assert_keys(&result[0], &["image_id", "caption"]);
 
@@ -203,7 +189,7 @@ fn caption_end_to_end_and_resume() {
 
 #[test]
 fn vqa_generated_and_ranked() {
-    let dir = scratch("vqa");
+    let dir = common::scratch("vqa");
     let ann = write_json(
         &dir.join("vqa_test.json"),
         &json!([
@@ -231,7 +217,7 @@ fn vqa_generated_and_ranked() {
     for p in &preds {
         assert_keys(p, &["id", "question", "answer", "score", "accuracy"]);
     }
-    let result = read_json(&out.join("vqa_result.json"));
+    let result = common::read_json(&out.join("vqa_result.json"));
     let ids: Vec<u64> = result
         .as_array()
         .unwrap()
@@ -280,7 +266,7 @@ fn vqa_generated_and_ranked() {
 
 #[test]
 fn retrieval_matches_the_pipeline_and_resumes() {
-    let dir = scratch("retrieval");
+    let dir = common::scratch("retrieval");
     let ann = write_json(
         &dir.join("flickr30k_test.json"),
         &json!([
@@ -371,7 +357,7 @@ fn retrieval_matches_the_pipeline_and_resumes() {
 
 #[test]
 fn grounding_end_to_end() {
-    let dir = scratch("grounding");
+    let dir = common::scratch("grounding");
     // Objects with xywh boxes, one listing two expressions, and a RefCOCO split tuple.
     let ann = write_json(
         &dir.join("refcoco_testA.json"),
@@ -469,7 +455,7 @@ fn videos(dir: &Path) -> PathBuf {
 
 #[test]
 fn videoqa_end_to_end() {
-    let dir = scratch("videoqa");
+    let dir = common::scratch("videoqa");
     let root = videos(&dir);
     let ann = write(
         &dir.join("test.jsonl"),
@@ -527,7 +513,7 @@ fn videoqa_end_to_end() {
 
 #[test]
 fn videoretrieval_end_to_end() {
-    let dir = scratch("videoretrieval");
+    let dir = common::scratch("videoretrieval");
     let root = videos(&dir);
     let ann = write(
         &dir.join("msrvtt_test.jsonl"),
@@ -600,7 +586,7 @@ fn run_err(task: EvalTask, p: &Pipeline, ann: &Path, out: &Path) -> (EvalError, 
 
 #[test]
 fn malformed_annotations_are_named() {
-    let dir = scratch("malformed");
+    let dir = common::scratch("malformed");
     let p = pipeline(EvalTask::Caption);
     let out = dir.join("out");
 
@@ -689,7 +675,7 @@ fn malformed_annotations_are_named() {
 
 #[test]
 fn an_output_folder_of_another_run_is_refused() {
-    let dir = scratch("foreign");
+    let dir = common::scratch("foreign");
     let p = pipeline(EvalTask::Caption);
     let out = dir.join("out");
     let a = write_json(

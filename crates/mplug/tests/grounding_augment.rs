@@ -2,7 +2,10 @@
 //! crop, jitter, flip and placement; crops keep the whole box; turned off, the loader gives the
 //! centred evaluation letterbox; items are a function of the seed.
 
+mod common;
+
 use candle_core::Device;
+use common::scratch;
 use image::Rgb;
 use mplug::data::augment::hflip;
 use mplug::data::grounding_augment::{augment_grounding, scales, Augmented, GroundingAugment};
@@ -13,7 +16,6 @@ use mplug::input::{
 };
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::path::{Path, PathBuf};
 
 /// Canvas side of these tests.
 const RES: u32 = 96;
@@ -36,15 +38,6 @@ fn picture() -> RgbImage {
             Rgb([220, 60, 20])
         }
     })
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("mplug-grounding-augment-tests")
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn letterbox() -> GroundingPreprocessor {

@@ -12,16 +12,9 @@ use mplug::input::{
     DecodeOptions, GroundingPreprocessor, ImageConfig, ImagePreprocessor, InputError,
     LetterboxConfig, LetterboxInfo, CLIP_MEAN, CLIP_STD,
 };
-use serde_json::Value;
 
 fn golden_dir() -> PathBuf {
     common::golden_dir()
-}
-
-fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("missing golden file {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON in {}: {e}", path.display()))
 }
 
 /// Mean and max |a - b|, and the flat index and values of the worst element.
@@ -67,7 +60,7 @@ fn rgb_path() -> PathBuf {
 #[test]
 fn golden_preprocessing_matches_reference() {
     let io = golden_dir().join("io");
-    let spec = read_json(&io.join("preprocess.json"));
+    let spec = common::read_json(&io.join("preprocess.json"));
     let mean: Vec<f32> = spec["mean"]
         .as_array()
         .expect("mean")
@@ -248,12 +241,6 @@ fn exif_orientation_is_applied_on_request() {
     assert_eq!(raw.dimensions(), (40, 20));
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mplug-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn crc32(data: &[u8]) -> u32 {
     let mut crc = 0xFFFF_FFFFu32;
     for &b in data {
@@ -282,7 +269,7 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
 
 #[test]
 fn unreadable_and_bad_files_are_named_errors() {
-    let dir = temp_dir("bad-images");
+    let dir = common::scratch("bad-images");
     let pre = ImagePreprocessor::new(ImageConfig::new(32)).unwrap();
     let dev = Device::Cpu;
     let named = |err: &InputError, file: &Path| {

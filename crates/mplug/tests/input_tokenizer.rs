@@ -2,23 +2,14 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use candle_core::{DType, Device};
 use mplug::input::{EncodeOptions, InputError, Padding, Tokenizer};
 use serde_json::Value;
 
 const VOCAB_MD5: &str = "64800d5d8528ce344256daf115d4965e";
 
-fn golden_dir() -> PathBuf {
-    common::golden_dir()
-}
-
 fn golden() -> Value {
-    let path = golden_dir().join("io/tokenizer.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("missing golden file {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON in {}: {e}", path.display()))
+    common::golden_io_json("tokenizer.json")
 }
 
 fn strings(v: &Value, key: &str) -> Vec<String> {

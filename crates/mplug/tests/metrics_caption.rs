@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use mplug::metrics::{
     bleu, cider_d, evaluate_caption_map, evaluate_captions, evaluate_raw_captions, ptb,
@@ -14,15 +13,8 @@ use serde_json::Value;
 
 const TOL: f64 = 1e-6;
 
-fn golden_dir() -> PathBuf {
-    common::golden_dir()
-}
-
 fn golden() -> Value {
-    let path = golden_dir().join("io/metrics.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("golden file {} is required: {e}", path.display()));
-    serde_json::from_str(&text).expect("metrics.json is valid JSON")
+    common::golden_io_json("metrics.json")
 }
 
 /// Entries of a JSON object keyed by integer ids, in ascending id order.

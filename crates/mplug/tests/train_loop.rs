@@ -11,7 +11,7 @@ use mplug::train::schedule::CosineSchedule;
 use mplug::train::trainer::{train, TrainConfig};
 use mplug::train::Trainable;
 use mplug::{Checkpoint, Mplug, MplugConfig, Task};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 struct Setup {
     trainable: Trainable,
@@ -49,12 +49,6 @@ fn loss_of(io: &Io) -> impl Fn(&Mplug, u64) -> mplug::Result<Tensor> + '_ {
         let embeds = model.encode_image(&image)?;
         caption::loss(model, &embeds, &ids, &mask)
     }
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("mplug-train-{name}-{}", std::process::id()));
-    std::fs::remove_dir_all(&p).ok();
-    p
 }
 
 fn weights(t: &Trainable) -> Vec<(String, Vec<f32>)> {
@@ -133,7 +127,7 @@ fn resumes_to_the_same_weights(dropout: Option<DropoutConfig>, tag: &str) {
         }),
         ..Default::default()
     };
-    let straight = tmp(&format!("straight-{tag}"));
+    let straight = common::scratch(&format!("straight-{tag}"));
     let mut a = setup(dir);
     train(
         &a.trainable,
@@ -144,7 +138,7 @@ fn resumes_to_the_same_weights(dropout: Option<DropoutConfig>, tag: &str) {
     )
     .unwrap();
 
-    let killed = tmp(&format!("killed-{tag}"));
+    let killed = common::scratch(&format!("killed-{tag}"));
     let mut b = setup(dir);
     // Stop after 3 updates: the last checkpoint is at update 2, so update 3 is lost.
     train(

@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use common::{config_dirs, file};
+use common::{config_dirs, file, scratch};
 use image::codecs::gif::GifEncoder;
 use image::{Frame, RgbImage, RgbaImage};
 use mplug::data::{AugmentConfig, Batch, DataTask, Dataset, Loader, LoaderConfig};
@@ -16,19 +16,6 @@ use mplug::train::optim::{MplugAdamW, OptimizerConfig};
 use mplug::train::Trainable;
 use mplug::{Checkpoint, MplugConfig, Task};
 use std::path::{Path, PathBuf};
-
-/// A fresh folder of its own under the system's temporary folder.
-fn scratch(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let dir = std::env::temp_dir().join(format!(
-        "mplug-video-training-{name}-{}-{nanos}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);

@@ -51,6 +51,30 @@ pub fn golden_images() -> Vec<PathBuf> {
     files
 }
 
+/// A fresh, empty folder for one test: `CARGO_TARGET_TMPDIR/mplug-tests/<test binary>/<name>-<pid>`
+/// (whatever an earlier run left there is removed).
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("mplug-tests")
+        .join(env!("CARGO_CRATE_NAME"))
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    dir
+}
+
+/// A JSON file, which must exist and parse.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("missing file {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON in {}: {e}", path.display()))
+}
+
+/// A JSON file of the golden folder's `io/` (tokenizer, preprocessing, metrics references).
+pub fn golden_io_json(name: &str) -> serde_json::Value {
+    read_json(&golden_dir().join("io").join(name))
+}
+
 /// A required golden file.
 pub fn file(dir: &Path, name: &str) -> PathBuf {
     let p = dir.join(name);
