@@ -389,6 +389,10 @@ pub struct ClassifyArgs {
     /// Labels printed per image, best first (0: all).
     #[arg(long, default_value_t = 5)]
     top: usize,
+    /// Also score each label by the ITM head's match probability, and order by it (the
+    /// retrieval protocol's re-scoring; slower: one fusion pass per image and label).
+    #[arg(long)]
+    itm: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -416,17 +420,36 @@ pub fn classify(a: &ClassifyArgs) -> Result<()> {
     let bar = batch_bar(images.len(), size);
     let top = if a.top == 0 { labels.len() } else { a.top };
     for chunk in images.chunks(size) {
-        let scored = p.classify(Visual::Images(&p.load_images(chunk)?), &labels, &a.template)?;
+        let scored = p.classify(
+            Visual::Images(&p.load_images(chunk)?),
+            &labels,
+            &a.template,
+            a.itm,
+        )?;
         for (path, row) in chunk.iter().zip(&scored) {
             let kept = &row[..top.min(row.len())];
             let r: Vec<_> = kept
                 .iter()
-                .map(|l| json!({"label": l.label, "score": l.score, "similarity": l.similarity}))
+                .map(|l| {
+                    let mut v =
+                        json!({"label": l.label, "score": l.score, "similarity": l.similarity});
+                    if let Some(m) = l.match_prob {
+                        v["match_prob"] = json!(m);
+                    }
+                    v
+                })
                 .collect();
             sink.emit(a.json, &json!({"image": path, "labels": r}), || {
                 let shown_labels: Vec<String> = kept
                     .iter()
-                    .map(|l| format!("{} {:.4}", escape_controls(&l.label), l.score))
+                    .map(|l| match l.match_prob {
+                        Some(m) => format!(
+                            "{} {:.4} (match {m:.4})",
+                            escape_controls(&l.label),
+                            l.score
+                        ),
+                        None => format!("{} {:.4}", escape_controls(&l.label), l.score),
+                    })
                     .collect();
                 format!("{}\t{}\n", shown(path), shown_labels.join("\t"))
             })?;

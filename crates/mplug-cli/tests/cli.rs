@@ -831,6 +831,29 @@ fn classify_gives_probabilities_over_the_labels() {
     assert_eq!(f["labels"][0], v["labels"][0]);
     assert_eq!(f["labels"][1], v["labels"][1]);
 
+    // ITM re-scoring: every label gets the ITM head's match probability, which orders them;
+    // the ITC probabilities stay those above.
+    let mut itm_args = args.clone();
+    itm_args.insert(1, "--itm");
+    let r: serde_json::Value =
+        serde_json::from_str(mplug_ok(&itm_args).stdout.trim()).expect("JSON");
+    let rescored = r["labels"].as_array().expect("labels");
+    let m = |l: &serde_json::Value| l["match_prob"].as_f64().expect("match_prob");
+    for l in rescored {
+        assert!(m(l) > 0.0 && m(l) < 1.0, "{l}");
+        let same = got
+            .iter()
+            .find(|g| g["label"] == l["label"])
+            .expect("label");
+        assert_eq!(same["score"], l["score"]);
+    }
+    for w in rescored.windows(2) {
+        assert!(
+            m(&w[0]) >= m(&w[1]),
+            "not ordered by match probability: {r}"
+        );
+    }
+
     mplug_fails(&["classify", s(&img)], "no labels");
     let k = config();
     let caption = ckpt("caption");

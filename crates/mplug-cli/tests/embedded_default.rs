@@ -1,6 +1,6 @@
 //! The default model is embedded in the binary: a copy of the binary, run from a folder
 //! outside the checkout with a fresh home and no `--model`, runs the demo, captions, answers,
-//! describes its model and serves, all on the embedded default (written once into the cache
+//! classifies, describes its model and serves, all on the embedded default (written once into the cache
 //! folder and read from there).
 //!
 //! The issue asks for `cargo install --root` into a temporary folder; installing rebuilds the
@@ -94,6 +94,16 @@ fn the_binary_runs_the_embedded_default_away_from_the_checkout() {
 
     let answer = app.ok(&["vqa", "photo.png", "how many shapes are there?"]);
     assert!(!answer.trim().is_empty());
+
+    let labels = app.ok(&[
+        "classify",
+        "--label",
+        "a red circle",
+        "--label",
+        "a blue square",
+        "photo.png",
+    ]);
+    assert!(labels.starts_with("photo.png\t"), "{labels}");
 
     let info = app.ok(&["info"]);
     assert!(info.contains("mplug-tiny-world"), "{info}");

@@ -90,10 +90,11 @@ fn the_page_shows_a_caption_and_a_grounded_box() {
         assert_eq!(element(&dom, "error"), "", "{task}: page error");
         assert!(element(&dom, "model").contains(task), "{task}: model line");
     }
-    // One server for every task (the embedded default): the page shows each task's panel and
-    // its self-test runs them all, each answer under its task's name.
+    // One server for every task (the embedded default): the page shows each task's panel,
+    // zero-shot classification among them, and its self-test runs them all, each answer under
+    // its task's name.
     let server = Server::with_args(&[]);
-    let tasks = ["caption", "vqa", "retrieval", "grounding"];
+    let tasks = ["caption", "vqa", "retrieval", "grounding", "classify"];
     let mut dom = String::new();
     for attempt in 0..4 {
         dom = dump_dom(

@@ -56,6 +56,9 @@ pub struct ScoredLabel {
     pub score: f32,
     /// The ITC similarity (cosine) between the image and the label's prompt.
     pub similarity: f32,
+    /// With ITM re-scoring: the ITM head's match probability for the image and the prompt
+    /// (the softmax of its two logits), which then orders the labels.
+    pub match_prob: Option<f32>,
 }
 
 /// The prompt of zero-shot classification when none is given: `{}` is the label.
@@ -538,12 +541,15 @@ impl Pipeline {
     /// (`{}` is the label; the label alone when the template has no `{}`), is scored by the
     /// ITC similarity of the prompt to the image, and the similarities divided by the model's
     /// temperature give probabilities over the labels by a softmax (CLIP's zero-shot
-    /// classification, here with mPLUG's contrastive heads). Best first.
+    /// classification, here with mPLUG's contrastive heads). With `itm`, each label also gets
+    /// the ITM head's match probability for the image and its prompt, which then orders the
+    /// labels (the retrieval protocol's re-scoring). Best first.
     pub fn classify(
         &self,
         visual: Visual,
         labels: &[impl AsRef<str>],
         template: &str,
+        itm: bool,
     ) -> Result<Vec<Vec<ScoredLabel>>> {
         if labels.is_empty() {
             return Err(Error::invalid("no labels to choose from"));
@@ -574,10 +580,30 @@ impl Pipeline {
             .copied()
             .unwrap_or(0.07)
             .clamp(0.001, 0.5);
-        let sims = self.similarities(visual, &prompts)?;
+        let (images, texts) = self.retrieval_sides(visual, &prompts)?;
+        let sims = retrieval::similarity_rows(&images, &texts)?;
+        let nl = labels.len();
+        let matches = if itm {
+            let pairs: Vec<(usize, usize)> = (0..sims.len())
+                .flat_map(|i| (0..nl).map(move |j| (i, j)))
+                .collect();
+            let mut probs = Vec::with_capacity(pairs.len());
+            for chunk in pairs.chunks(retrieval::ITM_PAIRS_PER_CALL) {
+                probs.extend(retrieval::itm_probabilities(
+                    &self.model,
+                    &images,
+                    &texts,
+                    chunk,
+                )?);
+            }
+            Some(probs)
+        } else {
+            None
+        };
         Ok(sims
             .into_iter()
-            .map(|row| {
+            .enumerate()
+            .map(|(i, row)| {
                 let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s / temp));
                 let exps: Vec<f32> = row.iter().map(|&s| (s / temp - max).exp()).collect();
                 let total: f32 = exps.iter().sum();
@@ -585,14 +611,16 @@ impl Pipeline {
                     .iter()
                     .zip(&exps)
                     .enumerate()
-                    .map(|(i, (&sim, &e))| ScoredLabel {
-                        label: labels[i].as_ref().to_string(),
-                        index: i,
+                    .map(|(j, (&sim, &e))| ScoredLabel {
+                        label: labels[j].as_ref().to_string(),
+                        index: j,
                         score: e / total,
                         similarity: sim,
+                        match_prob: matches.as_ref().map(|m| m[i * nl + j]),
                     })
                     .collect();
-                scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
+                let key = |l: &ScoredLabel| l.match_prob.unwrap_or(l.score);
+                scored.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.index.cmp(&b.index)));
                 scored
             })
             .collect())

@@ -70,6 +70,7 @@ struct ClassifyIn {
     image: Tensor,
     labels: Vec<String>,
     template: String,
+    itm: bool,
 }
 
 struct EmbedIn {
@@ -382,12 +383,14 @@ impl Engine {
         image: Tensor,
         labels: Vec<String>,
         template: String,
+        itm: bool,
         permit: OwnedSemaphorePermit,
     ) -> Result<Vec<ScoredLabel>, ApiError> {
         let input = ClassifyIn {
             image,
             labels,
             template,
+            itm,
         };
         self.submit(permit, Job::Classify, input).await
     }
@@ -487,7 +490,7 @@ impl Engine {
             Some(Job::Classify(_)) => run_batched(items!(Classify), |ins: &[&ClassifyIn]| {
                 let i = ins[0];
                 let image = i.image.unsqueeze(0).map_err(internal)?;
-                p.classify(Visual::Images(&image), &i.labels, &i.template)
+                p.classify(Visual::Images(&image), &i.labels, &i.template, i.itm)
                     .map_err(ApiError::model)
             }),
             Some(Job::Embed(_)) => run_batched(items!(Embed), |ins: &[&EmbedIn]| {

@@ -467,6 +467,9 @@ pub struct ClassifyBody {
     parameters: Option<ClassifyParameters>,
     #[serde(default)]
     inputs: Option<serde_json::Value>,
+    /// Also score by the ITM head's match probability and order by it.
+    #[serde(default)]
+    itm: bool,
 }
 
 /// Hugging Face's `parameters` of zero-shot image classification.
@@ -479,11 +482,14 @@ pub struct ClassifyParameters {
     hypothesis_template: Option<String>,
 }
 
-/// A label with its probability, as Hugging Face's pipeline answers.
+/// A label with its probability, as Hugging Face's pipeline answers; with `itm`, also the
+/// ITM match probability.
 #[derive(Debug, Serialize)]
 pub struct LabelScore {
     label: String,
     score: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    match_prob: Option<f64>,
 }
 
 /// `POST /v1/classify`: the candidate labels of one image with their probabilities, best
@@ -523,7 +529,7 @@ pub async fn classify(
     let image = req.engine.image(bytes, "image").await?;
     let scored = req
         .engine
-        .classify(image, labels, template, req.permit)
+        .classify(image, labels, template, req.body.itm, req.permit)
         .await?;
     Ok(Json(
         scored
@@ -531,6 +537,7 @@ pub async fn classify(
             .map(|l| LabelScore {
                 label: l.label,
                 score: wide(l.score),
+                match_prob: l.match_prob.map(wide),
             })
             .collect(),
     ))

@@ -288,6 +288,37 @@ fn router(app: Shared) -> Router {
         .with_state(app)
 }
 
+/// Inputs that fit a model, for the web page, from its folder's `examples/examples.json` (the
+/// default model ships one): a question, a referring expression, texts to match and labels to
+/// classify by. `None` when the folder has none.
+fn model_examples(model: &std::path::Path) -> Option<Value> {
+    let file = model.join("examples").join("examples.json");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(file).ok()?).ok()?;
+    let first = |key: &str| -> Value {
+        v["images"]
+            .as_array()
+            .and_then(|images| images.iter().find_map(|i| i[key].get(0).cloned()))
+            .unwrap_or(Value::Null)
+    };
+    let texts = v["texts"].clone();
+    // Labels: the short texts (`a blue square`), written as they are (the template `{}`: a
+    // small model's vocabulary may lack the words of "a photo of ...").
+    let labels: Vec<&str> = texts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|t| t.split_whitespace().count() <= 3)
+        .collect();
+    Some(json!({
+        "question": first("questions"),
+        "expression": first("expressions"),
+        "texts": texts,
+        "labels": labels,
+        "template": "{}",
+    }))
+}
+
 /// A `--model` value: `TASK=MODEL` when the part before the first `=` is a task's name, else
 /// the whole value is the model's path.
 fn model_spec(value: &str) -> Result<(Option<Task>, PathBuf)> {
@@ -412,6 +443,10 @@ pub fn run(a: &ServeArgs) -> Result<()> {
             })
         })
         .collect();
+    let examples = loaded
+        .iter()
+        .find_map(|(_, path, _)| model_examples(path))
+        .unwrap_or(Value::Null);
     let (_, first_path, first) = &loaded[0];
     let info = json!({
         "task": names.join(","),
@@ -420,6 +455,7 @@ pub fn run(a: &ServeArgs) -> Result<()> {
         "model": first_path,
         "config": first.pipeline.model().config,
         "models": models_info,
+        "examples": examples,
         "limits": limits,
         "version": env!("CARGO_PKG_VERSION"),
     });

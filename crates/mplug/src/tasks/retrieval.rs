@@ -94,6 +94,23 @@ pub fn itm_positive(
     Ok(scores)
 }
 
+/// ITM match probabilities for pairs `(image_rows[p], text_rows[p])`: the softmax of the ITM
+/// head's two logits, the match class's share (the score users read as "does this text fit").
+pub fn itm_probabilities(
+    model: &Mplug,
+    images: &ImageSide,
+    texts: &TextSide,
+    pairs: &[(usize, usize)],
+) -> Result<Vec<f32>> {
+    let logits = itm_pairs(model, images, texts, pairs)?.to_dtype(DType::F32)?;
+    let probs = candle_nn::ops::softmax_last_dim(&logits)?
+        .narrow(1, 1, 1)?
+        .squeeze(1)?
+        .to_vec1::<f32>()?;
+    crate::error::ensure_finite(&probs, "the ITM probabilities")?;
+    Ok(probs)
+}
+
 /// ITM logits for every pair: `(Ni, Nt, 2)`, entry `[i, j]` for text `j` with image `i`.
 pub fn itm_matrix(model: &Mplug, images: &ImageSide, texts: &TextSide) -> Result<Tensor> {
     let ni = images.embeds.dim(0)?;
