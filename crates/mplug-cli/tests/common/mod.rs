@@ -246,6 +246,11 @@ impl Server {
         Server { child, addr }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a request and reads the whole answer.
     pub fn request(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Response {
         request(
