@@ -31,10 +31,10 @@ jq '.[:300]' "$OUT/lone_train.json" > "$OUT/lone_train300.json"
 # model folder.
 [ -d "$OUT/init/model" ] || "$MPLUG" pretrain --preset tiny "${init[@]}" \
   --vocab "$WORLD/vocab.txt" --data "$WORLD/pretrain.json" --image-root "$WORLD" \
-  --out "$OUT/init" --steps 1 --batch-size 4 --queue-size 0 --workers 1 --no-augment --no-dropout
+  --output "$OUT/init" --steps 1 --batch-size 4 --queue-size 0 --workers 1 --no-augment --no-dropout
 
 [ -d "$OUT/grounding/model" ] || "$MPLUG" finetune grounding --model "$OUT/init/model" \
-  --data "$OUT/lone_train.json" --image-root "$WORLD" --out "$OUT/grounding" \
+  --data "$OUT/lone_train.json" --image-root "$WORLD" --output "$OUT/grounding" \
   --prefix-token "[unused0]" --bins 64 --batch-size 16 --accumulate 2 --data-parallel 2 \
   --workers 1 --no-augment --no-dropout --steps "$STEPS" --lr1 5e-4 --lr2 5e-4 --warmup 20 \
   --save-every 250

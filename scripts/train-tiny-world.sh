@@ -108,7 +108,7 @@ fi
 if [ "$TOWER_STEPS" -gt 0 ] && [ ! -f "$OUT/tower/tower.safetensors" ]; then
   stage "pre-train the visual tower alone on the images' labels, $TOWER_STEPS updates"
   "$MPLUG" pretrain-tower --preset tiny --sincos-positions \
-    --data "$LONE/labels_train.json" --image-root "$LONE" --out "$OUT/tower" \
+    --data "$LONE/labels_train.json" --image-root "$LONE" --output "$OUT/tower" \
     --eval "$LONE/labels_val.json" \
     --steps "$TOWER_STEPS" --batch-size 16 --accumulate 2 --lr1 "$TOWER_LR" --lr2 "$TOWER_LR" \
     --warmup 40 --save-every 500 --workers 1 --seed 1 \
@@ -123,7 +123,7 @@ fi
 done_ "$OUT/pretrain" || {
 stage "pre-train: ITC + ITM + MLM + PrefixLM, $PRETRAIN_STEPS updates"
 "$MPLUG" pretrain "${model[@]}" --stride-layer "$STRIDE" --vocab "$DATA/vocab.txt" \
-  --data "$DATA/pretrain.json" --image-root "$DATA" --out "$OUT/pretrain" \
+  --data "$DATA/pretrain.json" --image-root "$DATA" --output "$OUT/pretrain" \
   --steps "$PRETRAIN_STEPS" --batch-size $((32 / PRETRAIN_SPLIT)) --accumulate "$PRETRAIN_SPLIT" \
   --lr1 "$PRETRAIN_LR" --lr2 "$PRETRAIN_LR" --warmup 40 \
   --clip 1.0 --queue-size 0 --max-len 30 --save-every 100 --workers 1 --seed 1 \
@@ -145,7 +145,7 @@ tasks_of() {
 multitask_round() {
   tasks_of "$2"
   "$MPLUG" finetune multitask --model "$1" "${tasks[@]}" \
-    --image-root "$2" --out "$3" \
+    --image-root "$2" --output "$3" \
     --steps "$4" --batch-size 16 --lr1 "$5" --lr2 "$5" --warmup "$6" \
     --max-len 30 --save-every 100 --workers 1 --seed "$7" --data-parallel "$DATA_PARALLEL" \
     --no-augment --no-dropout
@@ -193,7 +193,7 @@ if [ "$GROUNDING_STEPS" -gt 0 ]; then
   done_ "$OUT/grounding" || {
   stage "fine-tune grounding alone on $(jq length "$OUT/lone_train.json") single-object expressions, $GROUNDING_STEPS updates"
   "$MPLUG" finetune grounding --model "$final/model" --data "$OUT/lone_train.json" \
-    --image-root "$LONE" --out "$OUT/grounding" --prefix-token "[unused0]" --bins 64 \
+    --image-root "$LONE" --output "$OUT/grounding" --prefix-token "[unused0]" --bins 64 \
     --steps "$GROUNDING_STEPS" --batch-size 16 --accumulate 2 --lr1 5e-4 --lr2 5e-4 --warmup 20 \
     --save-every 400 --workers 1 --seed 5 --data-parallel $((DATA_PARALLEL < 2 ? DATA_PARALLEL : 2)) \
     --no-augment --no-dropout
@@ -209,7 +209,7 @@ if [ "$VIDEO_STEPS" -gt 0 ] && ! done_ "$OUT/video"; then
   stage "fine-tune on clips (video QA + video retrieval), $VIDEO_STEPS updates"
   "$MPLUG" finetune multitask --model "$OUT/mplug-tiny-world" \
     --data videoqa="$DATA/videoqa_train.jsonl" --data videoretrieval="$DATA/videoretrieval_train.jsonl" \
-    --frames 8 --image-root "$DATA" --out "$OUT/video" \
+    --frames 8 --image-root "$DATA" --output "$OUT/video" \
     --steps "$VIDEO_STEPS" --batch-size 4 --lr1 2e-4 --lr2 2e-4 --warmup 10 \
     --max-len 30 --save-every 100 --workers 1 --seed 3 --data-parallel "$DATA_PARALLEL" \
     --no-augment --no-dropout

@@ -63,8 +63,7 @@ pub struct EvalArgs {
     /// Decode without the key/value cache, as the reference does (slower, same result).
     #[arg(long)]
     no_cache: bool,
-    /// Frames per clip (default: 16 for videoqa, 12 for videoretrieval).
-    #[arg(long)]
+    #[arg(long, help = mplug::tasks::video::FRAMES_HELP)]
     frames: Option<usize>,
     /// How grounding boxes are written.
     #[arg(long, value_enum, default_value = "xywh")]

@@ -292,8 +292,7 @@ enum VideoCommand {
         model: ModelArgs,
         #[command(flatten)]
         decode: DecodeArgs,
-        /// Frames sampled per clip.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, help = mplug::tasks::video::FRAMES_HELP, default_value_t = mplug::tasks::video::CAPTION_FRAMES)]
         frames: usize,
         /// Print JSON.
         #[arg(long)]
@@ -310,8 +309,7 @@ enum VideoCommand {
         decode: DecodeArgs,
         #[command(flatten)]
         rank: RankArgs,
-        /// Frames sampled per clip.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, help = mplug::tasks::video::FRAMES_HELP, default_value_t = mplug::tasks::video::QA_FRAMES)]
         frames: usize,
         /// Print JSON.
         #[arg(long)]
@@ -331,8 +329,7 @@ enum VideoCommand {
         /// Rank every text by ITC similarity alone, without ITM re-scoring.
         #[arg(long)]
         itc_only: bool,
-        /// Frames sampled per clip.
-        #[arg(long, default_value_t = 12)]
+        #[arg(long, help = mplug::tasks::video::FRAMES_HELP, default_value_t = mplug::tasks::video::RETRIEVAL_FRAMES)]
         frames: usize,
         /// Print JSON.
         #[arg(long)]

@@ -36,8 +36,9 @@ pub struct TrainOpts {
     /// Folder the annotation's image paths are relative to.
     #[arg(long)]
     pub image_root: PathBuf,
-    /// Output folder: checkpoints (step-N, latest), train_log.jsonl and, at the end, model/.
-    #[arg(long)]
+    /// Output folder: checkpoints (step-N, latest), train_log.jsonl and, at the end, model/
+    /// (`--output`, as every command names where it writes; `--out` is its older name).
+    #[arg(long = "output", alias = "out", value_name = "DIR")]
     pub out: PathBuf,
     /// Optimizer updates.
     #[arg(long, default_value_t = 1000)]
@@ -85,7 +86,7 @@ pub struct TrainOpts {
     /// `attention_probs_dropout_prob` apply in training, as the reference trains).
     #[arg(long)]
     pub no_dropout: bool,
-    /// Continue the run in --out from its latest checkpoint.
+    /// Continue the run in --output from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
     /// Micro-batches of an update computed at the same time, one thread each, with tensor
@@ -240,8 +241,9 @@ pub struct MultitaskFinetune {
     pub common: CommonFinetune,
     #[command(flatten)]
     pub grounding: GroundingTokenArgs,
-    /// Frames sampled per clip for videoqa / videoretrieval data.
-    #[arg(long, default_value_t = 8)]
+    /// Frames sampled per clip for videoqa / videoretrieval data (8, the world's clips' length;
+    /// evaluation samples the reference's 16 and 12, see `mplug eval --help`).
+    #[arg(long, default_value_t = mplug::tasks::video::CAPTION_FRAMES)]
     pub frames: usize,
     /// Multiplies one task's loss (e.g. `grounding=4`), repeatable; tasks not named weigh 1.
     /// The per-task losses logged stay unweighted.
@@ -681,7 +683,7 @@ fn check_out(t: &TrainOpts) -> Result<()> {
     let has_run = t.out.join("latest").is_file();
     if has_run && !t.resume {
         bail!(
-            "{} already holds a training run; pass --resume to continue it or choose another --out",
+            "{} already holds a training run; pass --resume to continue it or choose another --output",
             t.out.display()
         );
     }

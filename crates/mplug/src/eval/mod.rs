@@ -150,9 +150,9 @@ impl EvalOptions {
             beam,
             answer_list: None,
             num_frames: if task == EvalTask::VideoRetrieval {
-                12
+                crate::tasks::video::RETRIEVAL_FRAMES
             } else {
-                16
+                crate::tasks::video::QA_FRAMES
             },
             box_format: BoxFormat::Xywh,
             split: None,

@@ -7,6 +7,18 @@ use crate::error::{Error, Result};
 use crate::model::{l2_normalize, Mplug};
 use candle_core::{Module, Tensor};
 
+/// Frames sampled per clip, as the reference's zero-shot video evaluations sample them: 16 for
+/// video question answering (MSRVTT-QA)...
+pub const QA_FRAMES: usize = 16;
+/// ... 12 for text-video retrieval (MSRVTT 1k-A)...
+pub const RETRIEVAL_FRAMES: usize = 12;
+/// ... and 8 for video captioning.
+pub const CAPTION_FRAMES: usize = 8;
+
+/// How `--frames` is documented wherever a command takes clips (one text for every command).
+pub const FRAMES_HELP: &str = "Frames sampled uniformly per clip (default: the reference's for \
+     the task: 16 for question answering, 12 for retrieval, 8 for captions)";
+
 /// Visual tokens of clips `(B, N, 3, R, R)`: `(B, N * Li, H)`, frames in order.
 pub fn encode_frames(model: &Mplug, frames: &Tensor) -> Result<Tensor> {
     let dims = frames.dims();
