@@ -111,6 +111,29 @@ pub struct BatchArgs {
     pub output: Option<PathBuf>,
 }
 
+impl BatchArgs {
+    /// Runs `f` on `images` (files, folders searched recursively, list files) in batches of
+    /// `--batch-size`, every batch's results written through one sink (stdout, or `--output`
+    /// when the whole run succeeds), with a progress bar: the loop of every command that
+    /// takes many images.
+    fn over_images(
+        &self,
+        images: &[PathBuf],
+        mut f: impl FnMut(&[PathBuf], &mut Sink) -> Result<()>,
+    ) -> Result<()> {
+        let size = self.size()?;
+        let images = expand_images(images)?;
+        let mut sink = Sink::new(self.output.as_deref())?;
+        let bar = batch_bar(images.len(), size);
+        for chunk in images.chunks(size) {
+            f(chunk, &mut sink)?;
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        sink.finish()
+    }
+}
+
 /// Where per-image results go: stdout, or a JSON lines file. The file is written beside its
 /// destination under a temporary name and moved into place by [`Sink::finish`], so a run that
 /// fails (bad input found late, a kill, a full disk) leaves an existing file as it was and no
@@ -410,13 +433,10 @@ pub fn classify(a: &ClassifyArgs) -> Result<()> {
     if labels.is_empty() {
         anyhow::bail!("no labels: give --label LABEL (repeated) or --labels-file FILE");
     }
-    let size = a.batch.size()?;
+    a.batch.size()?;
     let p = a.model.load(Task::Retrieval)?;
-    let images = expand_images(&a.images)?;
-    let mut sink = Sink::new(a.batch.output.as_deref())?;
-    let bar = batch_bar(images.len(), size);
     let top = if a.top == 0 { labels.len() } else { a.top };
-    for chunk in images.chunks(size) {
+    a.batch.over_images(&a.images, |chunk, sink| {
         let scored = p.classify(
             Visual::Images(&p.load_images(chunk)?),
             &labels,
@@ -451,19 +471,14 @@ pub fn classify(a: &ClassifyArgs) -> Result<()> {
                 format!("{}\t{}\n", shown(path), shown_labels.join("\t"))
             })?;
         }
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
-    sink.finish()
+        Ok(())
+    })
 }
 
 pub fn caption(a: &CaptionArgs) -> Result<()> {
-    let size = a.batch.size()?;
+    a.batch.size()?;
     let p = a.model.load(Task::Caption)?;
-    let images = expand_images(&a.images)?;
-    let mut sink = Sink::new(a.batch.output.as_deref())?;
-    let bar = batch_bar(images.len(), size);
-    for chunk in images.chunks(size) {
+    a.batch.over_images(&a.images, |chunk, sink| {
         let captions = p.caption(
             &p.load_images(chunk)?,
             &a.decode.config(BeamConfig::caption())?,
@@ -479,10 +494,8 @@ pub fn caption(a: &CaptionArgs) -> Result<()> {
                     .collect()
             })?;
         }
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
-    sink.finish()
+        Ok(())
+    })
 }
 
 pub fn vqa(a: &VqaArgs) -> Result<()> {
@@ -572,15 +585,12 @@ pub fn ground(a: &GroundArgs) -> Result<()> {
 }
 
 pub fn retrieve(a: &RetrieveArgs) -> Result<()> {
-    let size = a.batch.size()?;
+    a.batch.size()?;
     let p = a.model.load(Task::Retrieval)?;
     // Texts are encoded once; each image's top k texts (k at most the number of texts) are
     // re-scored by ITM, so the rows do not depend on the batch size.
     let texts = p.text_side(&a.texts)?;
-    let images = expand_images(&a.images)?;
-    let mut sink = Sink::new(a.batch.output.as_deref())?;
-    let bar = batch_bar(images.len(), size);
-    for chunk in images.chunks(size) {
+    a.batch.over_images(&a.images, |chunk, sink| {
         let side = p.image_side(Visual::Images(&p.load_images(chunk)?))?;
         let i2t = if a.itc_only {
             mplug::tasks::retrieval::similarity_rows(&side, &texts)?
@@ -601,10 +611,8 @@ pub fn retrieve(a: &RetrieveArgs) -> Result<()> {
                     .collect()
             })?;
         }
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
-    sink.finish()
+        Ok(())
+    })
 }
 
 /// Draws a 3-pixel red rectangle `(x0, y0, x1, y1)` (pixels) on an image.

@@ -110,6 +110,17 @@ fn named_task(app: &Shared, model: &str) -> Result<Option<Task>> {
     .into())
 }
 
+/// The request's `model` and the task it names (`None` for `mplug`).
+fn requested_model(app: &Shared, body: &Map<String, Value>) -> Result<(String, Option<Task>)> {
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| unprocessable("`model` must be a string (see GET /v1/models)"))?
+        .to_string();
+    let named = named_task(app, &model)?;
+    Ok((model, named))
+}
+
 fn unprocessable(msg: impl Into<String>) -> OpenAiError {
     ApiError::unprocessable(msg).into()
 }
@@ -246,12 +257,7 @@ pub async fn chat(State(app): State<Shared>, req: Request) -> Response {
 async fn chat_inner(app: Shared, req: Request) -> Result<Response> {
     let permit = app.permit()?;
     let body = body(&app, req).await?;
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| unprocessable("`model` must be a string (see GET /v1/models)"))?
-        .to_string();
-    let named = named_task(&app, &model)?;
+    let (model, named) = requested_model(&app, &body)?;
     let (image, text) = last_user_message(&body)?;
     let task = match named {
         Some(Task::Caption) => Task::Caption,
@@ -483,12 +489,8 @@ pub async fn embeddings(State(app): State<Shared>, req: Request) -> Response {
 async fn embeddings_inner(app: Shared, req: Request) -> Result<Value> {
     let permit = app.permit()?;
     let body = body(&app, req).await?;
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| unprocessable("`model` must be a string (see GET /v1/models)"))?
-        .to_string();
-    match named_task(&app, &model)? {
+    let (model, named) = requested_model(&app, &body)?;
+    match named {
         None | Some(Task::Retrieval) => {}
         Some(other) => {
             return Err(unprocessable(format!(
