@@ -17,8 +17,13 @@ pub struct IndexArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// The index folder (default: DIR/.mplug-index).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "store")]
     index: Option<PathBuf>,
+    /// Keep the index in PostgreSQL with pgvector instead of a folder:
+    /// `postgres://user@host/db` or `host=/socket/dir dbname=db` (several machines may index
+    /// into one database).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// Images encoded per batch.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
@@ -48,14 +53,30 @@ pub struct SearchArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// The index folder (made by `mplug index`).
-    #[arg(long)]
-    index: PathBuf,
+    #[arg(long, required_unless_present = "store", conflicts_with = "store")]
+    index: Option<PathBuf>,
+    /// The index in PostgreSQL (as `mplug index --store` made it).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// Candidates by ITC similarity re-ranked by ITM.
     #[arg(long, default_value_t = 16)]
     k: usize,
-    /// Results printed.
-    #[arg(long, default_value_t = 10)]
+    /// Results printed (a page; `--limit` is the same).
+    #[arg(long, alias = "limit", default_value_t = 10)]
     top: usize,
+    /// Results skipped before the page.
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// Leave out results scoring below this (the ITM logit, often negative; the ITC
+    /// similarity with --itc-only).
+    #[arg(long, allow_hyphen_values = true)]
+    min_score: Option<f32>,
+    /// Rank by ITC similarity alone (PostgreSQL store).
+    #[arg(long, requires = "store")]
+    itc_only: bool,
+    /// Only images under this folder (PostgreSQL store).
+    #[arg(long, requires = "store")]
+    under: Option<PathBuf>,
     /// Print one JSON object per result.
     #[arg(long)]
     json: bool,
@@ -112,14 +133,25 @@ pub fn index(a: &IndexArgs) -> Result<()> {
         tokens,
         rebuild: a.rebuild,
     };
-    let mut idx = ImageIndex::open_or_create(&index_dir, &identity, options)?;
     let pb = bar(a.quiet);
-    let report = idx
-        .add_folder(&pipeline, &a.dir, a.batch_size, &mut |done, total| {
-            pb.set_length(total as u64);
-            pb.set_position(done as u64);
-        })
-        .with_context(|| format!("indexing {}", a.dir.display()))?;
+    let mut on_progress = |done: usize, total: usize| {
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+    };
+    let (report, images, where_) = match &a.store {
+        Some(url) => {
+            let (report, images) =
+                index_store(a, url, &identity, &pipeline, tokens, &mut on_progress)?;
+            (report, images, "PostgreSQL".to_string())
+        }
+        None => {
+            let mut idx = ImageIndex::open_or_create(&index_dir, &identity, options)?;
+            let report = idx
+                .add_folder(&pipeline, &a.dir, a.batch_size, &mut on_progress)
+                .with_context(|| format!("indexing {}", a.dir.display()))?;
+            (report, idx.len(), index_dir.display().to_string())
+        }
+    };
     pb.finish_and_clear();
     for s in &report.skipped {
         let path = s.path.display().to_string();
@@ -138,8 +170,8 @@ pub fn index(a: &IndexArgs) -> Result<()> {
         println!(
             "{}",
             json!({
-                "index": index_dir,
-                "images": idx.len(),
+                "index": where_,
+                "images": images,
                 "added": report.added,
                 "updated": report.updated,
                 "removed": report.removed,
@@ -150,8 +182,8 @@ pub fn index(a: &IndexArgs) -> Result<()> {
     } else {
         println!(
             "{}: {} images ({} new, {} changed, {} removed, {} unchanged, {} skipped)",
-            index_dir.display(),
-            idx.len(),
+            where_,
+            images,
             report.added,
             report.updated,
             report.removed,
@@ -162,30 +194,88 @@ pub fn index(a: &IndexArgs) -> Result<()> {
     Ok(())
 }
 
+/// Indexes `a.dir` into the PostgreSQL store at `url`: the report and the images stored.
+#[cfg(feature = "postgres")]
+fn index_store(
+    a: &IndexArgs,
+    url: &str,
+    identity: &ModelIdentity,
+    pipeline: &Pipeline,
+    tokens: TokenStorage,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(mplug::index::AddReport, usize)> {
+    let mut idx = mplug::index::postgres::PgIndex::connect(url, identity, tokens, a.rebuild)?;
+    let report = idx
+        .add_folder(pipeline, &a.dir, a.batch_size, progress)
+        .with_context(|| format!("indexing {}", a.dir.display()))?;
+    Ok((report, idx.len()?))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn index_store(
+    _: &IndexArgs,
+    _: &str,
+    _: &ModelIdentity,
+    _: &Pipeline,
+    _: TokenStorage,
+    _: &mut dyn FnMut(usize, usize),
+) -> Result<(mplug::index::AddReport, usize)> {
+    anyhow::bail!("this mplug was built without the `postgres` feature; --store needs it")
+}
+
 /// `mplug search "text"`.
 pub fn search(a: &SearchArgs) -> Result<()> {
-    if !Path::new(&a.index)
-        .join(mplug::index::MANIFEST_FILE)
-        .is_file()
-    {
-        anyhow::bail!(
-            "{} holds no image index; build one with `mplug index DIR --index {}`",
-            a.index.display(),
-            a.index.display()
-        );
-    }
-    let (identity, pipeline) = retrieval_model(&a.model)?;
-    let idx = ImageIndex::open(&a.index, &identity)?;
-    let hits = idx.search(&pipeline, &a.text, a.k, a.top)?;
+    let hits = match (&a.store, &a.index) {
+        (Some(url), _) => search_store(a, url)?,
+        (None, Some(index)) => {
+            if !Path::new(index).join(mplug::index::MANIFEST_FILE).is_file() {
+                anyhow::bail!(
+                    "{} holds no image index; build one with `mplug index DIR --index {}`",
+                    index.display(),
+                    index.display()
+                );
+            }
+            let (identity, pipeline) = retrieval_model(&a.model)?;
+            let idx = ImageIndex::open(index, &identity)?;
+            idx.search(&pipeline, &a.text, a.k, a.offset + a.top)?
+                .into_iter()
+                .filter(|h| a.min_score.is_none_or(|m| h.itm >= m))
+                .skip(a.offset)
+                .take(a.top)
+                .collect()
+        }
+        (None, None) => anyhow::bail!("name the index: --index DIR or --store URL"),
+    };
     for (rank, h) in hits.iter().enumerate() {
         if a.json {
             println!(
                 "{}",
-                json!({"rank": rank + 1, "path": h.path, "itm": h.itm, "itc": h.itc})
+                json!({"rank": a.offset + rank + 1, "path": h.path, "itm": h.itm, "itc": h.itc})
             );
         } else {
             println!("{}\t{:.4}\t{:.4}", h.path.display(), h.itm, h.itc);
         }
     }
     Ok(())
+}
+
+#[cfg(feature = "postgres")]
+fn search_store(a: &SearchArgs, url: &str) -> Result<Vec<mplug::index::Hit>> {
+    let (identity, pipeline) = retrieval_model(&a.model)?;
+    let mut idx =
+        mplug::index::postgres::PgIndex::connect(url, &identity, TokenStorage::F16, false)?;
+    let opts = mplug::index::postgres::SearchOptions {
+        k: a.k,
+        limit: a.top,
+        offset: a.offset,
+        min_score: a.min_score,
+        under: a.under.clone(),
+        itc_only: a.itc_only,
+    };
+    Ok(idx.search(&pipeline, &a.text, &opts)?)
+}
+
+#[cfg(not(feature = "postgres"))]
+fn search_store(_: &SearchArgs, _: &str) -> Result<Vec<mplug::index::Hit>> {
+    anyhow::bail!("this mplug was built without the `postgres` feature; --store needs it")
 }

@@ -16,6 +16,9 @@
 //! Every file is written to a temporary name and renamed into place; `manifest.json` is
 //! written last and is the commit point. Token shards no entry refers to are deleted.
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
 use crate::config::MplugConfig;
 use crate::error::{Error, Result};
 use crate::model::Task;
@@ -125,7 +128,7 @@ impl ModelIdentity {
     }
 }
 
-fn mtime_ns(meta: &fs::Metadata) -> u64 {
+pub(crate) fn mtime_ns(meta: &fs::Metadata) -> u64 {
     meta.modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
@@ -146,7 +149,7 @@ pub enum TokenStorage {
 }
 
 impl TokenStorage {
-    fn dtype(self) -> Option<DType> {
+    pub(crate) fn dtype(self) -> Option<DType> {
         match self {
             TokenStorage::None => None,
             TokenStorage::F16 => Some(DType::F16),
@@ -278,7 +281,7 @@ fn shard_file(shard: u32) -> String {
 }
 
 /// Fails unless `pipeline` holds a retrieval model whose ITC width is `embed_dim`.
-fn check_retrieval(pipeline: &Pipeline, embed_dim: usize) -> Result<()> {
+pub(crate) fn check_retrieval(pipeline: &Pipeline, embed_dim: usize) -> Result<()> {
     let model = pipeline.model();
     if model.task != Task::Retrieval || model.heads.is_none() {
         return Err(Error::Unsupported(format!(
