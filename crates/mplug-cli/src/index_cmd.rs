@@ -68,7 +68,7 @@ pub struct SearchArgs {
     #[arg(long, default_value_t = 0)]
     offset: usize,
     /// Leave out results scoring below this (the ITM logit, often negative; the ITC
-    /// similarity with --itc-only).
+    /// similarity with --itc-only or --image).
     #[arg(long, allow_hyphen_values = true)]
     min_score: Option<f32>,
     /// Rank by ITC similarity alone (PostgreSQL store).
@@ -80,8 +80,12 @@ pub struct SearchArgs {
     /// Print one JSON object per result.
     #[arg(long)]
     json: bool,
+    /// Search by this image instead of a text: the images most like it by ITC similarity.
+    #[arg(long, conflicts_with = "text", value_name = "FILE")]
+    image: Option<PathBuf>,
     /// The query.
-    text: String,
+    #[arg(required_unless_present = "image")]
+    text: Option<String>,
 }
 
 /// The retrieval model of `args` with its identity.
@@ -237,9 +241,17 @@ pub fn search(a: &SearchArgs) -> Result<()> {
             }
             let (identity, pipeline) = retrieval_model(&a.model)?;
             let idx = ImageIndex::open(index, &identity)?;
-            idx.search(&pipeline, &a.text, a.k, a.offset + a.top)?
-                .into_iter()
-                .filter(|h| a.min_score.is_none_or(|m| h.itm >= m))
+            let (hits, score): (_, fn(&mplug::index::Hit) -> f32) = match (&a.image, &a.text) {
+                (Some(image), _) => (idx.search_image(&pipeline, image, a.offset + a.top)?, |h| {
+                    h.itc
+                }),
+                (None, Some(text)) => (idx.search(&pipeline, text, a.k, a.offset + a.top)?, |h| {
+                    h.itm
+                }),
+                (None, None) => anyhow::bail!("give a text or --image FILE"),
+            };
+            hits.into_iter()
+                .filter(|h| a.min_score.is_none_or(|m| score(h) >= m))
                 .skip(a.offset)
                 .take(a.top)
                 .collect()
@@ -250,10 +262,15 @@ pub fn search(a: &SearchArgs) -> Result<()> {
         if a.json {
             println!(
                 "{}",
-                json!({"rank": a.offset + rank + 1, "path": h.path, "itm": h.itm, "itc": h.itc})
+                json!({"rank": a.offset + rank + 1, "path": h.path,
+                       "itm": (!h.itm.is_nan()).then_some(h.itm), "itc": h.itc})
             );
         } else {
-            println!("{}\t{:.4}\t{:.4}", h.path.display(), h.itm, h.itc);
+            if h.itm.is_nan() {
+                println!("{}\t{:.4}", h.path.display(), h.itc);
+            } else {
+                println!("{}\t{:.4}\t{:.4}", h.path.display(), h.itm, h.itc);
+            }
         }
     }
     Ok(())
@@ -272,7 +289,11 @@ fn search_store(a: &SearchArgs, url: &str) -> Result<Vec<mplug::index::Hit>> {
         under: a.under.clone(),
         itc_only: a.itc_only,
     };
-    Ok(idx.search(&pipeline, &a.text, &opts)?)
+    Ok(match (&a.image, &a.text) {
+        (Some(image), _) => idx.search_image(&pipeline, image, &opts)?,
+        (None, Some(text)) => idx.search(&pipeline, text, &opts)?,
+        (None, None) => anyhow::bail!("give a text or --image FILE"),
+    })
 }
 
 #[cfg(not(feature = "postgres"))]

@@ -120,7 +120,10 @@ fn counts(v: &Value) -> [u64; 4] {
 
 /// `(file name, itm, itc)` best first.
 fn search(store: &Store, text: &str, extra: &[&str]) -> Vec<(String, f64, f64)> {
-    let mut args: Vec<String> = vec!["search".into(), text.into(), "--json".into()];
+    let mut args: Vec<String> = vec!["search".into(), "--json".into()];
+    if !text.is_empty() {
+        args.push(text.into());
+    }
     args.extend(store.args());
     args.extend(extra.iter().map(|e| e.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -134,11 +137,9 @@ fn search(store: &Store, text: &str, extra: &[&str]) -> Vec<(String, f64, f64)> 
                 .expect("file name")
                 .to_string_lossy()
                 .into_owned();
-            (
-                name,
-                v["itm"].as_f64().expect("itm"),
-                v["itc"].as_f64().expect("itc"),
-            )
+            // `itm` is null for a search by image.
+            let itm = v["itm"].as_f64().unwrap_or(f64::NAN);
+            (name, itm, v["itc"].as_f64().expect("itc"))
         })
         .collect()
 }
@@ -174,6 +175,13 @@ fn both_stores_index_update_delete_and_search_alike() {
         assert_eq!(above, all[..2].to_vec(), "{name}");
         assert!(search(&store, "a red cross", &["--min-score", "1000"]).is_empty());
         rankings.push(all);
+
+        // By image: the query image itself first, at cosine 1.
+        let query = root.join("scene_7.png");
+        let like = search(&store, "", &["--image", s(&query), "--top", "2"]);
+        assert_eq!(like.len(), 2, "{name}: {like:?}");
+        assert_eq!(like[0].0, "scene_7.png", "{name}: {like:?}");
+        assert!((like[0].2 - 1.0).abs() < 1e-3, "{name}: {like:?}");
 
         // A changed file is encoded again, a removed one leaves the index.
         std::fs::copy(root.join("scene_7.png"), root.join("scene_3.png")).unwrap();
@@ -271,5 +279,73 @@ fn two_indexers_write_into_postgres_at_once() {
     let again = index(&store, &first, &[]);
     assert_eq!(again["images"], 8, "{again}");
     assert_eq!(counts(&again), [0, 0, 0, 4]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A run killed halfway through indexing loses nothing it committed, and the next run
+/// finishes the job with no image twice: in PostgreSQL every finished batch stays, in the
+/// folder store the index as it was before the run.
+#[test]
+fn a_killed_indexing_run_is_resumed_without_duplicates() {
+    let dir = scratch("index-stores-kill");
+    let root = dir.join("many");
+    std::fs::create_dir_all(&root).unwrap();
+    let examples = default_model().join("examples");
+    for i in 0..16 {
+        let name = ["scene_3.png", "scene_7.png", "scene_12.png", "scene_21.png"][i % 4];
+        std::fs::copy(examples.join(name), root.join(format!("photo_{i:02}.png"))).unwrap();
+    }
+    for store in stores(&dir, "kill") {
+        let name = store.name();
+        let mut args: Vec<String> = vec![
+            "index".into(),
+            s(&root).into(),
+            "--quiet".into(),
+            "--batch-size".into(),
+            "1".into(),
+        ];
+        args.extend(store.args());
+        let mut child = std::process::Command::new(MPLUG)
+            .args(&args)
+            .env("RAYON_NUM_THREADS", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn mplug index");
+        // Kill it once something is committed (PostgreSQL), or after a moment (folder).
+        let start = std::time::Instant::now();
+        loop {
+            let committed = match &store {
+                Store::Postgres(url) => postgres::Client::connect(url, postgres::NoTls)
+                    .ok()
+                    .and_then(|mut c| c.query_one("SELECT count(*) FROM mplug_images", &[]).ok())
+                    .map_or(0, |r| r.get::<_, i64>(0)),
+                Store::Folder(_) => i64::from(start.elapsed().as_millis() > 300),
+            };
+            let finished = child.try_wait().ok().flatten().is_some();
+            if committed >= 2 || finished || start.elapsed().as_secs() > 60 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let resumed = index(&store, &root, &[]);
+        let [added, updated, removed, unchanged] = counts(&resumed);
+        assert_eq!(resumed["images"], 16, "{name}: {resumed}");
+        assert_eq!(added + unchanged, 16, "{name}: {resumed}");
+        assert_eq!((updated, removed), (0, 0), "{name}: {resumed}");
+        if let Store::Postgres(_) = store {
+            assert!(
+                unchanged >= 2,
+                "{name}: the killed run's batches were lost: {resumed}"
+            );
+        }
+        let hits = search(&store, "a red cross", &["--k", "32", "--top", "32"]);
+        let mut names: Vec<&String> = hits.iter().map(|h| &h.0).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 16, "{name}: {hits:?}");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -666,6 +666,45 @@ impl ImageIndex {
         Ok(())
     }
 
+    /// The indexed images most like the image file `query`, by the ITC similarity of their
+    /// features (no ITM: it scores an image against a text), best `top` first; each hit's
+    /// `itm` is NaN.
+    pub fn search_image(
+        &self,
+        pipeline: &Pipeline,
+        query: impl AsRef<Path>,
+        top: usize,
+    ) -> Result<Vec<Hit>> {
+        check_retrieval(pipeline, self.manifest.model.embed_dim)?;
+        if top == 0 {
+            return Err(Error::invalid("--top must be at least 1"));
+        }
+        let images = pipeline.load_images(&[query.as_ref()])?;
+        let q = pipeline
+            .image_side(Visual::Images(&images))?
+            .feat
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?;
+        let (Some(features), Some(root)) = (&self.features, &self.manifest.root) else {
+            return Ok(Vec::new());
+        };
+        let sims = features.matmul(&q.t()?)?.squeeze(1)?.to_vec1::<f32>()?;
+        let mut hits: Vec<Hit> = self
+            .manifest
+            .entries
+            .iter()
+            .map(|e| Hit {
+                path: root.join(&e.path),
+                relative: e.path.clone(),
+                itm: f32::NAN,
+                itc: sims[e.row],
+            })
+            .collect();
+        hits.sort_by(|a, b| b.itc.total_cmp(&a.itc).then(a.relative.cmp(&b.relative)));
+        hits.truncate(top);
+        Ok(hits)
+    }
+
     /// Ranks the indexed images for `text`: the `k_itc` images of highest ITC similarity are
     /// re-ranked by the ITM positive logit and the best `top` returned, best first. Visual
     /// tokens come from the token shards, or from the image files for entries without them

@@ -323,6 +323,73 @@ impl PgIndex {
         Ok(report)
     }
 
+    /// The indexed images most like the image file `query` by ITC similarity (the HNSW
+    /// index; no ITM, which scores an image against a text), then `min_score`, `offset` and
+    /// `limit` as for text; each hit's `itm` is NaN.
+    pub fn search_image(
+        &mut self,
+        pipeline: &Pipeline,
+        query: impl AsRef<Path>,
+        opts: &SearchOptions,
+    ) -> Result<Vec<Hit>> {
+        check_retrieval(pipeline, self.model.embed_dim)?;
+        if opts.limit == 0 {
+            return Err(Error::invalid("--limit must be at least 1"));
+        }
+        let images = pipeline.load_images(&[query.as_ref()])?;
+        let q = pipeline
+            .image_side(Visual::Images(&images))?
+            .feat
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+        let under = self.under(opts)?;
+        let rows = self
+            .client
+            .query(
+                "SELECT path, -(feature <#> $1::text::vector) AS itc FROM mplug_images
+                 WHERE starts_with(path, $2) ORDER BY feature <#> $1::text::vector
+                 LIMIT $3 OFFSET $4",
+                &[
+                    &vector_text(&q[0]),
+                    &under,
+                    &(opts.limit as i64),
+                    &(opts.offset as i64),
+                ],
+            )
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let path: String = r.get(0);
+                let itc: f64 = r.get(1);
+                Hit {
+                    relative: path.clone(),
+                    path: PathBuf::from(path),
+                    itm: f32::NAN,
+                    itc: itc as f32,
+                }
+            })
+            .filter(|h| opts.min_score.is_none_or(|m| h.itc >= m))
+            .collect())
+    }
+
+    /// The `under` folder of a search as a path prefix (`""`: every image).
+    fn under(&self, opts: &SearchOptions) -> Result<String> {
+        Ok(opts
+            .under
+            .as_ref()
+            .map(|u| {
+                std::fs::canonicalize(u)
+                    .map(|p| format!("{}/", p.display()))
+                    .map_err(|source| Error::Io {
+                        path: u.clone(),
+                        source,
+                    })
+            })
+            .transpose()?
+            .unwrap_or_default())
+    }
+
     /// Ranks the indexed images for `text` (see [`SearchOptions`]); hits best first.
     pub fn search(
         &mut self,
@@ -339,19 +406,7 @@ impl PgIndex {
         }
         let texts = pipeline.text_side(&[text])?;
         let q = texts.feat.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        let under = opts
-            .under
-            .as_ref()
-            .map(|u| {
-                std::fs::canonicalize(u)
-                    .map(|p| format!("{}/", p.display()))
-                    .map_err(|source| Error::Io {
-                        path: u.clone(),
-                        source,
-                    })
-            })
-            .transpose()?
-            .unwrap_or_default();
+        let under = self.under(opts)?;
         let rows = self
             .client
             .query(
