@@ -59,6 +59,16 @@ pub struct BenchArgs {
     /// One JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Benchmark the photo index's stores instead, on this many synthetic unit vectors
+    /// (build time, query latency, recall@10 of HNSW, disk size); nothing else runs.
+    #[arg(long, value_name = "N")]
+    pub index: Option<usize>,
+    /// Width of the index benchmark's vectors (the default model's ITC width).
+    #[arg(long, default_value_t = 64)]
+    pub index_dim: usize,
+    /// The PostgreSQL database of the index benchmark (a table is made and dropped there).
+    #[arg(long, value_name = "URL", requires = "index")]
+    pub store: Option<String>,
 }
 
 /// A part of the benchmark.
@@ -259,6 +269,9 @@ fn run_train(args: &BenchArgs, report: &Report) -> Result<()> {
 
 /// Runs the benchmark and prints one line per figure on stdout.
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(n) = args.index {
+        return crate::bench_index::run(n, args.index_dim, args.store.as_deref());
+    }
     let report = Report { json: args.json };
     let cfg = MplugConfig::preset(&args.preset)?;
     let dtype = crate::convert::dtype(&args.dtype)?;

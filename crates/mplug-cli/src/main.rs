@@ -2,6 +2,7 @@
 
 mod baseline;
 mod bench;
+mod bench_index;
 mod convert;
 mod data_cmd;
 mod default_model;

@@ -343,6 +343,7 @@ impl PgIndex {
             .to_dtype(DType::F32)?
             .to_vec2::<f32>()?;
         let under = self.under(opts)?;
+        self.candidates(opts.offset + opts.limit)?;
         let rows = self
             .client
             .query(
@@ -371,6 +372,15 @@ impl PgIndex {
             })
             .filter(|h| opts.min_score.is_none_or(|m| h.itc >= m))
             .collect())
+    }
+
+    /// Lets the HNSW search return `n` rows: pgvector's scan yields at most `hnsw.ef_search`
+    /// (40 by default), so a larger `k` would silently get fewer candidates. The setting's
+    /// maximum is 1,000.
+    fn candidates(&mut self, n: usize) -> Result<()> {
+        self.client
+            .batch_execute(&format!("SET hnsw.ef_search = {}", n.clamp(40, 1000)))
+            .map_err(db)
     }
 
     /// The `under` folder of a search as a path prefix (`""`: every image).
@@ -406,6 +416,7 @@ impl PgIndex {
         }
         let texts = pipeline.text_side(&[text])?;
         let q = texts.feat.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        self.candidates(opts.k)?;
         let under = self.under(opts)?;
         let rows = self
             .client
