@@ -23,7 +23,7 @@ use crate::config::MplugConfig;
 use crate::error::{Error, Result};
 use crate::model::Task;
 use crate::pipeline::{Pipeline, Visual};
-use crate::tasks::retrieval::{self, ImageSide};
+use crate::tasks::retrieval::{self, ImageSide, TextSide};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -280,6 +280,48 @@ fn shard_file(shard: u32) -> String {
     format!("tokens-{shard:04}.safetensors")
 }
 
+/// Decodes one batch of image files for indexing: the images that load, with their positions
+/// in `paths`, and the positions and errors of those that do not (each store decides what an
+/// unreadable file means for its rows).
+pub(crate) fn load_batch(
+    pipeline: &Pipeline,
+    paths: &[&Path],
+) -> (Vec<Tensor>, Vec<usize>, Vec<(usize, String)>) {
+    let (mut images, mut ok, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, path) in paths.iter().enumerate() {
+        match pipeline.load_images(std::slice::from_ref(path)) {
+            Ok(t) => {
+                images.push(t);
+                ok.push(i);
+            }
+            Err(e) => failed.push((i, e.to_string())),
+        }
+    }
+    (images, ok, failed)
+}
+
+/// The ITM positive logit of one query text (`texts`, one row) against each candidate's visual
+/// tokens (`(1, L, H)` each, in order), a few pairs per fusion pass: the re-ranking both stores
+/// do after their ITC top k.
+pub(crate) fn itm_of_candidates(
+    pipeline: &Pipeline,
+    tokens: &[Tensor],
+    texts: &TextSide,
+) -> Result<Vec<f32>> {
+    let model = pipeline.model();
+    let dev = model.device();
+    let mut itm = Vec::with_capacity(tokens.len());
+    for chunk in tokens.chunks(ITM_BATCH) {
+        let side = ImageSide {
+            embeds: Tensor::cat(chunk, 0)?.to_device(dev)?,
+            feat: Tensor::zeros((chunk.len(), 1), DType::F32, dev)?,
+        };
+        let pairs: Vec<(usize, usize)> = (0..chunk.len()).map(|i| (i, 0)).collect();
+        itm.extend(retrieval::itm_positive(model, &side, texts, &pairs)?);
+    }
+    Ok(itm)
+}
+
 /// Fails unless `pipeline` holds a retrieval model whose ITC width is `embed_dim`.
 pub(crate) fn check_retrieval(pipeline: &Pipeline, embed_dim: usize) -> Result<()> {
     let model = pipeline.model();
@@ -519,23 +561,16 @@ impl ImageIndex {
         progress(0, total);
         let mut done = 0;
         for chunk in todo.chunks(batch_size) {
-            let mut images = Vec::new();
-            let mut ok = Vec::new();
-            for (i, (_, abs, _, _, existed)) in chunk.iter().enumerate() {
-                match pipeline.load_images(std::slice::from_ref(abs)) {
-                    Ok(t) => {
-                        images.push(t);
-                        ok.push(i);
-                    }
-                    Err(e) => {
-                        // An indexed file that became unreadable leaves the index.
-                        report.removed += usize::from(*existed);
-                        report.skipped.push(Skipped {
-                            path: abs.clone(),
-                            reason: e.to_string(),
-                        });
-                    }
-                }
+            let paths: Vec<&Path> = chunk.iter().map(|t| t.1.as_path()).collect();
+            let (images, ok, failed) = load_batch(pipeline, &paths);
+            for (i, reason) in failed {
+                let (_, abs, _, _, existed) = &chunk[i];
+                // An indexed file that became unreadable leaves the index.
+                report.removed += usize::from(*existed);
+                report.skipped.push(Skipped {
+                    path: abs.clone(),
+                    reason,
+                });
             }
             if !images.is_empty() {
                 let side = pipeline.image_side(Visual::Images(&Tensor::cat(&images, 0)?))?;
@@ -774,17 +809,7 @@ impl ImageIndex {
             return Err(Error::invalid("visual tokens missing for a candidate"));
         }
 
-        // ITM re-ranking, a few pairs at a time.
-        let dev = model.device();
-        let mut itm = Vec::with_capacity(order.len());
-        for chunk in tokens.chunks(ITM_BATCH) {
-            let side = ImageSide {
-                embeds: Tensor::cat(chunk, 0)?.to_device(dev)?,
-                feat: Tensor::zeros((chunk.len(), 1), DType::F32, dev)?,
-            };
-            let pairs: Vec<(usize, usize)> = (0..chunk.len()).map(|i| (i, 0)).collect();
-            itm.extend(retrieval::itm_positive(model, &side, &texts, &pairs)?);
-        }
+        let itm = itm_of_candidates(pipeline, &tokens, &texts)?;
         let mut hits: Vec<Hit> = order
             .iter()
             .zip(itm)

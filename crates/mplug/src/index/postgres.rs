@@ -12,12 +12,14 @@
 //! positive logit (visual tokens from the row, or the file encoded again), then `--min-score`,
 //! `--offset` and `--limit`.
 
-use super::{check_retrieval, mtime_ns, AddReport, Hit, ModelIdentity, Skipped, TokenStorage};
+use super::{
+    check_retrieval, itm_of_candidates, load_batch, mtime_ns, AddReport, Hit, ModelIdentity,
+    Skipped, TokenStorage,
+};
 use crate::error::{Error, Result};
 use crate::pipeline::{Pipeline, Visual};
-use crate::tasks::retrieval::{self, ImageSide};
 use candle_core::{DType, Device, Tensor};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// The schema this code writes; older databases are migrated up to it.
@@ -221,7 +223,7 @@ impl PgIndex {
             .collect();
         let mut report = AddReport::default();
         let mut todo: Vec<(String, PathBuf, i64, i64, bool)> = Vec::new();
-        let mut present: Vec<String> = Vec::new();
+        let mut present: HashSet<String> = HashSet::new();
         for (_, abs) in crate::input::image_files(&root)? {
             let meta = match std::fs::metadata(&abs) {
                 Ok(m) => m,
@@ -235,15 +237,18 @@ impl PgIndex {
             };
             let key = abs.display().to_string();
             let (size, mtime) = (meta.len() as i64, mtime_ns(&meta) as i64);
-            present.push(key.clone());
+            present.insert(key.clone());
             match known.get(&key) {
                 Some(&(s, m)) if s == size && m == mtime => report.unchanged += 1,
                 found => todo.push((key, abs, size, mtime, found.is_some())),
             }
         }
-        let gone: Vec<&String> = known.keys().filter(|k| !present.contains(k)).collect();
+        let gone: Vec<String> = known
+            .keys()
+            .filter(|k| !present.contains(*k))
+            .cloned()
+            .collect();
         if !gone.is_empty() {
-            let gone: Vec<String> = gone.into_iter().cloned().collect();
             report.removed += self
                 .client
                 .execute("DELETE FROM mplug_images WHERE path = ANY($1)", &[&gone])
@@ -254,28 +259,21 @@ impl PgIndex {
         progress(0, total);
         let mut done = 0;
         for chunk in todo.chunks(batch_size.max(1)) {
-            let mut images = Vec::new();
-            let mut ok = Vec::new();
-            for (i, (key, abs, _, _, existed)) in chunk.iter().enumerate() {
-                match pipeline.load_images(std::slice::from_ref(abs)) {
-                    Ok(t) => {
-                        images.push(t);
-                        ok.push(i);
-                    }
-                    Err(e) => {
-                        // An indexed file that became unreadable leaves the index.
-                        if *existed {
-                            self.client
-                                .execute("DELETE FROM mplug_images WHERE path = $1", &[key])
-                                .map_err(db)?;
-                            report.removed += 1;
-                        }
-                        report.skipped.push(Skipped {
-                            path: abs.clone(),
-                            reason: e.to_string(),
-                        });
-                    }
+            let paths: Vec<&Path> = chunk.iter().map(|t| t.1.as_path()).collect();
+            let (images, ok, failed) = load_batch(pipeline, &paths);
+            for (i, reason) in failed {
+                let (key, abs, _, _, existed) = &chunk[i];
+                // An indexed file that became unreadable leaves the index.
+                if *existed {
+                    self.client
+                        .execute("DELETE FROM mplug_images WHERE path = $1", &[key])
+                        .map_err(db)?;
+                    report.removed += 1;
                 }
+                report.skipped.push(Skipped {
+                    path: abs.clone(),
+                    reason,
+                });
             }
             if !images.is_empty() {
                 let side = pipeline.image_side(Visual::Images(&Tensor::cat(&images, 0)?))?;
@@ -462,15 +460,7 @@ impl PgIndex {
             embeds.push(t.unsqueeze(0)?);
         }
         if !opts.itc_only {
-            let mut itm = Vec::with_capacity(hits.len());
-            for chunk in embeds.chunks(retrieval::ITM_PAIRS_PER_CALL) {
-                let side = ImageSide {
-                    embeds: Tensor::cat(chunk, 0)?,
-                    feat: Tensor::zeros((chunk.len(), 1), DType::F32, dev)?,
-                };
-                let pairs: Vec<(usize, usize)> = (0..chunk.len()).map(|i| (i, 0)).collect();
-                itm.extend(retrieval::itm_positive(model, &side, &texts, &pairs)?);
-            }
+            let itm = itm_of_candidates(pipeline, &embeds, &texts)?;
             for (h, s) in hits.iter_mut().zip(itm) {
                 h.itm = s;
             }
