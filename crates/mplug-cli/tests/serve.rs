@@ -896,6 +896,31 @@ fn images_decoded_at_once_stay_within_the_pixel_budget() {
     assert_eq!(metric(&text, "mplug_pixels_in_flight "), 0.0);
 }
 
+/// Sampled chat choices are one model call each, each with its place among the requests in
+/// flight: a request asking for more draws than the server has places is refused (503 with
+/// `Retry-After`) before any draw runs, not after some; within the places every draw is made.
+#[test]
+fn sampled_chat_choices_take_their_places_before_any_work() {
+    let server = server_for("caption", &["--max-in-flight", "2"]);
+    let url = format!("data:image/png;base64,{}", image_b64("gray.png"));
+    let body = |n: usize| {
+        json!({"model": "mplug", "n": n, "temperature": 1.0, "max_tokens": 3,
+               "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]})
+    };
+    let r = server.post_json("/v1/chat/completions", &body(3));
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    let text = server.get("/metrics").text();
+    assert_eq!(
+        metric(&text, "mplug_batches_total"),
+        0.0,
+        "a draw ran: {text}"
+    );
+    let r = server.post_json("/v1/chat/completions", &body(2));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["choices"].as_array().map(Vec::len), Some(2));
+}
+
 /// A process's resident memory now and at its peak (`VmRSS`, `VmHWM`), in MB.
 fn rss_mb(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -336,8 +336,13 @@ async fn chat_inner(app: Shared, req: Request) -> Result<Response> {
         ..reference
     };
     if sampling {
-        // One draw per choice, each from its own seed.
-        let mut permit = Some(permit);
+        // One draw per choice, each from its own seed and each a model call with a place among
+        // the requests in flight: all are taken before the first draw, so that a busy server
+        // answers 503 before any work rather than after some.
+        let mut permits = vec![permit];
+        for _ in 1..n {
+            permits.push(app.permit()?);
+        }
         for i in 0..n {
             let config = BeamConfig {
                 beam_size: 1,
@@ -350,10 +355,9 @@ async fn chat_inner(app: Shared, req: Request) -> Result<Response> {
                 }),
                 ..beam.clone()
             };
-            let permit = match permit.take() {
-                Some(p) => p,
-                None => app.permit()?,
-            };
+            let permit = permits
+                .pop()
+                .ok_or_else(|| OpenAiError(ApiError::internal("a place is missing")))?;
             let out = generate(&engine, task, image.clone(), &text, config, permit).await?;
             choices.extend(out.into_iter().take(1).map(|g| choice(&g, max_length)));
         }
