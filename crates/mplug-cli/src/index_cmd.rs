@@ -1,15 +1,18 @@
 //! `mplug index DIR` and `mplug search "text"`: a photo collection's ITC features on disk,
 //! searched by ITC similarity and re-ranked by ITM.
 
-use crate::model_args::{locate, ModelArgs};
+use crate::model_args::{load_model, locate, ModelArgs};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mplug::index::{ImageIndex, IndexOptions, ModelIdentity, TokenStorage, DEFAULT_INDEX_DIR};
+use mplug::index::{
+    AddOptions, Location, ModelIdentity, OpenOptions, Query, SearchOptions, TokenStorage,
+    DEFAULT_INDEX_DIR,
+};
 use mplug::pipeline::Pipeline;
 use mplug::Task;
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// `mplug index`.
 #[derive(Debug, clap::Args)]
@@ -37,6 +40,13 @@ pub struct IndexArgs {
     /// Start the index afresh (another model, another folder, or a damaged index).
     #[arg(long)]
     rebuild: bool,
+    /// Caption each new or changed image (and each indexed one without a caption) with the
+    /// default caption model, or the one of --caption-model; search prints the captions.
+    #[arg(long)]
+    captions: bool,
+    /// The caption model for --captions (a model folder or checkpoint; implies --captions).
+    #[arg(long, value_name = "MODEL")]
+    caption_model: Option<PathBuf>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -58,7 +68,7 @@ pub struct SearchArgs {
     /// The index in PostgreSQL (as `mplug index --store` made it).
     #[arg(long, value_name = "URL")]
     store: Option<String>,
-    /// Candidates by ITC similarity re-ranked by ITM.
+    /// Candidates by ITC similarity re-ranked by ITM (pages go through these).
     #[arg(long, default_value_t = 16)]
     k: usize,
     /// Results printed (a page; `--limit` is the same).
@@ -71,11 +81,11 @@ pub struct SearchArgs {
     /// similarity with --itc-only or --image).
     #[arg(long, allow_hyphen_values = true)]
     min_score: Option<f32>,
-    /// Rank by ITC similarity alone (PostgreSQL store).
-    #[arg(long, requires = "store")]
+    /// Rank by ITC similarity alone (no ITM re-ranking; faster, less precise).
+    #[arg(long)]
     itc_only: bool,
-    /// Only images under this folder (PostgreSQL store).
-    #[arg(long, requires = "store")]
+    /// Only images under this folder.
+    #[arg(long)]
     under: Option<PathBuf>,
     /// Print one JSON object per result.
     #[arg(long)]
@@ -98,6 +108,19 @@ fn retrieval_model(args: &ModelArgs) -> Result<(ModelIdentity, Pipeline)> {
     let identity = ModelIdentity::of_checkpoint(&source.config, &source.checkpoint)?;
     let pipeline = source.load(Some(Task::Retrieval), &Device::Cpu)?.pipeline;
     Ok((identity, pipeline))
+}
+
+/// Where `--index` / `--store` put the index (`default`: when neither is given).
+fn location(
+    index: &Option<PathBuf>,
+    store: &Option<String>,
+    default: Option<PathBuf>,
+) -> Result<Location> {
+    match (store, index.clone().or(default)) {
+        (Some(url), _) => Ok(Location::Postgres(url.clone())),
+        (None, Some(dir)) => Ok(Location::Folder(dir)),
+        (None, None) => anyhow::bail!("name the index: --index DIR or --store URL"),
+    }
 }
 
 /// A bar on stderr, drawn only on a terminal and when not `quiet`.
@@ -123,40 +146,52 @@ pub fn index(a: &IndexArgs) -> Result<()> {
     if a.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
     }
-    let index_dir = a
-        .index
-        .clone()
-        .unwrap_or_else(|| a.dir.join(DEFAULT_INDEX_DIR));
+    let at = location(&a.index, &a.store, Some(a.dir.join(DEFAULT_INDEX_DIR)))?;
     let (identity, pipeline) = retrieval_model(&a.model)?;
+    let captioner = match (&a.caption_model, a.captions) {
+        (Some(path), _) => Some(load_model(path, &a.model.config, Some(Task::Caption))?),
+        (None, true) => Some(load_model(
+            &crate::default_model::for_task(Some(Task::Caption))?,
+            &a.model.config,
+            Some(Task::Caption),
+        )?),
+        (None, false) => None,
+    };
+    if let Some(c) = &captioner {
+        if c.task != Task::Caption {
+            anyhow::bail!(
+                "--caption-model must be a caption model, not a {} model",
+                c.task
+            );
+        }
+    }
     let tokens = match (a.no_tokens, a.tokens_dtype.as_str()) {
         (true, _) => TokenStorage::None,
         (false, "f32") => TokenStorage::F32,
         _ => TokenStorage::F16,
     };
-    let options = IndexOptions {
+    let options = OpenOptions {
         tokens,
         rebuild: a.rebuild,
+        existing: false,
     };
+    let mut store = mplug::index::open(&at, &identity, options)?;
     let pb = bar(a.quiet);
     let mut on_progress = |done: usize, total: usize| {
         pb.set_length(total as u64);
         pb.set_position(done as u64);
     };
-    let (report, images, where_) = match &a.store {
-        Some(url) => {
-            let (report, images) =
-                index_store(a, url, &identity, &pipeline, tokens, &mut on_progress)?;
-            (report, images, "PostgreSQL".to_string())
-        }
-        None => {
-            let mut idx = ImageIndex::open_or_create(&index_dir, &identity, options)?;
-            let report = idx
-                .add_folder(&pipeline, &a.dir, a.batch_size, &mut on_progress)
-                .with_context(|| format!("indexing {}", a.dir.display()))?;
-            (report, idx.len(), index_dir.display().to_string())
-        }
+    let add = AddOptions {
+        batch_size: a.batch_size,
+        captioner: captioner.as_ref().map(|c| &c.pipeline),
+        ..AddOptions::default()
     };
+    let report = store
+        .add_folder(&pipeline, &a.dir, &add, &mut on_progress)
+        .with_context(|| format!("indexing {}", a.dir.display()))?;
     pb.finish_and_clear();
+    let images = store.len()?;
+    let where_ = store.location();
     for s in &report.skipped {
         let path = s.path.display().to_string();
         if s.reason.contains(&path) {
@@ -180,12 +215,18 @@ pub fn index(a: &IndexArgs) -> Result<()> {
                 "updated": report.updated,
                 "removed": report.removed,
                 "unchanged": report.unchanged,
+                "captioned": report.captioned,
                 "skipped": skipped,
             })
         );
     } else {
+        let captioned = if captioner.is_some() {
+            format!(", {} captioned", report.captioned)
+        } else {
+            String::new()
+        };
         println!(
-            "{}: {} images ({} new, {} changed, {} removed, {} unchanged, {} skipped)",
+            "{}: {} images ({} new, {} changed, {} removed, {} unchanged, {} skipped{captioned})",
             where_,
             images,
             report.added,
@@ -198,90 +239,30 @@ pub fn index(a: &IndexArgs) -> Result<()> {
     Ok(())
 }
 
-/// Indexes `a.dir` into the PostgreSQL store at `url`: the report and the images stored.
-#[cfg(feature = "postgres")]
-fn index_store(
-    a: &IndexArgs,
-    url: &str,
-    identity: &ModelIdentity,
-    pipeline: &Pipeline,
-    tokens: TokenStorage,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<(mplug::index::AddReport, usize)> {
-    let mut idx = mplug::index::postgres::PgIndex::connect(url, identity, tokens, a.rebuild)?;
-    let report = idx
-        .add_folder(pipeline, &a.dir, a.batch_size, progress)
-        .with_context(|| format!("indexing {}", a.dir.display()))?;
-    Ok((report, idx.len()?))
-}
-
-#[cfg(not(feature = "postgres"))]
-fn index_store(
-    _: &IndexArgs,
-    _: &str,
-    _: &ModelIdentity,
-    _: &Pipeline,
-    _: TokenStorage,
-    _: &mut dyn FnMut(usize, usize),
-) -> Result<(mplug::index::AddReport, usize)> {
-    anyhow::bail!("this mplug was built without the `postgres` feature; --store needs it")
-}
-
 /// `mplug search "text"`.
 pub fn search(a: &SearchArgs) -> Result<()> {
-    let hits = match (&a.store, &a.index) {
-        (Some(url), _) => search_store(a, url)?,
-        (None, Some(index)) => {
-            if !Path::new(index).join(mplug::index::MANIFEST_FILE).is_file() {
-                anyhow::bail!(
-                    "{} holds no image index; build one with `mplug index DIR --index {}`",
-                    index.display(),
-                    index.display()
-                );
-            }
-            let (identity, pipeline) = retrieval_model(&a.model)?;
-            let idx = ImageIndex::open(index, &identity)?;
-            let (hits, score): (_, fn(&mplug::index::Hit) -> f32) = match (&a.image, &a.text) {
-                (Some(image), _) => (idx.search_image(&pipeline, image, a.offset + a.top)?, |h| {
-                    h.itc
-                }),
-                (None, Some(text)) => (idx.search(&pipeline, text, a.k, a.offset + a.top)?, |h| {
-                    h.itm
-                }),
-                (None, None) => anyhow::bail!("give a text or --image FILE"),
-            };
-            hits.into_iter()
-                .filter(|h| a.min_score.is_none_or(|m| score(h) >= m))
-                .skip(a.offset)
-                .take(a.top)
-                .collect()
-        }
-        (None, None) => anyhow::bail!("name the index: --index DIR or --store URL"),
-    };
-    for (rank, h) in hits.iter().enumerate() {
-        if a.json {
-            println!(
-                "{}",
-                json!({"rank": a.offset + rank + 1, "path": h.path,
-                       "itm": (!h.itm.is_nan()).then_some(h.itm), "itc": h.itc})
+    let at = location(&a.index, &a.store, None)?;
+    if let Location::Folder(dir) = &at {
+        if !dir.join(mplug::index::folder::MANIFEST_FILE).is_file() {
+            anyhow::bail!(
+                "{} holds no image index; build one with `mplug index DIR --index {}`",
+                dir.display(),
+                dir.display()
             );
-        } else {
-            if h.itm.is_nan() {
-                println!("{}\t{:.4}", h.path.display(), h.itc);
-            } else {
-                println!("{}\t{:.4}\t{:.4}", h.path.display(), h.itm, h.itc);
-            }
         }
     }
-    Ok(())
-}
-
-#[cfg(feature = "postgres")]
-fn search_store(a: &SearchArgs, url: &str) -> Result<Vec<mplug::index::Hit>> {
     let (identity, pipeline) = retrieval_model(&a.model)?;
-    let mut idx =
-        mplug::index::postgres::PgIndex::connect(url, &identity, TokenStorage::F16, false)?;
-    let opts = mplug::index::postgres::SearchOptions {
+    let options = OpenOptions {
+        existing: true,
+        ..OpenOptions::default()
+    };
+    let mut store = mplug::index::open(&at, &identity, options)?;
+    let query = match (&a.image, &a.text) {
+        (Some(image), _) => Query::ImageFile(image),
+        (None, Some(text)) => Query::Text(text),
+        (None, None) => anyhow::bail!("give a text or --image FILE"),
+    };
+    let opts = SearchOptions {
         k: a.k,
         limit: a.top,
         offset: a.offset,
@@ -289,14 +270,26 @@ fn search_store(a: &SearchArgs, url: &str) -> Result<Vec<mplug::index::Hit>> {
         under: a.under.clone(),
         itc_only: a.itc_only,
     };
-    Ok(match (&a.image, &a.text) {
-        (Some(image), _) => idx.search_image(&pipeline, image, &opts)?,
-        (None, Some(text)) => idx.search(&pipeline, text, &opts)?,
-        (None, None) => anyhow::bail!("give a text or --image FILE"),
-    })
-}
-
-#[cfg(not(feature = "postgres"))]
-fn search_store(_: &SearchArgs, _: &str) -> Result<Vec<mplug::index::Hit>> {
-    anyhow::bail!("this mplug was built without the `postgres` feature; --store needs it")
+    let hits = store.search(&pipeline, query, &opts)?;
+    for (rank, h) in hits.iter().enumerate() {
+        if a.json {
+            println!(
+                "{}",
+                json!({"rank": a.offset + rank + 1, "path": h.path, "score": h.score(),
+                       "itm": (!h.itm.is_nan()).then_some(h.itm), "itc": h.itc,
+                       "caption": h.caption})
+            );
+        } else {
+            let mut line = h.path.display().to_string();
+            if !h.itm.is_nan() {
+                line.push_str(&format!("\t{:.4}", h.itm));
+            }
+            line.push_str(&format!("\t{:.4}", h.itc));
+            if let Some(c) = &h.caption {
+                line.push_str(&format!("\t{c}"));
+            }
+            println!("{line}");
+        }
+    }
+    Ok(())
 }

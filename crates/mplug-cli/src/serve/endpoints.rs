@@ -122,6 +122,16 @@ pub const ROUTES: &[Route] = &[
         }),
     },
     Route {
+        path: "/v1/search",
+        tasks: &[Task::Retrieval],
+        handler: || post(handlers::search),
+        doc: Some(Doc {
+            summary: "Search the server's image index by text or by image (--index or --store)",
+            request: "SearchRequest",
+            response: "SearchResponse",
+        }),
+    },
+    Route {
         path: "/v1/models",
         tasks: &[],
         handler: || get(openai::models),

@@ -16,6 +16,7 @@
 use super::request::ApiError;
 use axum::body::Bytes;
 use candle_core::Tensor;
+use mplug::index::{Hit, IndexStore, Query, SearchOptions};
 use mplug::input::Letterboxed;
 use mplug::pipeline::{Generated, GroundedBox, Pipeline, RankedText, ScoredLabel, Visual};
 use mplug::tasks::retrieval::ScoreMatrix;
@@ -78,6 +79,19 @@ struct EmbedIn {
     texts: Vec<String>,
 }
 
+/// A search's query: a text, or a preprocessed image `(3, R, R)`.
+pub enum SearchQuery {
+    /// Images matching a text.
+    Text(String),
+    /// Images like an image.
+    Image(Tensor),
+}
+
+struct SearchIn {
+    query: SearchQuery,
+    options: SearchOptions,
+}
+
 /// `(image features, text features)`, L2-normalized, one row each.
 pub type Embeddings = (Vec<Vec<f32>>, Vec<Vec<f32>>);
 
@@ -90,6 +104,7 @@ enum Job {
     Retrieve(Item<RetrieveIn, (ScoreMatrix, ScoreMatrix)>),
     Embed(Item<EmbedIn, Embeddings>),
     Classify(Item<ClassifyIn, Vec<ScoredLabel>>),
+    Search(Item<SearchIn, Vec<Hit>>),
 }
 
 /// Which jobs may share one model call.
@@ -187,6 +202,8 @@ impl PixelBudget {
 /// The shared model and its queue.
 pub struct Engine {
     pipeline: Pipeline,
+    /// The image index `POST /v1/search` ranks (a retrieval model's engine).
+    index: Option<Mutex<Box<dyn IndexStore>>>,
     pixels: PixelBudget,
     queue: Mutex<VecDeque<Job>>,
     compute: Mutex<()>,
@@ -216,12 +233,25 @@ impl Engine {
     pub fn new(pipeline: Pipeline, max_batch: usize, pixels: PixelBudget) -> Self {
         Engine {
             pipeline,
+            index: None,
             pixels,
             queue: Mutex::new(VecDeque::new()),
             compute: Mutex::new(()),
             max_batch: max_batch.max(1),
             stats: BatchStats::default(),
         }
+    }
+
+    /// The engine with an image index for [`search`](Self::search) (made by this engine's
+    /// retrieval model).
+    pub fn with_index(mut self, index: Box<dyn IndexStore>) -> Self {
+        self.index = Some(Mutex::new(index));
+        self
+    }
+
+    /// Whether the engine has an image index.
+    pub fn has_index(&self) -> bool {
+        self.index.is_some()
     }
 
     /// The model with its tokenizer and preprocessing.
@@ -395,6 +425,17 @@ impl Engine {
         self.submit(permit, Job::Classify, input).await
     }
 
+    /// The indexed images that best match a query ([`IndexStore::search`]).
+    pub async fn search(
+        self: &Arc<Self>,
+        query: SearchQuery,
+        options: SearchOptions,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Vec<Hit>, ApiError> {
+        let input = SearchIn { query, options };
+        self.submit(permit, Job::Search, input).await
+    }
+
     /// Queues a job and waits for its result.
     async fn submit<I, T>(
         self: &Arc<Self>,
@@ -505,6 +546,20 @@ impl Engine {
                     p.embed_texts(&i.texts).map_err(ApiError::model)?
                 };
                 Ok(vec![(images, texts)])
+            }),
+            Some(Job::Search(_)) => run_batched(items!(Search), |ins: &[&SearchIn]| {
+                let i = ins[0];
+                let index = self
+                    .index
+                    .as_ref()
+                    .ok_or_else(|| ApiError::unprocessable("this server has no image index"))?;
+                let query = match &i.query {
+                    SearchQuery::Text(t) => Query::Text(t),
+                    SearchQuery::Image(image) => Query::Image(image),
+                };
+                Ok(vec![lock(index)
+                    .search(p, query, &i.options)
+                    .map_err(ApiError::model)?])
             }),
         }
     }

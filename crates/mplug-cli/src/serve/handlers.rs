@@ -542,3 +542,106 @@ pub async fn classify(
             .collect(),
     ))
 }
+
+/// `POST /v1/search`'s fields: a text `query`, or an image (`image`, base64, or a file part);
+/// the options of `mplug search`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchBody {
+    query: Option<String>,
+    k: Option<usize>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+    min_score: Option<f32>,
+    under: Option<std::path::PathBuf>,
+    #[serde(default)]
+    itc_only: bool,
+}
+
+/// One search result.
+#[derive(Debug, Serialize)]
+pub struct SearchHit {
+    rank: usize,
+    path: std::path::PathBuf,
+    /// The ranking score: `itm` when there is one, else `itc`.
+    score: f64,
+    itm: Option<f64>,
+    itc: f64,
+    caption: Option<String>,
+}
+
+/// `POST /v1/search`'s answer.
+#[derive(Debug, Serialize)]
+pub struct SearchResponse {
+    hits: Vec<SearchHit>,
+}
+
+/// The most results one search returns, and the most candidates it re-ranks.
+const MAX_SEARCH: usize = 1000;
+
+/// `POST /v1/search`: the indexed images that best match a text or an image.
+pub async fn search(
+    axum::extract::State(app): axum::extract::State<Shared>,
+    mut req: ModelRequest<SearchBody>,
+) -> Result<Json<SearchResponse>, ApiError> {
+    use super::engine::SearchQuery;
+    if !req.engine.has_index() {
+        return Err(ApiError::unprocessable(
+            "this server has no image index; start `mplug serve` with --index DIR or --store URL",
+        ));
+    }
+    let defaults = mplug::index::SearchOptions::default();
+    let b = &req.body;
+    let options = mplug::index::SearchOptions {
+        k: b.k.unwrap_or(defaults.k),
+        limit: b.limit.unwrap_or(defaults.limit),
+        offset: b.offset.unwrap_or(0),
+        min_score: b.min_score,
+        under: b.under.clone(),
+        itc_only: b.itc_only,
+    };
+    if options.k > MAX_SEARCH
+        || options.limit == 0
+        || options.offset.saturating_add(options.limit) > MAX_SEARCH
+    {
+        return Err(ApiError::unprocessable(format!(
+            "k and offset + limit must be at most {MAX_SEARCH}, and limit at least 1"
+        )));
+    }
+    let query = match (req.body.query.take(), req.images.is_empty()) {
+        (Some(_), false) => {
+            return Err(ApiError::unprocessable(
+                "send a text `query` or an `image`, not both",
+            ))
+        }
+        (Some(text), true) => {
+            app.text(&req.engine, &text, "query")?;
+            SearchQuery::Text(text)
+        }
+        (None, false) => {
+            let bytes = req.one_image()?;
+            SearchQuery::Image(req.engine.image(bytes, "image").await?)
+        }
+        (None, true) => {
+            return Err(ApiError::unprocessable(
+                "nothing to search by: send a text `query` or an `image`",
+            ))
+        }
+    };
+    let offset = options.offset;
+    let hits = req.engine.search(query, options, req.permit).await?;
+    Ok(Json(SearchResponse {
+        hits: hits
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| SearchHit {
+                rank: offset + i + 1,
+                score: wide(h.score()),
+                itm: (!h.itm.is_nan()).then_some(wide(h.itm)),
+                itc: wide(h.itc),
+                path: h.path,
+                caption: h.caption,
+            })
+            .collect(),
+    }))
+}

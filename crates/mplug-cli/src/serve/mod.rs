@@ -2,7 +2,8 @@
 //!
 //! Endpoints (JSON bodies with base64 images, or `multipart/form-data` uploads):
 //! `POST /v1/caption`, `/v1/vqa` (free answer, or rank `"answers"`), `/v1/ground`,
-//! `/v1/retrieve`, `/v1/embed` (ITC features); `GET /healthz`, `/metrics` (Prometheus text),
+//! `/v1/retrieve`, `/v1/embed` (ITC features), `/v1/classify`, `/v1/search` (an image index,
+//! with `--index` or `--store`); `GET /healthz`, `/metrics` (Prometheus text),
 //! `/v1/info`, `/openapi.json` and a web page at `/`. A server runs the task its model was made
 //! for; the other task endpoints answer 422 naming it. Limits: body size (413), pixels, text
 //! length and counts (422), requests in flight (503, with `Retry-After`), the time a body may
@@ -89,6 +90,13 @@ pub struct ServeArgs {
     /// Most requests answered by one batched model call.
     #[arg(long, default_value_t = 8)]
     pub max_batch: usize,
+    /// Answer `POST /v1/search` from this image index folder (made by `mplug index` with the
+    /// served retrieval model; re-read when indexing changes it).
+    #[arg(long, value_name = "DIR", conflicts_with = "store")]
+    pub index: Option<PathBuf>,
+    /// Answer `POST /v1/search` from this PostgreSQL index (`mplug index --store URL`).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
 }
 
 /// The limits a request is checked against.
@@ -400,6 +408,32 @@ fn load_models(a: &ServeArgs) -> Result<Vec<(Task, PathBuf, mplug::model_dir::Lo
     Ok(loaded)
 }
 
+/// The image index of `--index` / `--store`, opened for the served retrieval model (which
+/// must be the model that made it).
+fn search_index(
+    a: &ServeArgs,
+    loaded: &[(Task, PathBuf, mplug::model_dir::LoadedModel)],
+) -> Result<Option<Box<dyn mplug::index::IndexStore>>> {
+    use mplug::index::{Location, ModelIdentity, OpenOptions};
+    let location = match (&a.index, &a.store) {
+        (Some(dir), _) => Location::Folder(dir.clone()),
+        (None, Some(url)) => Location::Postgres(url.clone()),
+        (None, None) => return Ok(None),
+    };
+    let Some((_, path, _)) = loaded.iter().find(|(t, _, _)| *t == Task::Retrieval) else {
+        anyhow::bail!("--index and --store need a retrieval model to search with");
+    };
+    let source = crate::model_args::locate(path, &a.config, Some(Task::Retrieval))?;
+    let identity = ModelIdentity::of_checkpoint(&source.config, &source.checkpoint)?;
+    let options = OpenOptions {
+        existing: true,
+        ..OpenOptions::default()
+    };
+    let store = mplug::index::open(&location, &identity, options)
+        .with_context(|| format!("opening the index in {}", location.describe()))?;
+    Ok(Some(store))
+}
+
 /// Runs `mplug serve` until interrupted.
 pub fn run(a: &ServeArgs) -> Result<()> {
     if !(a.body_timeout.is_finite() && a.body_timeout > 0.0 && a.body_timeout <= 86_400.0) {
@@ -460,12 +494,20 @@ pub fn run(a: &ServeArgs) -> Result<()> {
         "version": env!("CARGO_PKG_VERSION"),
     });
     let pixels = engine::PixelBudget::new(limits.max_pixels_in_flight);
+    let mut index = search_index(a, &loaded)?;
     let mut models = Vec::new();
     for (task, path, model) in loaded {
         eprintln!("mplug serve: {task} from {}", path.display());
         let pipeline = model.pipeline.with_max_pixels(a.max_pixels)?;
+        let mut engine = Engine::new(pipeline, limits.max_batch, pixels.clone());
+        if task == Task::Retrieval {
+            if let Some(store) = index.take() {
+                eprintln!("mplug serve: searching the index in {}", store.location());
+                engine = engine.with_index(store);
+            }
+        }
         models.push(Served {
-            engine: Arc::new(Engine::new(pipeline, limits.max_batch, pixels.clone())),
+            engine: Arc::new(engine),
             tasks: vec![task],
         });
     }

@@ -137,6 +137,22 @@ pub fn document(tasks: &[Task], max_beam: usize, max_len: usize) -> Value {
                     "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}], "description": "Texts, and images as data URLs"},
                     "encoding_format": {"type": "string", "enum": ["float", "base64"]}}},
                 "EmbeddingsResponse": {"type": "object", "description": "OpenAI's list of embedding objects"},
+                "SearchRequest": {"type": "object", "additionalProperties": false, "description": "A text `query` or an `image` (base64, or a file part); the options of `mplug search`", "properties": {
+                    "query": {"type": "string"},
+                    "image": image.clone(),
+                    "k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 16, "description": "Candidates by ITC similarity re-ranked by ITM"},
+                    "limit": {"type": "integer", "minimum": 1, "default": 10},
+                    "offset": {"type": "integer", "minimum": 0, "default": 0},
+                    "min_score": {"type": "number", "description": "Leave out hits scoring below this (the ITM logit; the ITC similarity for an image or with itc_only)"},
+                    "under": {"type": "string", "description": "Only images under this folder (a path on the server)"},
+                    "itc_only": {"type": "boolean", "default": false}}},
+                "SearchResponse": {"type": "object", "properties": {"hits": {"type": "array", "items": {"type": "object", "properties": {
+                    "rank": {"type": "integer"},
+                    "path": {"type": "string"},
+                    "score": {"type": "number"},
+                    "itm": {"type": ["number", "null"]},
+                    "itc": {"type": "number"},
+                    "caption": {"type": ["string", "null"]}}}}}},
                 "EmbedResponse": {"type": "object", "properties": {
                     "dim": {"type": "integer"},
                     "image_embeddings": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},

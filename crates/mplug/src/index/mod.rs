@@ -1,49 +1,44 @@
-//! An on-disk image index for a retrieval model: the normalized ITC features of a photo
-//! collection (and, optionally, its visual tokens) so that a text query ranks the collection
-//! without encoding every image again, as the reference's retrieval evaluation does: ITC top `k`
-//! by dot product with the query's feature, then ITM re-ranking of those `k`.
+//! Photo search: an image collection's normalized ITC features (and, optionally, its visual
+//! tokens and generated captions) kept in a store, so that a text or an image query ranks the
+//! collection without encoding every image again, as the reference's retrieval evaluation
+//! does: ITC top `k` by inner product with the query's feature, then ITM re-ranking of those
+//! `k`.
 //!
-//! An index is a folder:
-//! - `manifest.json`: the model that made it ([`ModelIdentity`]), the image root, and one entry
-//!   per image (path relative to the root, file size, modification time, feature row, token
-//!   shard);
-//! - `features.safetensors`: `features` `(N, embed_dim)` f32, normalized, and `ids` `(N,)` u32
-//!   naming the entry of each row (checked on opening, so a torn update is noticed);
-//! - `tokens-XXXX.safetensors` (optional): each image's visual tokens `(Li, H)` in f16 (or f32)
-//!   under the key `t<id>`, for ITM re-ranking without decoding the image again. Without them
-//!   the top `k` images are re-encoded from their files at search time.
+//! Two stores behind one trait, [`IndexStore`]:
+//! - [`folder::FolderStore`], the default: a folder of safetensors files with a JSON manifest,
+//!   searched exactly; no server needed.
+//! - `postgres::PgStore` (feature `postgres`): PostgreSQL with pgvector, one row per image and
+//!   an HNSW index; several machines index into one database and search it.
 //!
-//! Every file is written to a temporary name and renamed into place; `manifest.json` is
-//! written last and is the commit point. Token shards no entry refers to are deleted.
+//! A store provides a handful of primitives (the images indexed under a folder, remove, write
+//! a batch, flush, nearest features); [`IndexStore::add_folder`] and [`IndexStore::search`]
+//! are written once on top of them, so both stores index and rank alike.
 
+pub mod folder;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
+pub use folder::FolderStore;
+
 use crate::config::MplugConfig;
 use crate::error::{Error, Result};
+use crate::generate::BeamConfig;
 use crate::model::Task;
 use crate::pipeline::{Pipeline, Visual};
 use crate::tasks::retrieval::{self, ImageSide, TextSide};
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-/// The manifest's file name inside an index folder.
-pub const MANIFEST_FILE: &str = "manifest.json";
-/// The features' file name inside an index folder.
-pub const FEATURES_FILE: &str = "features.safetensors";
-/// The index folder `mplug index DIR` uses by default, inside `DIR`.
+/// The folder `mplug index DIR` keeps its index in by default, inside `DIR`.
 pub const DEFAULT_INDEX_DIR: &str = ".mplug-index";
-/// Images per token shard.
-pub const SHARD_IMAGES: usize = 64;
 /// Pairs fused per ITM call when re-ranking.
 const ITM_BATCH: usize = retrieval::ITM_PAIRS_PER_CALL;
-/// Version of the on-disk layout.
-const FORMAT_VERSION: u32 = 1;
 /// Bytes hashed at each end of the checkpoint for its fingerprint.
 const FINGERPRINT_BYTES: u64 = 4 << 20;
 
@@ -56,7 +51,7 @@ fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -158,40 +153,54 @@ impl TokenStorage {
     }
 }
 
-/// How to open an index.
+/// Where an index lives: a folder, or a PostgreSQL database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A folder of safetensors files ([`FolderStore`]).
+    Folder(PathBuf),
+    /// A PostgreSQL connection string (`postgres://user@host/db` or `host=/dir dbname=db`).
+    Postgres(String),
+}
+
+impl Location {
+    /// How the location is named in messages (a database's password is not shown).
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Folder(dir) => dir.display().to_string(),
+            Location::Postgres(_) => "PostgreSQL".to_string(),
+        }
+    }
+}
+
+/// How to open a store.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct IndexOptions {
-    /// How new images' visual tokens are kept (entries already stored keep theirs).
+pub struct OpenOptions {
+    /// How new images' visual tokens are kept (rows already stored keep theirs).
     pub tokens: TokenStorage,
-    /// Start afresh when the index was made by another model or for another root.
+    /// Start afresh when the index was made by another model (or, in a folder, for another
+    /// image folder or damaged).
     pub rebuild: bool,
+    /// Open only an index that exists (searching), instead of starting an empty one.
+    pub existing: bool,
 }
 
-/// One indexed image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    /// Path relative to the image root, `/`-separated.
-    pub path: String,
-    /// File size in bytes when encoded.
-    pub size: u64,
-    /// Modification time when encoded, nanoseconds since the Unix epoch.
-    pub mtime_ns: u64,
-    /// Row of its feature in `features.safetensors`.
-    pub row: usize,
-    /// Stable id (the key of its tokens, `t<id>`).
-    pub id: u32,
-    /// The token shard holding its visual tokens, if any.
-    pub shard: Option<u32>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Manifest {
-    version: u32,
-    model: ModelIdentity,
-    root: Option<PathBuf>,
-    next_id: u32,
-    next_shard: u32,
-    entries: Vec<Entry>,
+/// Opens (or starts) the index at `location` for `model`; another model's index is refused
+/// unless `options.rebuild`.
+pub fn open(
+    location: &Location,
+    model: &ModelIdentity,
+    options: OpenOptions,
+) -> Result<Box<dyn IndexStore>> {
+    match location {
+        Location::Folder(dir) => Ok(Box::new(FolderStore::open(dir, model, options)?)),
+        #[cfg(feature = "postgres")]
+        Location::Postgres(url) => Ok(Box::new(postgres::PgStore::connect(url, model, options)?)),
+        #[cfg(not(feature = "postgres"))]
+        Location::Postgres(_) => Err(Error::Unsupported(
+            "this mplug was built without the `postgres` feature, which a PostgreSQL index needs"
+                .into(),
+        )),
+    }
 }
 
 /// An image that could not be indexed, and why.
@@ -203,111 +212,554 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// What [`ImageIndex::add_folder`] did.
+/// What [`IndexStore::add_folder`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AddReport {
     /// Images encoded for the first time.
     pub added: usize,
-    /// Images encoded again because their size or modification time changed.
+    /// Images encoded again: their size or modification time changed, or captions were asked
+    /// for and they had none.
     pub updated: usize,
-    /// Entries removed because their files are gone (or now unreadable).
+    /// Images removed because their files are gone (or now unreadable).
     pub removed: usize,
     /// Images kept as they were.
     pub unchanged: usize,
+    /// Captions generated.
+    pub captioned: usize,
     /// Files that could not be read or decoded (not indexed; tried again next time).
     pub skipped: Vec<Skipped>,
+}
+
+/// How [`IndexStore::add_folder`] encodes.
+#[derive(Clone)]
+pub struct AddOptions<'a> {
+    /// Images encoded per model call.
+    pub batch_size: usize,
+    /// A caption model: each new or changed image gets its best caption (beam search with
+    /// `caption_beam`), and indexed images without one get one.
+    pub captioner: Option<&'a Pipeline>,
+    /// Decoding settings of the captions.
+    pub caption_beam: BeamConfig,
+}
+
+impl Default for AddOptions<'_> {
+    fn default() -> Self {
+        AddOptions {
+            batch_size: 16,
+            captioner: None,
+            caption_beam: BeamConfig::caption(),
+        }
+    }
+}
+
+/// A query: a text, or an image (a file, or an image already preprocessed for the model).
+#[derive(Debug, Clone, Copy)]
+pub enum Query<'a> {
+    /// Images matching a text: ITC top `k`, re-ranked by ITM.
+    Text(&'a str),
+    /// Images like the one in this file, by ITC similarity.
+    ImageFile(&'a Path),
+    /// Images like this preprocessed image, `(3, R, R)` or `(1, 3, R, R)`, by ITC similarity.
+    Image(&'a Tensor),
+}
+
+/// Options of a search.
+#[derive(Debug, Clone)]
+pub struct SearchOptions {
+    /// Candidates taken by ITC similarity and re-ranked by ITM (a text query): pages go
+    /// through these `k`.
+    pub k: usize,
+    /// Hits returned (a page).
+    pub limit: usize,
+    /// Hits skipped before the page.
+    pub offset: usize,
+    /// Hits scoring below this are left out (the ranking score: the ITM logit, or the ITC
+    /// similarity for an image query or with `itc_only`).
+    pub min_score: Option<f32>,
+    /// Only images under this folder.
+    pub under: Option<PathBuf>,
+    /// Rank a text query by ITC similarity alone, no ITM re-ranking.
+    pub itc_only: bool,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        SearchOptions {
+            k: 16,
+            limit: 10,
+            offset: 0,
+            min_score: None,
+            under: None,
+            itc_only: false,
+        }
+    }
 }
 
 /// A search result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit {
-    /// The image file (the root joined with the entry's path).
+    /// The image file.
     pub path: PathBuf,
-    /// The path relative to the image root.
-    pub relative: String,
-    /// ITM positive logit of (image, query): the ranking score.
+    /// ITM positive logit of (image, query text): the ranking score of a text query; NaN for
+    /// an image query or with `itc_only`.
     pub itm: f32,
     /// ITC similarity of the normalized features.
     pub itc: f32,
+    /// The caption generated at indexing, if any.
+    pub caption: Option<String>,
 }
 
-/// An image collection's features on disk; see the module documentation.
-#[derive(Debug)]
-pub struct ImageIndex {
-    dir: PathBuf,
-    manifest: Manifest,
-    /// `(N, E)` f32 on the CPU; `None` while empty.
-    features: Option<Tensor>,
-    tokens: TokenStorage,
-}
-
-fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-        Error::Config(format!(
-            "index file {} is unreadable ({e}); run `mplug index` with --rebuild",
-            path.display()
-        ))
-    })
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename.
-fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    if let Err(e) = write(&tmp) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    fs::rename(&tmp, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io_err(path)(e)
-    })
-}
-
-fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    write_atomic(path, |tmp| {
-        candle_core::safetensors::save(tensors, tmp).map_err(|e| Error::Io {
-            path: tmp.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })
-    })
-}
-
-fn shard_file(shard: u32) -> String {
-    format!("tokens-{shard:04}.safetensors")
-}
-
-/// Decodes one batch of image files for indexing: the images that load, with their positions
-/// in `paths`, and the positions and errors of those that do not (each store decides what an
-/// unreadable file means for its rows).
-pub(crate) fn load_batch(
-    pipeline: &Pipeline,
-    paths: &[&Path],
-) -> (Vec<Tensor>, Vec<usize>, Vec<(usize, String)>) {
-    let (mut images, mut ok, mut failed) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, path) in paths.iter().enumerate() {
-        match pipeline.load_images(std::slice::from_ref(path)) {
-            Ok(t) => {
-                images.push(t);
-                ok.push(i);
-            }
-            Err(e) => failed.push((i, e.to_string())),
+impl Hit {
+    /// The score the hit was ranked by: the ITM logit when there is one, else the ITC
+    /// similarity.
+    pub fn score(&self) -> f32 {
+        if self.itm.is_nan() {
+            self.itc
+        } else {
+            self.itm
         }
     }
-    (images, ok, failed)
+}
+
+/// An indexed file's size and modification time when it was encoded, and whether it has a
+/// caption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: u64,
+    /// Whether a caption is stored.
+    pub captioned: bool,
+}
+
+/// One image's row, as [`IndexStore::write`] stores it.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// The image file, absolute.
+    pub path: PathBuf,
+    /// Its size and modification time.
+    pub stamp: Stamp,
+    /// The normalized ITC feature.
+    pub feature: Vec<f32>,
+    /// Visual tokens `(L, H)` on the CPU in the store's precision, if kept.
+    pub tokens: Option<Tensor>,
+    /// The generated caption, if any.
+    pub caption: Option<String>,
+}
+
+/// An image [`IndexStore::nearest`] found.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The image file, absolute.
+    pub path: PathBuf,
+    /// Its size and modification time when indexed.
+    pub stamp: Stamp,
+    /// ITC similarity to the query.
+    pub itc: f32,
+    /// Its stored visual tokens `(L, H)`, when asked for and kept.
+    pub tokens: Option<Tensor>,
+    /// Its caption, if any.
+    pub caption: Option<String>,
+}
+
+/// A place that keeps an image index: the primitives each store provides, and indexing and
+/// searching written once on top of them.
+pub trait IndexStore: Send {
+    /// Where the index lives, for messages.
+    fn location(&self) -> String;
+
+    /// The model whose features the index holds.
+    fn model(&self) -> &ModelIdentity;
+
+    /// How new images' visual tokens are kept.
+    fn tokens(&self) -> TokenStorage;
+
+    /// Images in the index.
+    fn len(&mut self) -> Result<usize>;
+
+    /// Whether the index holds no image.
+    fn is_empty(&mut self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Starts an update of the images under the folder `root` (canonical): the images indexed
+    /// there, by absolute path. A store that keeps one folder's images refuses another here.
+    fn indexed_under(&mut self, root: &Path) -> Result<HashMap<PathBuf, Stamp>>;
+
+    /// Removes the rows of these images (absolute paths); returns how many there were.
+    fn remove(&mut self, paths: &[PathBuf]) -> Result<usize>;
+
+    /// Writes one batch of rows, replacing those of the same paths. The batch is committed
+    /// when this returns, or at the latest by [`flush`](Self::flush) (a store may commit
+    /// several batches at once; what it committed survives a killed run).
+    fn write(&mut self, rows: Vec<Row>) -> Result<()>;
+
+    /// Commits every batch written.
+    fn flush(&mut self) -> Result<()>;
+
+    /// The `n` indexed images whose features have the highest inner product with `feature`,
+    /// best first, only those under the folder `under` (canonical) when given, with their
+    /// visual tokens when `with_tokens`.
+    fn nearest(
+        &mut self,
+        feature: &[f32],
+        n: usize,
+        under: Option<&Path>,
+        with_tokens: bool,
+    ) -> Result<Vec<Candidate>>;
+
+    /// Brings the index up to date with the images under `root`: encodes new files and files
+    /// whose size or modification time changed (`options.batch_size` at a time, the next
+    /// batch decoded while the model encodes this one), removes the images whose files are
+    /// gone, and commits as it goes. Unreadable images are skipped and listed in the report.
+    /// `progress(done, total)` is called as images are encoded (`total` images to encode,
+    /// `0` first).
+    fn add_folder(
+        &mut self,
+        pipeline: &Pipeline,
+        root: &Path,
+        options: &AddOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<AddReport> {
+        check_retrieval(pipeline, self.model().embed_dim)?;
+        let root = fs::canonicalize(root).map_err(io_err(root))?;
+        if !root.is_dir() {
+            return Err(Error::invalid(format!(
+                "{} is not a folder",
+                root.display()
+            )));
+        }
+        let batch_size = options.batch_size.max(1);
+        let files = crate::input::image_files(&root)?;
+        let known = self.indexed_under(&root)?;
+        let mut report = AddReport::default();
+        let mut todo: Vec<(PathBuf, Stamp, bool)> = Vec::new();
+        let mut present: HashSet<&Path> = HashSet::new();
+        for (_, abs) in &files {
+            let meta = match fs::metadata(abs) {
+                Ok(m) => m,
+                Err(e) => {
+                    report.skipped.push(Skipped {
+                        path: abs.clone(),
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let stamp = Stamp {
+                size: meta.len(),
+                mtime_ns: mtime_ns(&meta),
+                captioned: false,
+            };
+            present.insert(abs);
+            match known.get(abs) {
+                Some(k)
+                    if k.size == stamp.size
+                        && k.mtime_ns == stamp.mtime_ns
+                        && (k.captioned || options.captioner.is_none()) =>
+                {
+                    report.unchanged += 1
+                }
+                found => todo.push((abs.clone(), stamp, found.is_some())),
+            }
+        }
+        let gone: Vec<PathBuf> = known
+            .keys()
+            .filter(|k| !present.contains(k.as_path()))
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            report.removed += self.remove(&gone)?;
+        }
+
+        let token_dtype = self.tokens().dtype();
+        let total = todo.len();
+        progress(0, total);
+        let mut done = 0;
+        std::thread::scope(|scope| -> Result<()> {
+            // Decoding runs one batch ahead of the model, on its own thread (and each batch's
+            // files in parallel): the channel holds one decoded batch.
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let chunks = todo.chunks(batch_size);
+            scope.spawn(move || {
+                for chunk in chunks {
+                    let paths: Vec<&Path> = chunk.iter().map(|t| t.0.as_path()).collect();
+                    let decoded = decode_batch(pipeline, options.captioner, &paths);
+                    if tx.send(decoded).is_err() {
+                        break; // The model's side stopped (an error).
+                    }
+                }
+            });
+            for (chunk, decoded) in todo.chunks(batch_size).zip(rx) {
+                let Decoded {
+                    images,
+                    caption_images,
+                    ok,
+                    failed,
+                } = decoded?;
+                let mut unreadable = Vec::new();
+                for (i, reason) in failed {
+                    let (path, _, existed) = &chunk[i];
+                    // An indexed file that became unreadable leaves the index.
+                    if *existed {
+                        unreadable.push(path.clone());
+                    }
+                    report.skipped.push(Skipped {
+                        path: path.clone(),
+                        reason,
+                    });
+                }
+                if !unreadable.is_empty() {
+                    report.removed += self.remove(&unreadable)?;
+                }
+                if let Some(images) = images {
+                    let side = pipeline.image_side(Visual::Images(&images))?;
+                    let feats = side.feat.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+                    let captions: Vec<Option<String>> = match (options.captioner, &caption_images) {
+                        (Some(c), Some(ci)) => c
+                            .caption(ci, &options.caption_beam)?
+                            .into_iter()
+                            .map(|hyps| hyps.into_iter().next().map(|h| h.text))
+                            .collect(),
+                        _ => vec![None; ok.len()],
+                    };
+                    let mut rows = Vec::with_capacity(ok.len());
+                    for (b, (&i, feature)) in ok.iter().zip(feats).enumerate() {
+                        let (path, stamp, existed) = &chunk[i];
+                        let tokens = match token_dtype {
+                            Some(dt) => {
+                                Some(side.embeds.get(b)?.to_dtype(dt)?.to_device(&Device::Cpu)?)
+                            }
+                            None => None,
+                        };
+                        let caption = captions.get(b).cloned().flatten();
+                        report.captioned += usize::from(caption.is_some());
+                        if *existed {
+                            report.updated += 1;
+                        } else {
+                            report.added += 1;
+                        }
+                        rows.push(Row {
+                            path: path.clone(),
+                            stamp: Stamp {
+                                captioned: caption.is_some(),
+                                ..*stamp
+                            },
+                            feature,
+                            tokens,
+                            caption,
+                        });
+                    }
+                    self.write(rows)?;
+                }
+                done += chunk.len();
+                progress(done, total);
+            }
+            Ok(())
+        })?;
+        self.flush()?;
+        Ok(report)
+    }
+
+    /// Ranks the indexed images for `query` (see [`SearchOptions`]): a text's ITC top `k`
+    /// re-ranked by the ITM positive logit (or its ITC ranking with `itc_only`), or an
+    /// image's nearest by ITC similarity; then `min_score`, `offset` and `limit`. Visual
+    /// tokens for re-ranking come from the store, or from the image files of images indexed
+    /// without them (a file changed or removed since indexing is an error asking to index
+    /// again).
+    fn search(
+        &mut self,
+        pipeline: &Pipeline,
+        query: Query,
+        options: &SearchOptions,
+    ) -> Result<Vec<Hit>> {
+        check_retrieval(pipeline, self.model().embed_dim)?;
+        let o = options;
+        if o.limit == 0 {
+            return Err(Error::invalid(
+                "the limit (--top/--limit) must be at least 1",
+            ));
+        }
+        let under = o
+            .under
+            .as_ref()
+            .map(|u| fs::canonicalize(u).map_err(io_err(u)))
+            .transpose()?;
+        let page = o.offset.saturating_add(o.limit);
+        let (texts, feature, n) = match query {
+            Query::Text(text) => {
+                if text.trim().is_empty() {
+                    return Err(Error::invalid("the query text is empty"));
+                }
+                if o.k == 0 && !o.itc_only {
+                    return Err(Error::invalid("--k must be at least 1"));
+                }
+                let texts = pipeline.text_side(&[text])?;
+                let q = texts.feat.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+                let n = if o.itc_only { page } else { o.k };
+                (Some(texts).filter(|_| !o.itc_only), first_row(q)?, n)
+            }
+            Query::ImageFile(path) => {
+                let images = pipeline.load_images(&[path])?;
+                (None, image_feature(pipeline, &images)?, page)
+            }
+            Query::Image(image) => {
+                let images = match image.rank() {
+                    3 => image.unsqueeze(0)?,
+                    _ => image.clone(),
+                };
+                (None, image_feature(pipeline, &images)?, page)
+            }
+        };
+        let candidates = self.nearest(&feature, n, under.as_deref(), texts.is_some())?;
+        let mut hits: Vec<Hit> = candidates
+            .iter()
+            .map(|c| Hit {
+                path: c.path.clone(),
+                itm: f32::NAN,
+                itc: c.itc,
+                caption: c.caption.clone(),
+            })
+            .collect();
+        if let Some(texts) = &texts {
+            let tokens = candidate_tokens(pipeline, candidates)?;
+            let itm = itm_of_candidates(pipeline, &tokens, texts)?;
+            for (h, s) in hits.iter_mut().zip(itm) {
+                h.itm = s;
+            }
+            hits.sort_by(|a, b| b.itm.total_cmp(&a.itm).then(b.itc.total_cmp(&a.itc)));
+        }
+        Ok(hits
+            .into_iter()
+            .filter(|h| o.min_score.is_none_or(|m| h.score() >= m))
+            .skip(o.offset)
+            .take(o.limit)
+            .collect())
+    }
+}
+
+fn first_row(mut rows: Vec<Vec<f32>>) -> Result<Vec<f32>> {
+    if rows.is_empty() {
+        return Err(Error::invalid("the model returned no feature"));
+    }
+    Ok(rows.swap_remove(0))
+}
+
+/// The normalized ITC feature of one preprocessed image `(1, 3, R, R)`.
+fn image_feature(pipeline: &Pipeline, images: &Tensor) -> Result<Vec<f32>> {
+    let feat = pipeline.image_side(Visual::Images(images))?.feat;
+    first_row(feat.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+}
+
+/// The candidates' visual tokens `(1, L, H)` on the model's device and in its precision: the
+/// stored ones, or the files encoded again (checked to be the files that were indexed).
+fn candidate_tokens(pipeline: &Pipeline, candidates: Vec<Candidate>) -> Result<Vec<Tensor>> {
+    let model = pipeline.model();
+    let mut tokens: Vec<Option<Tensor>> = Vec::with_capacity(candidates.len());
+    let mut from_files: Vec<(usize, PathBuf)> = Vec::new();
+    for (i, c) in candidates.into_iter().enumerate() {
+        match c.tokens {
+            Some(t) => tokens.push(Some(
+                t.to_dtype(model.dtype())?
+                    .to_device(model.device())?
+                    .unsqueeze(0)?,
+            )),
+            None => {
+                tokens.push(None);
+                from_files.push((i, unchanged_file(&c.path, c.stamp)?));
+            }
+        }
+    }
+    for chunk in from_files.chunks(ITM_BATCH) {
+        let paths: Vec<&Path> = chunk.iter().map(|(_, p)| p.as_path()).collect();
+        let images = pipeline.load_images(&paths)?;
+        let embeds = pipeline.visual_tokens(Visual::Images(&images))?;
+        for (b, (i, _)) in chunk.iter().enumerate() {
+            tokens[*i] = Some(embeds.get(b)?.unsqueeze(0)?);
+        }
+    }
+    tokens
+        .into_iter()
+        .map(|t| t.ok_or_else(|| Error::invalid("visual tokens missing for a candidate")))
+        .collect()
+}
+
+/// An indexed file without stored tokens, checked to be the one that was indexed.
+fn unchanged_file(path: &Path, stamp: Stamp) -> Result<PathBuf> {
+    let meta = fs::metadata(path).map_err(|err| {
+        Error::invalid(format!(
+            "{} is indexed but unreadable ({err}); run `mplug index` again",
+            path.display()
+        ))
+    })?;
+    if meta.len() != stamp.size || mtime_ns(&meta) != stamp.mtime_ns {
+        return Err(Error::invalid(format!(
+            "{} changed since it was indexed; run `mplug index` again",
+            path.display()
+        )));
+    }
+    Ok(path.to_path_buf())
+}
+
+/// One decoded batch: the images that load as one tensor (and the caption model's inputs for
+/// them), their positions in the batch, and the positions and errors of those that do not.
+struct Decoded {
+    images: Option<Tensor>,
+    caption_images: Option<Tensor>,
+    ok: Vec<usize>,
+    failed: Vec<(usize, String)>,
+}
+
+/// Decodes a batch of image files in parallel, for the model and for the caption model (its
+/// resolution may differ).
+fn decode_batch(
+    pipeline: &Pipeline,
+    captioner: Option<&Pipeline>,
+    paths: &[&Path],
+) -> Result<Decoded> {
+    type Pair = (Tensor, Option<Tensor>);
+    let results: Vec<std::result::Result<Pair, String>> = paths
+        .par_iter()
+        .map(|path| {
+            let one = std::slice::from_ref(path);
+            let image = pipeline.load_images(one).map_err(|e| e.to_string())?;
+            let caption = captioner
+                .map(|c| c.load_images(one))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            Ok((image, caption))
+        })
+        .collect();
+    let (mut images, mut captions, mut ok, mut failed) = (vec![], vec![], vec![], vec![]);
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok((image, caption)) => {
+                images.push(image);
+                captions.extend(caption);
+                ok.push(i);
+            }
+            Err(e) => failed.push((i, e)),
+        }
+    }
+    let cat = |t: &[Tensor]| -> Result<Option<Tensor>> {
+        Ok(if t.is_empty() {
+            None
+        } else {
+            Some(Tensor::cat(t, 0)?)
+        })
+    };
+    Ok(Decoded {
+        images: cat(&images)?,
+        caption_images: cat(&captions)?,
+        ok,
+        failed,
+    })
 }
 
 /// The ITM positive logit of one query text (`texts`, one row) against each candidate's visual
-/// tokens (`(1, L, H)` each, in order), a few pairs per fusion pass: the re-ranking both stores
-/// do after their ITC top k.
-pub(crate) fn itm_of_candidates(
-    pipeline: &Pipeline,
-    tokens: &[Tensor],
-    texts: &TextSide,
-) -> Result<Vec<f32>> {
+/// tokens (`(1, L, H)` each, in order), a few pairs per fusion pass.
+fn itm_of_candidates(pipeline: &Pipeline, tokens: &[Tensor], texts: &TextSide) -> Result<Vec<f32>> {
     let model = pipeline.model();
     let dev = model.device();
     let mut itm = Vec::with_capacity(tokens.len());
@@ -323,7 +775,7 @@ pub(crate) fn itm_of_candidates(
 }
 
 /// Fails unless `pipeline` holds a retrieval model whose ITC width is `embed_dim`.
-pub(crate) fn check_retrieval(pipeline: &Pipeline, embed_dim: usize) -> Result<()> {
+fn check_retrieval(pipeline: &Pipeline, embed_dim: usize) -> Result<()> {
     let model = pipeline.model();
     if model.task != Task::Retrieval || model.heads.is_none() {
         return Err(Error::Unsupported(format!(
@@ -340,511 +792,9 @@ pub(crate) fn check_retrieval(pipeline: &Pipeline, embed_dim: usize) -> Result<(
     Ok(())
 }
 
-impl ImageIndex {
-    /// Opens the index in `dir`, or starts an empty one there (written on the first
-    /// [`add_folder`](Self::add_folder)). An index made by another model is refused unless
-    /// `options.rebuild`, which starts afresh.
-    pub fn open_or_create(
-        dir: impl AsRef<Path>,
-        model: &ModelIdentity,
-        options: IndexOptions,
-    ) -> Result<Self> {
-        let dir = dir.as_ref();
-        if dir.join(MANIFEST_FILE).is_file() && !options.rebuild {
-            let mut index = Self::open(dir, model)?;
-            index.tokens = options.tokens;
-            return Ok(index);
-        }
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            manifest: Manifest {
-                version: FORMAT_VERSION,
-                model: model.clone(),
-                root: None,
-                next_id: 0,
-                next_shard: 0,
-                entries: Vec::new(),
-            },
-            features: None,
-            tokens: options.tokens,
-        })
-    }
-
-    /// Opens the existing index in `dir`, refusing one made by a model other than `model`.
-    pub fn open(dir: impl AsRef<Path>, model: &ModelIdentity) -> Result<Self> {
-        let dir = dir.as_ref();
-        let path = dir.join(MANIFEST_FILE);
-        if !path.is_file() {
-            return Err(Error::Config(format!(
-                "{} holds no image index (no {MANIFEST_FILE}); build one with `mplug index`",
-                dir.display()
-            )));
-        }
-        let text = fs::read_to_string(&path).map_err(io_err(&path))?;
-        let mut manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
-            Error::Config(format!(
-                "{} is malformed ({e}); run `mplug index` with --rebuild",
-                path.display()
-            ))
-        })?;
-        if manifest.version != FORMAT_VERSION {
-            return Err(Error::Config(format!(
-                "{} has layout version {}, this program reads version {FORMAT_VERSION}; \
-                 run `mplug index` with --rebuild",
-                path.display(),
-                manifest.version
-            )));
-        }
-        if !manifest.model.same_model(model) {
-            return Err(Error::Unsupported(format!(
-                "the index in {} was made by another model ({}, {} bytes), not by {} ({} bytes); \
-                 search with that model or rebuild the index (`mplug index --rebuild`)",
-                dir.display(),
-                manifest.model.checkpoint.display(),
-                manifest.model.size,
-                model.checkpoint.display(),
-                model.size
-            )));
-        }
-        let features = if manifest.entries.is_empty() {
-            None
-        } else {
-            let fpath = dir.join(FEATURES_FILE);
-            let mut t = load_safetensors(&fpath)?;
-            let (Some(feats), Some(ids)) = (t.remove("features"), t.remove("ids")) else {
-                return Err(Error::Config(format!(
-                    "{} lacks `features` or `ids`; run `mplug index` with --rebuild",
-                    fpath.display()
-                )));
-            };
-            let ids = ids.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-            let (n, e) = feats.dims2()?;
-            if e != manifest.model.embed_dim || n != ids.len() {
-                return Err(Error::Config(format!(
-                    "{} holds features of shape ({n}, {e}) for {} ids; run `mplug index` with \
-                     --rebuild",
-                    fpath.display(),
-                    ids.len()
-                )));
-            }
-            // An update torn between the features and the manifest: entries whose row does not
-            // hold their id are dropped (encoded again by the next `add_folder`).
-            manifest
-                .entries
-                .retain(|en| ids.get(en.row).is_some_and(|&id| id == en.id));
-            Some(feats.to_dtype(DType::F32)?)
-        };
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            manifest,
-            features,
-            tokens: TokenStorage::default(),
-        })
-    }
-
-    /// The index folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The image root, once images were added.
-    pub fn root(&self) -> Option<&Path> {
-        self.manifest.root.as_deref()
-    }
-
-    /// The model that made the index.
-    pub fn model(&self) -> &ModelIdentity {
-        &self.manifest.model
-    }
-
-    /// The indexed images.
-    pub fn entries(&self) -> &[Entry] {
-        &self.manifest.entries
-    }
-
-    /// Number of indexed images.
-    pub fn len(&self) -> usize {
-        self.manifest.entries.len()
-    }
-
-    /// Whether no image is indexed.
-    pub fn is_empty(&self) -> bool {
-        self.manifest.entries.is_empty()
-    }
-
-    /// Brings the index up to date with the images under `root`: encodes new files and files
-    /// whose size or modification time changed (`batch_size` at a time), drops entries whose
-    /// files are gone, and writes the index. Unreadable images are skipped and listed in the
-    /// report. `progress(done, total)` is called as images are encoded (`total` images to
-    /// encode, `0` first). An index built for another root is refused unless it was opened with
-    /// `rebuild`.
-    pub fn add_folder(
-        &mut self,
-        pipeline: &Pipeline,
-        root: impl AsRef<Path>,
-        batch_size: usize,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<AddReport> {
-        check_retrieval(pipeline, self.manifest.model.embed_dim)?;
-        let root = root.as_ref();
-        let root = fs::canonicalize(root).map_err(io_err(root))?;
-        if !root.is_dir() {
-            return Err(Error::invalid(format!(
-                "{} is not a folder",
-                root.display()
-            )));
-        }
-        match &self.manifest.root {
-            Some(old) if *old != root && !self.manifest.entries.is_empty() => {
-                return Err(Error::invalid(format!(
-                    "the index in {} is for images under {}, not {}; use another --index or \
-                     --rebuild",
-                    self.dir.display(),
-                    old.display(),
-                    root.display()
-                )));
-            }
-            _ => {}
-        }
-        let batch_size = batch_size.max(1);
-        let files = crate::input::image_files(&root)?;
-        let mut report = AddReport::default();
-
-        // What to keep and what to encode.
-        let old: HashMap<&str, &Entry> = self
-            .manifest
-            .entries
-            .iter()
-            .map(|e| (e.path.as_str(), e))
-            .collect();
-        let mut kept: Vec<Entry> = Vec::new();
-        let mut todo: Vec<(String, PathBuf, u64, u64, bool)> = Vec::new();
-        let mut present = HashSet::new();
-        for (rel, abs) in files {
-            let meta = match fs::metadata(&abs) {
-                Ok(m) => m,
-                Err(e) => {
-                    report.skipped.push(Skipped {
-                        path: abs,
-                        reason: e.to_string(),
-                    });
-                    continue;
-                }
-            };
-            let (size, mtime) = (meta.len(), mtime_ns(&meta));
-            match old.get(rel.as_str()) {
-                Some(e) if e.size == size && e.mtime_ns == mtime => {
-                    present.insert(rel.clone());
-                    kept.push((*e).clone());
-                    report.unchanged += 1;
-                }
-                found => todo.push((rel, abs, size, mtime, found.is_some())),
-            }
-        }
-        let to_encode: HashSet<&str> = todo.iter().map(|t| t.0.as_str()).collect();
-        report.removed = self
-            .manifest
-            .entries
-            .iter()
-            .filter(|e| !present.contains(&e.path) && !to_encode.contains(e.path.as_str()))
-            .count();
-
-        // Encode, writing token shards as they fill.
-        let token_dtype = self.tokens.dtype();
-        let mut new_entries: Vec<Entry> = Vec::new();
-        let mut new_feats: Vec<Tensor> = Vec::new();
-        let mut shard: HashMap<String, Tensor> = HashMap::new();
-        let mut shard_entries: Vec<usize> = Vec::new();
-        let mut next_id = self.manifest.next_id;
-        let mut next_shard = self.manifest.next_shard;
-        let total = todo.len();
-        progress(0, total);
-        let mut done = 0;
-        for chunk in todo.chunks(batch_size) {
-            let paths: Vec<&Path> = chunk.iter().map(|t| t.1.as_path()).collect();
-            let (images, ok, failed) = load_batch(pipeline, &paths);
-            for (i, reason) in failed {
-                let (_, abs, _, _, existed) = &chunk[i];
-                // An indexed file that became unreadable leaves the index.
-                report.removed += usize::from(*existed);
-                report.skipped.push(Skipped {
-                    path: abs.clone(),
-                    reason,
-                });
-            }
-            if !images.is_empty() {
-                let side = pipeline.image_side(Visual::Images(&Tensor::cat(&images, 0)?))?;
-                new_feats.push(side.feat.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
-                for (b, &i) in ok.iter().enumerate() {
-                    let (rel, _, size, mtime, existed) = &chunk[i];
-                    let id = next_id;
-                    next_id = next_id.checked_add(1).ok_or_else(|| {
-                        Error::invalid("the index ran out of ids; rebuild it with --rebuild")
-                    })?;
-                    if let Some(dt) = token_dtype {
-                        let t = side.embeds.get(b)?.to_dtype(dt)?.to_device(&Device::Cpu)?;
-                        shard.insert(format!("t{id}"), t);
-                        shard_entries.push(new_entries.len());
-                    }
-                    if *existed {
-                        report.updated += 1;
-                    } else {
-                        report.added += 1;
-                    }
-                    new_entries.push(Entry {
-                        path: rel.clone(),
-                        size: *size,
-                        mtime_ns: *mtime,
-                        row: 0,
-                        id,
-                        shard: None,
-                    });
-                }
-                if shard.len() >= SHARD_IMAGES {
-                    self.write_shard(next_shard, &mut shard, &mut shard_entries, &mut new_entries)?;
-                    next_shard += 1;
-                }
-            }
-            done += chunk.len();
-            progress(done, total);
-        }
-        if !shard.is_empty() {
-            self.write_shard(next_shard, &mut shard, &mut shard_entries, &mut new_entries)?;
-            next_shard += 1;
-        }
-
-        // Features: kept rows, then the new ones.
-        let mut parts = Vec::new();
-        if let (Some(f), false) = (&self.features, kept.is_empty()) {
-            let rows: Vec<u32> = kept.iter().map(|e| e.row as u32).collect();
-            let n = rows.len();
-            parts.push(f.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?);
-        }
-        parts.extend(new_feats);
-        let mut entries = kept;
-        entries.extend(new_entries);
-        for (row, e) in entries.iter_mut().enumerate() {
-            e.row = row;
-        }
-        self.features = if parts.is_empty() {
-            None
-        } else {
-            Some(Tensor::cat(&parts, 0)?)
-        };
-        self.manifest.entries = entries;
-        self.manifest.root = Some(root);
-        self.manifest.next_id = next_id;
-        self.manifest.next_shard = next_shard;
-        self.save()?;
-        Ok(report)
-    }
-
-    fn write_shard(
-        &self,
-        number: u32,
-        shard: &mut HashMap<String, Tensor>,
-        members: &mut Vec<usize>,
-        entries: &mut [Entry],
-    ) -> Result<()> {
-        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
-        save_tensors(shard, &self.dir.join(shard_file(number)))?;
-        for &i in members.iter() {
-            entries[i].shard = Some(number);
-        }
-        shard.clear();
-        members.clear();
-        Ok(())
-    }
-
-    /// Writes the features, then the manifest, then deletes unreferenced token shards.
-    fn save(&self) -> Result<()> {
-        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
-        let fpath = self.dir.join(FEATURES_FILE);
-        match &self.features {
-            Some(f) => {
-                let ids: Vec<u32> = self.manifest.entries.iter().map(|e| e.id).collect();
-                let n = ids.len();
-                let mut t = HashMap::new();
-                t.insert("features".to_string(), f.clone());
-                t.insert("ids".to_string(), Tensor::from_vec(ids, n, &Device::Cpu)?);
-                save_tensors(&t, &fpath)?;
-            }
-            None => {
-                if fpath.exists() {
-                    fs::remove_file(&fpath).map_err(io_err(&fpath))?;
-                }
-            }
-        }
-        let json = serde_json::to_string_pretty(&self.manifest)
-            .map_err(|e| Error::Config(format!("cannot serialize the manifest: {e}")))?;
-        write_atomic(&self.dir.join(MANIFEST_FILE), |tmp| {
-            fs::write(tmp, json).map_err(io_err(tmp))
-        })?;
-        let used: HashSet<String> = self
-            .manifest
-            .entries
-            .iter()
-            .filter_map(|e| e.shard.map(shard_file))
-            .collect();
-        if let Ok(read) = fs::read_dir(&self.dir) {
-            for item in read.flatten() {
-                let name = item.file_name().to_string_lossy().into_owned();
-                if name.starts_with("tokens-")
-                    && name.ends_with(".safetensors")
-                    && !used.contains(&name)
-                {
-                    // Best effort: a shard left behind only costs disk space.
-                    let _ = fs::remove_file(item.path());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The indexed images most like the image file `query`, by the ITC similarity of their
-    /// features (no ITM: it scores an image against a text), best `top` first; each hit's
-    /// `itm` is NaN.
-    pub fn search_image(
-        &self,
-        pipeline: &Pipeline,
-        query: impl AsRef<Path>,
-        top: usize,
-    ) -> Result<Vec<Hit>> {
-        check_retrieval(pipeline, self.manifest.model.embed_dim)?;
-        if top == 0 {
-            return Err(Error::invalid("--top must be at least 1"));
-        }
-        let images = pipeline.load_images(&[query.as_ref()])?;
-        let q = pipeline
-            .image_side(Visual::Images(&images))?
-            .feat
-            .to_dtype(DType::F32)?
-            .to_device(&Device::Cpu)?;
-        let (Some(features), Some(root)) = (&self.features, &self.manifest.root) else {
-            return Ok(Vec::new());
-        };
-        let sims = features.matmul(&q.t()?)?.squeeze(1)?.to_vec1::<f32>()?;
-        let mut hits: Vec<Hit> = self
-            .manifest
-            .entries
-            .iter()
-            .map(|e| Hit {
-                path: root.join(&e.path),
-                relative: e.path.clone(),
-                itm: f32::NAN,
-                itc: sims[e.row],
-            })
-            .collect();
-        hits.sort_by(|a, b| b.itc.total_cmp(&a.itc).then(a.relative.cmp(&b.relative)));
-        hits.truncate(top);
-        Ok(hits)
-    }
-
-    /// Ranks the indexed images for `text`: the `k_itc` images of highest ITC similarity are
-    /// re-ranked by the ITM positive logit and the best `top` returned, best first. Visual
-    /// tokens come from the token shards, or from the image files for entries without them
-    /// (a file changed or removed since indexing is an error asking to index again).
-    pub fn search(
-        &self,
-        pipeline: &Pipeline,
-        text: &str,
-        k_itc: usize,
-        top: usize,
-    ) -> Result<Vec<Hit>> {
-        check_retrieval(pipeline, self.manifest.model.embed_dim)?;
-        if k_itc == 0 || top == 0 {
-            return Err(Error::invalid("--k and --top must be at least 1"));
-        }
-        if text.trim().is_empty() {
-            return Err(Error::invalid("the query text is empty"));
-        }
-        let (Some(features), Some(root)) = (&self.features, &self.manifest.root) else {
-            return Ok(Vec::new());
-        };
-        let model = pipeline.model();
-        let texts = pipeline.text_side(&[text])?;
-        let q = texts.feat.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-        let sims = features.matmul(&q.t()?)?.squeeze(1)?.to_vec1::<f32>()?;
-        let by_row: HashMap<usize, &Entry> =
-            self.manifest.entries.iter().map(|e| (e.row, e)).collect();
-        let mut order: Vec<usize> = (0..sims.len()).filter(|r| by_row.contains_key(r)).collect();
-        order.sort_by(|&a, &b| sims[b].total_cmp(&sims[a]).then(a.cmp(&b)));
-        order.truncate(k_itc);
-
-        // Visual tokens of the candidates, in `order`.
-        let mut tokens: Vec<Option<Tensor>> = vec![None; order.len()];
-        let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-        let mut from_files = Vec::new();
-        for (c, row) in order.iter().enumerate() {
-            match by_row[row].shard {
-                Some(s) => by_shard.entry(s).or_default().push(c),
-                None => from_files.push(c),
-            }
-        }
-        for (s, members) in by_shard {
-            let path = self.dir.join(shard_file(s));
-            let mut shard = load_safetensors(&path)?;
-            for c in members {
-                let e = by_row[&order[c]];
-                match shard.remove(&format!("t{}", e.id)) {
-                    Some(t) => tokens[c] = Some(t.to_dtype(model.dtype())?.unsqueeze(0)?),
-                    None => from_files.push(c),
-                }
-            }
-        }
-        from_files.sort_unstable();
-        for chunk in from_files.chunks(ITM_BATCH) {
-            let paths: Vec<PathBuf> = chunk
-                .iter()
-                .map(|&c| self.image_path(by_row[&order[c]], root))
-                .collect::<Result<_>>()?;
-            let images = pipeline.load_images(&paths)?;
-            let embeds = pipeline.visual_tokens(Visual::Images(&images))?;
-            for (b, &c) in chunk.iter().enumerate() {
-                tokens[c] = Some(embeds.get(b)?.unsqueeze(0)?);
-            }
-        }
-        let tokens: Vec<Tensor> = tokens.into_iter().flatten().collect();
-        if tokens.len() != order.len() {
-            return Err(Error::invalid("visual tokens missing for a candidate"));
-        }
-
-        let itm = itm_of_candidates(pipeline, &tokens, &texts)?;
-        let mut hits: Vec<Hit> = order
-            .iter()
-            .zip(itm)
-            .map(|(&row, itm)| {
-                let e = by_row[&row];
-                Hit {
-                    path: root.join(&e.path),
-                    relative: e.path.clone(),
-                    itm,
-                    itc: sims[row],
-                }
-            })
-            .collect();
-        hits.sort_by(|a, b| b.itm.total_cmp(&a.itm).then(b.itc.total_cmp(&a.itc)));
-        hits.truncate(top);
-        Ok(hits)
-    }
-
-    /// The file of an entry without stored tokens, checked to be the one that was indexed.
-    fn image_path(&self, e: &Entry, root: &Path) -> Result<PathBuf> {
-        let path = root.join(&e.path);
-        let meta = fs::metadata(&path).map_err(|err| {
-            Error::invalid(format!(
-                "{} is indexed but unreadable ({err}); run `mplug index` again",
-                path.display()
-            ))
-        })?;
-        if meta.len() != e.size || mtime_ns(&meta) != e.mtime_ns {
-            return Err(Error::invalid(format!(
-                "{} changed since it was indexed; run `mplug index` again",
-                path.display()
-            )));
-        }
-        Ok(path)
-    }
+/// The inner product of two features.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 #[cfg(test)]

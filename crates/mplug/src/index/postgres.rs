@@ -1,6 +1,6 @@
 //! The photo index on PostgreSQL with pgvector, beside the folder store: one row per image
 //! (absolute path, size, modification time, ITC feature as `vector`, visual tokens for ITM
-//! re-ranking as `bytea`), an HNSW index on the features (inner product: they are
+//! re-ranking as `bytea`, the generated caption as text), an HNSW index on the features (inner product: they are
 //! normalized), the model's identity and a schema version in a metadata table, and migrations
 //! from version to version. Several machines may index into one database and search it.
 //!
@@ -8,55 +8,22 @@
 //! finished and the next run encodes only what is missing; rows are keyed by path, so writing
 //! the same image twice (two indexers, a resumed run) updates one row.
 //!
-//! Searching: ITC top `k` by the HNSW index (optionally under a folder), re-ranked by the ITM
-//! positive logit (visual tokens from the row, or the file encoded again), then `--min-score`,
-//! `--offset` and `--limit`.
+//! Searching ([`IndexStore::search`]): ITC top `k` by the HNSW index, re-ranked by the ITM
+//! positive logit (visual tokens from the row, or the file encoded again). A search under a
+//! folder that the HNSW scan answers with fewer rows than asked (pgvector filters after the
+//! scan) is answered again by an exact scan.
 
-use super::{
-    check_retrieval, itm_of_candidates, load_batch, mtime_ns, AddReport, Hit, ModelIdentity,
-    Skipped, TokenStorage,
-};
+use super::{Candidate, IndexStore, ModelIdentity, OpenOptions, Row, Stamp, TokenStorage};
 use crate::error::{Error, Result};
-use crate::pipeline::{Pipeline, Visual};
 use candle_core::{DType, Device, Tensor};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The schema this code writes; older databases are migrated up to it.
 pub const SCHEMA_VERSION: i32 = 1;
 
-/// Options of a search.
-#[derive(Debug, Clone)]
-pub struct SearchOptions {
-    /// Candidates taken by ITC similarity and re-ranked by ITM.
-    pub k: usize,
-    /// Hits returned after re-ranking (a page).
-    pub limit: usize,
-    /// Hits skipped before the page.
-    pub offset: usize,
-    /// Hits scoring below this (the ITM logit; ITC similarity with `itc_only`) are left out.
-    pub min_score: Option<f32>,
-    /// Only images under this folder.
-    pub under: Option<PathBuf>,
-    /// Rank by ITC similarity alone, no ITM re-ranking.
-    pub itc_only: bool,
-}
-
-impl Default for SearchOptions {
-    fn default() -> Self {
-        SearchOptions {
-            k: 64,
-            limit: 10,
-            offset: 0,
-            min_score: None,
-            under: None,
-            itc_only: false,
-        }
-    }
-}
-
 /// An image index in a PostgreSQL database.
-pub struct PgIndex {
+pub struct PgStore {
     client: postgres::Client,
     model: ModelIdentity,
     tokens: TokenStorage,
@@ -98,16 +65,12 @@ fn migrations(embed_dim: usize) -> Vec<String> {
     )]
 }
 
-impl PgIndex {
+impl PgStore {
     /// Connects to `url` (`postgres://user@host/db`, `host=/socket/dir dbname=...`), creates
     /// or migrates the schema, and checks that the index was made by `model`: another model's
     /// index is refused unless `rebuild`, which empties it.
-    pub fn connect(
-        url: &str,
-        model: &ModelIdentity,
-        tokens: TokenStorage,
-        rebuild: bool,
-    ) -> Result<Self> {
+    pub fn connect(url: &str, model: &ModelIdentity, options: OpenOptions) -> Result<Self> {
+        let (tokens, rebuild) = (options.tokens, options.rebuild);
         let mut client = postgres::Client::connect(url, postgres::NoTls).map_err(db)?;
         let mut tx = client.transaction().map_err(db)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
@@ -132,7 +95,14 @@ impl PgIndex {
             )));
         }
         let identity = serde_json::to_string(model).map_err(|e| Error::invalid(e.to_string()))?;
-        if let Some(stored) = meta(&mut tx, "model")? {
+        let stored = meta(&mut tx, "model")?;
+        if stored.is_none() && options.existing {
+            return Err(Error::Config(
+                "the database holds no image index; build one with `mplug index DIR --store URL`"
+                    .into(),
+            ));
+        }
+        if let Some(stored) = stored {
             let stored: ModelIdentity = serde_json::from_str(&stored)
                 .map_err(|e| Error::invalid(format!("the index's model record: {e}")))?;
             if !stored.same_model(model) {
@@ -166,15 +136,102 @@ impl PgIndex {
             .map_err(db)?;
         }
         tx.commit().map_err(db)?;
-        Ok(PgIndex {
+        Ok(PgStore {
             client,
             model: model.clone(),
             tokens,
         })
     }
 
-    /// Images in the index.
-    pub fn len(&mut self) -> Result<usize> {
+    /// Lets the HNSW scan return `n` rows: pgvector's scan yields at most `hnsw.ef_search`
+    /// (40 by default), so a larger `n` would silently get fewer candidates. The setting's
+    /// maximum is 1,000.
+    fn set_ef_search(&mut self, n: usize) -> Result<()> {
+        self.client
+            .batch_execute(&format!("SET hnsw.ef_search = {}", n.clamp(40, 1000)))
+            .map_err(db)
+    }
+
+    fn candidates(
+        &mut self,
+        feature: &str,
+        n: usize,
+        under: &str,
+        with_tokens: bool,
+        exact: bool,
+    ) -> Result<Vec<Candidate>> {
+        let columns = if with_tokens {
+            "tokens, token_dtype, tokens_shape"
+        } else {
+            "NULL::bytea, NULL::text, NULL::integer[]"
+        };
+        let sql = format!(
+            "SELECT path, size, mtime_ns, caption, -(feature <#> $1::text::vector) AS itc, \
+             {columns} FROM mplug_images WHERE starts_with(path, $2) \
+             ORDER BY feature <#> $1::text::vector LIMIT $3"
+        );
+        let mut tx = self.client.transaction().map_err(db)?;
+        if exact {
+            // An exact scan: the HNSW index's candidates are filtered after the scan, so a
+            // search under a small folder may find fewer than there are.
+            tx.batch_execute("SET LOCAL enable_indexscan = off")
+                .map_err(db)?;
+        }
+        let rows = tx
+            .query(&sql, &[&feature, &under, &(n as i64)])
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                let path: String = r.get(0);
+                let (size, mtime): (i64, i64) = (r.get(1), r.get(2));
+                let caption: Option<String> = r.get(3);
+                let itc: f64 = r.get(4);
+                let bytes: Option<Vec<u8>> = r.get(5);
+                let dtype: Option<String> = r.get(6);
+                let shape: Option<Vec<i32>> = r.get(7);
+                let tokens = match (bytes, dtype, shape) {
+                    (Some(bytes), Some(dtype), Some(shape)) => {
+                        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+                        Some(tensor_from_bytes(&bytes, &dtype, &shape)?)
+                    }
+                    _ => None,
+                };
+                Ok(Candidate {
+                    path: PathBuf::from(path),
+                    stamp: Stamp {
+                        size: size as u64,
+                        mtime_ns: mtime as u64,
+                        captioned: caption.is_some(),
+                    },
+                    itc: itc as f32,
+                    tokens,
+                    caption,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A path's key in the table: the absolute path as text (a folder's images share its prefix).
+fn key(path: &Path) -> String {
+    path.display().to_string()
+}
+
+impl IndexStore for PgStore {
+    fn location(&self) -> String {
+        "PostgreSQL".to_string()
+    }
+
+    fn model(&self) -> &ModelIdentity {
+        &self.model
+    }
+
+    fn tokens(&self) -> TokenStorage {
+        self.tokens
+    }
+
+    fn len(&mut self) -> Result<usize> {
         let n: i64 = self
             .client
             .query_one("SELECT count(*) FROM mplug_images", &[])
@@ -183,296 +240,103 @@ impl PgIndex {
         Ok(n as usize)
     }
 
-    /// Whether the index holds no image.
-    pub fn is_empty(&mut self) -> Result<bool> {
-        Ok(self.len()? == 0)
-    }
-
-    /// Brings the rows under `root` up to date with its images, as the folder store does:
-    /// encodes new and changed files `batch_size` at a time (each batch committed on its own),
-    /// deletes the rows of files that are gone, skips and reports unreadable ones.
-    pub fn add_folder(
-        &mut self,
-        pipeline: &Pipeline,
-        root: impl AsRef<Path>,
-        batch_size: usize,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<AddReport> {
-        check_retrieval(pipeline, self.model.embed_dim)?;
-        let root = root.as_ref();
-        let root = std::fs::canonicalize(root).map_err(|source| Error::Io {
-            path: root.to_path_buf(),
-            source,
-        })?;
-        if !root.is_dir() {
-            return Err(Error::invalid(format!(
-                "{} is not a folder",
-                root.display()
-            )));
-        }
+    fn indexed_under(&mut self, root: &Path) -> Result<HashMap<PathBuf, Stamp>> {
         let prefix = format!("{}/", root.display());
-        let known: HashMap<String, (i64, i64)> = self
+        Ok(self
             .client
             .query(
-                "SELECT path, size, mtime_ns FROM mplug_images WHERE starts_with(path, $1)",
+                "SELECT path, size, mtime_ns, caption IS NOT NULL FROM mplug_images
+                 WHERE starts_with(path, $1)",
                 &[&prefix],
             )
             .map_err(db)?
             .into_iter()
-            .map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2))))
-            .collect();
-        let mut report = AddReport::default();
-        let mut todo: Vec<(String, PathBuf, i64, i64, bool)> = Vec::new();
-        let mut present: HashSet<String> = HashSet::new();
-        for (_, abs) in crate::input::image_files(&root)? {
-            let meta = match std::fs::metadata(&abs) {
-                Ok(m) => m,
-                Err(e) => {
-                    report.skipped.push(Skipped {
-                        path: abs,
-                        reason: e.to_string(),
-                    });
-                    continue;
-                }
-            };
-            let key = abs.display().to_string();
-            let (size, mtime) = (meta.len() as i64, mtime_ns(&meta) as i64);
-            present.insert(key.clone());
-            match known.get(&key) {
-                Some(&(s, m)) if s == size && m == mtime => report.unchanged += 1,
-                found => todo.push((key, abs, size, mtime, found.is_some())),
-            }
-        }
-        let gone: Vec<String> = known
-            .keys()
-            .filter(|k| !present.contains(*k))
-            .cloned()
-            .collect();
-        if !gone.is_empty() {
-            report.removed += self
-                .client
-                .execute("DELETE FROM mplug_images WHERE path = ANY($1)", &[&gone])
-                .map_err(db)? as usize;
-        }
-        let token_dtype = self.tokens.dtype();
-        let total = todo.len();
-        progress(0, total);
-        let mut done = 0;
-        for chunk in todo.chunks(batch_size.max(1)) {
-            let paths: Vec<&Path> = chunk.iter().map(|t| t.1.as_path()).collect();
-            let (images, ok, failed) = load_batch(pipeline, &paths);
-            for (i, reason) in failed {
-                let (key, abs, _, _, existed) = &chunk[i];
-                // An indexed file that became unreadable leaves the index.
-                if *existed {
-                    self.client
-                        .execute("DELETE FROM mplug_images WHERE path = $1", &[key])
-                        .map_err(db)?;
-                    report.removed += 1;
-                }
-                report.skipped.push(Skipped {
-                    path: abs.clone(),
-                    reason,
-                });
-            }
-            if !images.is_empty() {
-                let side = pipeline.image_side(Visual::Images(&Tensor::cat(&images, 0)?))?;
-                let feats = side.feat.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-                let mut tx = self.client.transaction().map_err(db)?;
-                for (b, &i) in ok.iter().enumerate() {
-                    let (key, _, size, mtime, existed) = &chunk[i];
-                    let (tokens, dtype, shape): (
-                        Option<Vec<u8>>,
-                        Option<String>,
-                        Option<Vec<i32>>,
-                    ) = match token_dtype {
-                        Some(dt) => {
-                            let t = side.embeds.get(b)?.to_dtype(dt)?;
-                            let shape: Vec<i32> = t.dims().iter().map(|&d| d as i32).collect();
-                            (
-                                Some(tensor_bytes(&t)?),
-                                Some(dt.as_str().to_string()),
-                                Some(shape),
-                            )
-                        }
-                        None => (None, None, None),
-                    };
-                    tx.execute(
-                        "INSERT INTO mplug_images (path, size, mtime_ns, feature, tokens, token_dtype, tokens_shape)
-                         VALUES ($1, $2, $3, $4::text::vector, $5, $6, $7)
-                         ON CONFLICT (path) DO UPDATE SET size = EXCLUDED.size,
-                             mtime_ns = EXCLUDED.mtime_ns, feature = EXCLUDED.feature,
-                             tokens = EXCLUDED.tokens, token_dtype = EXCLUDED.token_dtype,
-                             tokens_shape = EXCLUDED.tokens_shape",
-                        &[key, size, mtime, &vector_text(&feats[b]), &tokens, &dtype, &shape],
-                    )
-                    .map_err(db)?;
-                    if *existed {
-                        report.updated += 1;
-                    } else {
-                        report.added += 1;
-                    }
-                }
-                tx.commit().map_err(db)?;
-            }
-            done += chunk.len();
-            progress(done, total);
-        }
-        Ok(report)
+            .map(|r| {
+                let (size, mtime): (i64, i64) = (r.get(1), r.get(2));
+                let stamp = Stamp {
+                    size: size as u64,
+                    mtime_ns: mtime as u64,
+                    captioned: r.get(3),
+                };
+                (PathBuf::from(r.get::<_, String>(0)), stamp)
+            })
+            .collect())
     }
 
-    /// The indexed images most like the image file `query` by ITC similarity (the HNSW
-    /// index; no ITM, which scores an image against a text), then `min_score`, `offset` and
-    /// `limit` as for text; each hit's `itm` is NaN.
-    pub fn search_image(
-        &mut self,
-        pipeline: &Pipeline,
-        query: impl AsRef<Path>,
-        opts: &SearchOptions,
-    ) -> Result<Vec<Hit>> {
-        check_retrieval(pipeline, self.model.embed_dim)?;
-        if opts.limit == 0 {
-            return Err(Error::invalid("--limit must be at least 1"));
-        }
-        let images = pipeline.load_images(&[query.as_ref()])?;
-        let q = pipeline
-            .image_side(Visual::Images(&images))?
-            .feat
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
-        let under = self.under(opts)?;
-        self.candidates(opts.offset + opts.limit)?;
-        let rows = self
+    fn remove(&mut self, paths: &[PathBuf]) -> Result<usize> {
+        let keys: Vec<String> = paths.iter().map(|p| key(p)).collect();
+        Ok(self
             .client
-            .query(
-                "SELECT path, -(feature <#> $1::text::vector) AS itc FROM mplug_images
-                 WHERE starts_with(path, $2) ORDER BY feature <#> $1::text::vector
-                 LIMIT $3 OFFSET $4",
+            .execute("DELETE FROM mplug_images WHERE path = ANY($1)", &[&keys])
+            .map_err(db)? as usize)
+    }
+
+    fn write(&mut self, rows: Vec<Row>) -> Result<()> {
+        let mut tx = self.client.transaction().map_err(db)?;
+        let statement = tx
+            .prepare(
+                "INSERT INTO mplug_images
+                     (path, size, mtime_ns, feature, tokens, token_dtype, tokens_shape, caption)
+                 VALUES ($1, $2, $3, $4::text::vector, $5, $6, $7, $8)
+                 ON CONFLICT (path) DO UPDATE SET size = EXCLUDED.size,
+                     mtime_ns = EXCLUDED.mtime_ns, feature = EXCLUDED.feature,
+                     tokens = EXCLUDED.tokens, token_dtype = EXCLUDED.token_dtype,
+                     tokens_shape = EXCLUDED.tokens_shape, caption = EXCLUDED.caption",
+            )
+            .map_err(db)?;
+        for row in rows {
+            let (tokens, dtype, shape) = match &row.tokens {
+                Some(t) => {
+                    let shape: Vec<i32> = t.dims().iter().map(|&d| d as i32).collect();
+                    (
+                        Some(tensor_bytes(t)?),
+                        Some(t.dtype().as_str().to_string()),
+                        Some(shape),
+                    )
+                }
+                None => (None, None, None),
+            };
+            tx.execute(
+                &statement,
                 &[
-                    &vector_text(&q[0]),
-                    &under,
-                    &(opts.limit as i64),
-                    &(opts.offset as i64),
+                    &key(&row.path),
+                    &(row.stamp.size as i64),
+                    &(row.stamp.mtime_ns as i64),
+                    &vector_text(&row.feature),
+                    &tokens,
+                    &dtype,
+                    &shape,
+                    &row.caption,
                 ],
             )
             .map_err(db)?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let path: String = r.get(0);
-                let itc: f64 = r.get(1);
-                Hit {
-                    relative: path.clone(),
-                    path: PathBuf::from(path),
-                    itm: f32::NAN,
-                    itc: itc as f32,
-                }
-            })
-            .filter(|h| opts.min_score.is_none_or(|m| h.itc >= m))
-            .collect())
+        }
+        tx.commit().map_err(db)
     }
 
-    /// Lets the HNSW search return `n` rows: pgvector's scan yields at most `hnsw.ef_search`
-    /// (40 by default), so a larger `k` would silently get fewer candidates. The setting's
-    /// maximum is 1,000.
-    fn candidates(&mut self, n: usize) -> Result<()> {
-        self.client
-            .batch_execute(&format!("SET hnsw.ef_search = {}", n.clamp(40, 1000)))
-            .map_err(db)
+    fn flush(&mut self) -> Result<()> {
+        // Each batch was committed by `write`.
+        Ok(())
     }
 
-    /// The `under` folder of a search as a path prefix (`""`: every image).
-    fn under(&self, opts: &SearchOptions) -> Result<String> {
-        Ok(opts
-            .under
-            .as_ref()
-            .map(|u| {
-                std::fs::canonicalize(u)
-                    .map(|p| format!("{}/", p.display()))
-                    .map_err(|source| Error::Io {
-                        path: u.clone(),
-                        source,
-                    })
-            })
-            .transpose()?
-            .unwrap_or_default())
-    }
-
-    /// Ranks the indexed images for `text` (see [`SearchOptions`]); hits best first.
-    pub fn search(
+    fn nearest(
         &mut self,
-        pipeline: &Pipeline,
-        text: &str,
-        opts: &SearchOptions,
-    ) -> Result<Vec<Hit>> {
-        check_retrieval(pipeline, self.model.embed_dim)?;
-        if opts.k == 0 || opts.limit == 0 {
-            return Err(Error::invalid("--k and --limit must be at least 1"));
+        feature: &[f32],
+        n: usize,
+        under: Option<&Path>,
+        with_tokens: bool,
+    ) -> Result<Vec<Candidate>> {
+        let prefix = under
+            .map(|u| format!("{}/", u.display()))
+            .unwrap_or_default();
+        let feature = vector_text(feature);
+        self.set_ef_search(n)?;
+        let found = self.candidates(&feature, n, &prefix, with_tokens, false)?;
+        if found.len() < n && under.is_some() {
+            // Fewer than asked under a folder: the HNSW scan may have missed some there.
+            return self.candidates(&feature, n, &prefix, with_tokens, true);
         }
-        if text.trim().is_empty() {
-            return Err(Error::invalid("the query text is empty"));
-        }
-        let texts = pipeline.text_side(&[text])?;
-        let q = texts.feat.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        self.candidates(opts.k)?;
-        let under = self.under(opts)?;
-        let rows = self
-            .client
-            .query(
-                "SELECT path, -(feature <#> $1::text::vector) AS itc, tokens, token_dtype,
-                        tokens_shape
-                 FROM mplug_images WHERE starts_with(path, $2)
-                 ORDER BY feature <#> $1::text::vector LIMIT $3",
-                &[&vector_text(&q[0]), &under, &(opts.k as i64)],
-            )
-            .map_err(db)?;
-        let model = pipeline.model();
-        let dev = model.device();
-        let mut hits: Vec<Hit> = Vec::with_capacity(rows.len());
-        let mut embeds: Vec<Tensor> = Vec::new();
-        for r in &rows {
-            let path: String = r.get(0);
-            let itc: f64 = r.get(1);
-            hits.push(Hit {
-                relative: path.clone(),
-                path: PathBuf::from(&path),
-                itm: f32::NAN,
-                itc: itc as f32,
-            });
-            if opts.itc_only {
-                continue;
-            }
-            let tokens: Option<Vec<u8>> = r.get(2);
-            let dtype: Option<String> = r.get(3);
-            let shape: Option<Vec<i32>> = r.get(4);
-            let t = match (tokens, dtype, shape) {
-                (Some(bytes), Some(dtype), Some(shape)) => {
-                    let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-                    tensor_from_bytes(&bytes, &dtype, &shape)?
-                        .to_dtype(model.dtype())?
-                        .to_device(dev)?
-                }
-                _ => {
-                    let images = pipeline.load_images(&[PathBuf::from(&path)])?;
-                    pipeline.visual_tokens(Visual::Images(&images))?.get(0)?
-                }
-            };
-            embeds.push(t.unsqueeze(0)?);
-        }
-        if !opts.itc_only {
-            let itm = itm_of_candidates(pipeline, &embeds, &texts)?;
-            for (h, s) in hits.iter_mut().zip(itm) {
-                h.itm = s;
-            }
-            hits.sort_by(|a, b| b.itm.total_cmp(&a.itm).then(b.itc.total_cmp(&a.itc)));
-        }
-        let score = |h: &Hit| if opts.itc_only { h.itc } else { h.itm };
-        Ok(hits
-            .into_iter()
-            .filter(|h| opts.min_score.is_none_or(|m| score(h) >= m))
-            .skip(opts.offset)
-            .take(opts.limit)
-            .collect())
+        Ok(found)
     }
 }
 
