@@ -349,3 +349,180 @@ fn a_killed_indexing_run_is_resumed_without_duplicates() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `(file name, caption)` of a search's hits, in order.
+fn captions_of(store: &Store, text: &str, extra: &[&str]) -> Vec<(String, Value)> {
+    let mut args: Vec<String> = vec!["search".into(), "--json".into(), text.into()];
+    args.extend(store.args());
+    args.extend(extra.iter().map(|e| e.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    mplug_ok(&refs)
+        .stdout
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("JSON line");
+            let path = Path::new(v["path"].as_str().expect("path"));
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, v["caption"].clone())
+        })
+        .collect()
+}
+
+/// Captions asked for at indexing are the caption model's own (as `mplug caption` gives them)
+/// and come back with each hit; an index made without them gets them on a later run with
+/// `--captions`. `--under` keeps one folder's images, `--itc-only` ranks by ITC similarity
+/// alone. Both stores.
+#[test]
+fn both_stores_caption_filter_by_folder_and_rank_by_itc() {
+    let dir = scratch("index-stores-captions");
+    let root = photos(&dir);
+    let trip = root.join("trip");
+    std::fs::create_dir_all(&trip).unwrap();
+    std::fs::copy(root.join("scene_3.png"), trip.join("beach.png")).unwrap();
+    std::fs::copy(root.join("scene_12.png"), trip.join("hill.png")).unwrap();
+    // What the caption model says of each file.
+    let mut expected = std::collections::HashMap::new();
+    for name in ["scene_3.png", "scene_7.png", "scene_12.png", "scene_21.png"] {
+        let out = mplug_ok(&["caption", "--json", s(&root.join(name))]);
+        let v: Value = serde_json::from_str(out.stdout.trim()).expect("JSON");
+        expected.insert(name.to_string(), v["captions"][0]["caption"].clone());
+    }
+    expected.insert("beach.png".into(), expected["scene_3.png"].clone());
+    expected.insert("hill.png".into(), expected["scene_12.png"].clone());
+    for store in stores(&dir, "captions") {
+        let name = store.name();
+        // Without captions first: hits carry none.
+        assert_eq!(counts(&index(&store, &root, &[])), [6, 0, 0, 0], "{name}");
+        let plain = captions_of(&store, "a red cross", &["--k", "8"]);
+        assert!(plain.iter().all(|(_, c)| c.is_null()), "{name}: {plain:?}");
+        // Asked for later: every image is captioned once, then nothing is left to do.
+        let v = index(&store, &root, &["--captions"]);
+        assert_eq!(v["captioned"], 6, "{name}: {v}");
+        assert_eq!(counts(&v), [0, 6, 0, 0], "{name}: {v}");
+        let v = index(&store, &root, &["--captions"]);
+        assert_eq!(counts(&v), [0, 0, 0, 6], "{name}: {v}");
+        let hits = captions_of(&store, "a red cross", &["--k", "8", "--top", "8"]);
+        assert_eq!(hits.len(), 6, "{name}: {hits:?}");
+        for (file, caption) in &hits {
+            assert_eq!(caption, &expected[file], "{name}: {file}");
+        }
+
+        // One folder's images only.
+        let under = search(&store, "a red cross", &["--k", "8", "--under", s(&trip)]);
+        let mut names: Vec<&str> = under.iter().map(|h| h.0.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["beach.png", "hill.png"], "{name}: {under:?}");
+
+        // ITC alone: best first by ITC, no ITM score, and the same ITC values as re-ranking.
+        let itc = search(&store, "a red cross", &["--itc-only", "--top", "6"]);
+        assert_eq!(itc.len(), 6, "{name}: {itc:?}");
+        assert!(itc.iter().all(|h| h.1.is_nan()), "{name}: {itc:?}");
+        for w in itc.windows(2) {
+            assert!(w[0].2 >= w[1].2, "{name}: not best first: {itc:?}");
+        }
+        let reranked = search(&store, "a red cross", &["--k", "8", "--top", "8"]);
+        for h in &itc {
+            let same = reranked.iter().find(|r| r.0 == h.0).expect("in both");
+            assert!((same.2 - h.2).abs() < 1e-5, "{name}: {h:?} vs {same:?}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `mplug serve --index DIR` / `--store URL` answers `POST /v1/search` as `mplug search` does:
+/// by text (the same hits and scores, paged), by image (the image itself first), under a
+/// folder; a request with neither query nor image, or a server without an index, is refused.
+/// The folder store's server sees what a later `mplug index` committed.
+#[test]
+fn both_stores_answer_search_requests_over_http() {
+    let dir = scratch("index-stores-serve");
+    let root = photos(&dir);
+    let model = default_model();
+    for store in stores(&dir, "serve") {
+        let name = store.name();
+        index(&store, &root, &[]);
+        let mut args = vec!["--task".to_string(), "retrieval".to_string()];
+        args.extend(store.args());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = Server::start(&model, &refs);
+        let info = server.get("/openapi.json").json();
+        assert!(info["paths"].get("/v1/search").is_some(), "{name}");
+
+        let cli = search(&store, "a red cross", &["--k", "8", "--top", "10"]);
+        let r = server.post_json(
+            "/v1/search",
+            &serde_json::json!({"query": "a red cross", "k": 8, "limit": 10}),
+        );
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        let hits = r.json()["hits"].as_array().expect("hits").clone();
+        assert_eq!(hits.len(), cli.len(), "{name}: {hits:?}");
+        for (h, c) in hits.iter().zip(&cli) {
+            assert!(
+                h["path"].as_str().unwrap().ends_with(&c.0),
+                "{name}: {h} vs {c:?}"
+            );
+            assert!(
+                (h["itm"].as_f64().unwrap() - c.1).abs() < 1e-4,
+                "{name}: {h} vs {c:?}"
+            );
+            assert_eq!(h["score"], h["itm"], "{name}");
+        }
+        let page = server
+            .post_json(
+                "/v1/search",
+                &serde_json::json!({"query": "a red cross", "k": 8, "limit": 2, "offset": 1}),
+            )
+            .json();
+        assert_eq!(page["hits"][0]["rank"], 2, "{name}: {page}");
+        assert_eq!(page["hits"][0]["path"], hits[1]["path"], "{name}: {page}");
+        assert_eq!(page["hits"].as_array().unwrap().len(), 2, "{name}");
+
+        // By image (base64): the image itself first, at cosine 1.
+        let r = server.post_json(
+            "/v1/search",
+            &serde_json::json!({"image": image_b64_path(&root.join("scene_21.png")), "limit": 2}),
+        );
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        let first = &r.json()["hits"][0];
+        assert!(
+            first["path"].as_str().unwrap().ends_with("scene_21.png"),
+            "{name}: {first}"
+        );
+        assert!(
+            (first["itc"].as_f64().unwrap() - 1.0).abs() < 1e-3,
+            "{name}: {first}"
+        );
+        assert!(first["itm"].is_null(), "{name}: {first}");
+
+        let r = server.post_json("/v1/search", &serde_json::json!({"limit": 2}));
+        assert_eq!(r.status, 422, "{name}: {}", r.text());
+        let r = server.post_json("/v1/search", &serde_json::json!({"query": "x", "limit": 0}));
+        assert_eq!(r.status, 422, "{name}: {}", r.text());
+
+        // A photo indexed while the server runs is found by its next search.
+        std::fs::copy(root.join("scene_7.png"), root.join("late.png")).unwrap();
+        index(&store, &root, &[]);
+        let r = server.post_json(
+            "/v1/search",
+            &serde_json::json!({"query": "a red cross", "k": 8, "limit": 10}),
+        );
+        let paths: Vec<String> = r.json()["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["path"].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            paths.iter().any(|p| p.ends_with("late.png")),
+            "{name}: {paths:?}"
+        );
+        std::fs::remove_file(root.join("late.png")).unwrap();
+        drop(server);
+    }
+    // Without an index the endpoint says how to get one.
+    let server = Server::start(&model, &["--task", "retrieval"]);
+    let r = server.post_json("/v1/search", &serde_json::json!({"query": "a red cross"}));
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("--index"), "{}", r.text());
+    std::fs::remove_dir_all(&dir).ok();
+}
