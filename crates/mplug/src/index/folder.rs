@@ -81,6 +81,9 @@ pub struct FolderStore {
     /// Row-major `(rows, E)`; entries name their row. Rows of removed or replaced entries stay
     /// until the next commit compacts them.
     features: Vec<f32>,
+    /// The relative path of the entry each row holds (`None`: a row left by a removed or
+    /// replaced entry).
+    owners: Vec<Option<String>>,
     tokens: TokenStorage,
     /// Visual tokens written since the last shard was saved, by entry id.
     pending: HashMap<u32, Tensor>,
@@ -166,6 +169,7 @@ impl FolderStore {
                 next_shard: 0,
                 entries: BTreeMap::new(),
                 features: Vec::new(),
+                owners: Vec::new(),
                 tokens: TokenStorage::None,
                 pending: HashMap::new(),
                 // A rebuilt index is written even when no image is added.
@@ -237,7 +241,12 @@ impl FolderStore {
                 .flatten_all()?
                 .to_vec1::<f32>()?
         };
+        let mut owners = vec![None; features.len() / manifest.model.embed_dim.max(1)];
+        for e in &entries {
+            owners[e.row] = Some(e.path.clone());
+        }
         Ok(FolderStore {
+            owners,
             dir: dir.to_path_buf(),
             model: manifest.model,
             root: manifest.root,
@@ -359,8 +368,10 @@ impl FolderStore {
         })?;
         // The compacted rows, as written.
         self.features = features;
+        self.owners = Vec::with_capacity(self.entries.len());
         for (row, e) in self.entries.values_mut().enumerate() {
             e.row = row;
+            self.owners.push(Some(e.path.clone()));
         }
         let used: HashSet<String> = self
             .entries
@@ -384,6 +395,46 @@ impl FolderStore {
         self.last_commit = Instant::now();
         self.commit_took = start.elapsed();
         Ok(())
+    }
+}
+
+/// Rows scored per block of the parallel scan.
+const SCAN_BLOCK: usize = 8192;
+
+/// Keeps the best `n` of `(score, row)` pairs, best first (ties: the lower row, which after a
+/// commit is the path that sorts first).
+fn keep_best(mut scored: Vec<(f32, usize)>, n: usize) -> Vec<(f32, usize)> {
+    let by_score = |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    if n < scored.len() {
+        scored.select_nth_unstable_by(n, by_score);
+        scored.truncate(n);
+    }
+    scored.sort_by(by_score);
+    scored
+}
+
+impl FolderStore {
+    /// The `n` live rows of highest inner product with `feature`, best first: blocks of the
+    /// feature matrix scored in parallel, each keeping its best `n`, then merged.
+    fn top_rows(&self, feature: &[f32], n: usize) -> Vec<(f32, usize)> {
+        use rayon::prelude::*;
+        let dim = self.model.embed_dim;
+        let blocks: Vec<Vec<(f32, usize)>> = self
+            .features
+            .par_chunks(SCAN_BLOCK * dim)
+            .enumerate()
+            .map(|(b, block)| {
+                let scored = block
+                    .chunks_exact(dim)
+                    .enumerate()
+                    .map(|(i, row)| (b * SCAN_BLOCK + i, row))
+                    .filter(|(r, _)| self.owners[*r].is_some())
+                    .map(|(r, row)| (dot(row, feature), r))
+                    .collect();
+                keep_best(scored, n)
+            })
+            .collect();
+        keep_best(blocks.concat(), n)
     }
 }
 
@@ -440,6 +491,7 @@ impl IndexStore for FolderStore {
         for p in paths {
             if let Some(e) = self.entries.remove(&self.relative(p)?) {
                 self.pending.remove(&e.id);
+                self.owners[e.row] = None;
                 n += 1;
                 self.dirty = true;
             }
@@ -463,6 +515,7 @@ impl IndexStore for FolderStore {
             })?;
             if let Some(old) = self.entries.remove(&rel) {
                 self.pending.remove(&old.id);
+                self.owners[old.row] = None;
             }
             if let Some(t) = row.tokens {
                 self.pending.insert(id, t);
@@ -477,6 +530,7 @@ impl IndexStore for FolderStore {
                 caption: row.caption,
             };
             self.features.extend_from_slice(&row.feature);
+            self.owners.push(Some(rel.clone()));
             self.entries.insert(rel, entry);
             self.dirty = true;
         }
@@ -521,20 +575,34 @@ impl IndexStore for FolderStore {
         let Some(root) = self.root.clone() else {
             return Ok(Vec::new());
         };
-        let mut scored: Vec<(f32, &Entry)> = self
-            .entries
-            .values()
-            .filter(|e| under.is_none_or(|u| root.join(&e.path).starts_with(u)))
-            .map(|e| (dot(self.feature(e), feature), e))
-            .collect();
-        let by_score = |a: &(f32, &Entry), b: &(f32, &Entry)| {
-            b.0.total_cmp(&a.0).then_with(|| a.1.path.cmp(&b.1.path))
+        let scored: Vec<(f32, &Entry)> = match under {
+            // Every row, scanned in parallel blocks of the contiguous feature matrix.
+            None => self
+                .top_rows(feature, n)
+                .into_iter()
+                .filter_map(|(score, row)| {
+                    let rel = self.owners[row].as_ref()?;
+                    Some((score, self.entries.get(rel)?))
+                })
+                .collect(),
+            Some(u) => {
+                let mut scored: Vec<(f32, &Entry)> = self
+                    .entries
+                    .values()
+                    .filter(|e| root.join(&e.path).starts_with(u))
+                    .map(|e| (dot(self.feature(e), feature), e))
+                    .collect();
+                let by_score = |a: &(f32, &Entry), b: &(f32, &Entry)| {
+                    b.0.total_cmp(&a.0).then_with(|| a.1.path.cmp(&b.1.path))
+                };
+                if n < scored.len() {
+                    scored.select_nth_unstable_by(n, by_score);
+                    scored.truncate(n);
+                }
+                scored.sort_by(by_score);
+                scored
+            }
         };
-        if n < scored.len() {
-            scored.select_nth_unstable_by(n, by_score);
-            scored.truncate(n);
-        }
-        scored.sort_by(by_score);
         let mut out: Vec<Candidate> = scored
             .iter()
             .map(|(itc, e)| Candidate {
