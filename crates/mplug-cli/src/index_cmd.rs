@@ -47,6 +47,10 @@ pub struct IndexArgs {
     /// The caption model for --captions (a model folder or checkpoint; implies --captions).
     #[arg(long, value_name = "MODEL")]
     caption_model: Option<PathBuf>,
+    /// Seconds between commits of a folder index while indexing (it commits less often as
+    /// commits grow; PostgreSQL commits every batch).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    commit_every: f64,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -170,10 +174,17 @@ pub fn index(a: &IndexArgs) -> Result<()> {
         (false, "f32") => TokenStorage::F32,
         _ => TokenStorage::F16,
     };
+    if !(a.commit_every.is_finite() && a.commit_every >= 0.0) {
+        anyhow::bail!(
+            "--commit-every must be a number of seconds, not {}",
+            a.commit_every
+        );
+    }
     let options = OpenOptions {
         tokens,
         rebuild: a.rebuild,
         existing: false,
+        commit_every: Some(std::time::Duration::from_secs_f64(a.commit_every.min(1e9))),
     };
     let mut store = mplug::index::open(&at, &identity, options)?;
     let pb = bar(a.quiet);

@@ -35,8 +35,10 @@ pub const SHARD_IMAGES: usize = 64;
 /// Version of the on-disk layout (captions were added as an optional field, readable by
 /// version 1 readers that ignore it).
 const FORMAT_VERSION: u32 = 1;
-/// The least time between two commits while indexing.
-const COMMIT_EVERY: Duration = Duration::from_secs(30);
+/// The lock file inside an index folder (hidden, so indexing its parent leaves it out).
+const LOCK_FILE: &str = ".lock";
+/// The least time between two commits while indexing, by default.
+pub const COMMIT_EVERY: Duration = Duration::from_secs(30);
 
 /// One indexed image, as the manifest lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,9 +93,14 @@ pub struct FolderStore {
     dirty: bool,
     last_commit: Instant,
     commit_took: Duration,
+    /// The least time between two commits while indexing.
+    commit_every: Duration,
     /// The manifest's modification time when read or written (a search re-reads an index
     /// another process updated since).
     manifest_mtime: Option<SystemTime>,
+    /// The index folder's lock file, held from the start of an update until the store is
+    /// dropped (a second indexer waits for it).
+    lock: Option<fs::File>,
 }
 
 fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
@@ -176,10 +183,13 @@ impl FolderStore {
                 dirty: exists,
                 last_commit: Instant::now(),
                 commit_took: Duration::ZERO,
+                commit_every: COMMIT_EVERY,
                 manifest_mtime: None,
+                lock: None,
             }
         };
         store.tokens = options.tokens;
+        store.commit_every = options.commit_every.unwrap_or(COMMIT_EVERY);
         Ok(store)
     }
 
@@ -259,7 +269,9 @@ impl FolderStore {
             dirty: false,
             last_commit: Instant::now(),
             commit_took: Duration::ZERO,
+            commit_every: COMMIT_EVERY,
             manifest_mtime: manifest_mtime(dir),
+            lock: None,
         })
     }
 
@@ -456,6 +468,27 @@ impl IndexStore for FolderStore {
     }
 
     fn indexed_under(&mut self, root: &Path) -> Result<HashMap<PathBuf, Stamp>> {
+        // One indexer at a time: wait for the lock, then start from what an indexer that held
+        // it committed meanwhile (unless this run starts the index afresh).
+        if self.lock.is_none() {
+            fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+            let path = self.dir.join(LOCK_FILE);
+            let file = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            file.lock().map_err(io_err(&path))?;
+            let on_disk = manifest_mtime(&self.dir);
+            if !self.dirty && on_disk.is_some() && on_disk != self.manifest_mtime {
+                let mut fresh = Self::read(&self.dir, &self.model)?;
+                fresh.tokens = self.tokens;
+                fresh.commit_every = self.commit_every;
+                *self = fresh;
+            }
+            self.lock = Some(file);
+        }
         match &self.root {
             Some(old) if old != root && !self.entries.is_empty() => {
                 return Err(Error::invalid(format!(
@@ -539,7 +572,7 @@ impl IndexStore for FolderStore {
         }
         // Commit now and then, less often as a commit takes longer (at most a tenth of the
         // time goes to saving).
-        if self.last_commit.elapsed() >= COMMIT_EVERY.max(self.commit_took * 10) {
+        if self.last_commit.elapsed() >= self.commit_every.max(self.commit_took * 10) {
             self.commit()?;
         }
         Ok(())
@@ -569,6 +602,7 @@ impl IndexStore for FolderStore {
         {
             if let Ok(mut fresh) = Self::read(&self.dir, &self.model) {
                 fresh.tokens = self.tokens;
+                fresh.commit_every = self.commit_every;
                 *self = fresh;
             }
         }

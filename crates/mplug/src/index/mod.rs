@@ -182,6 +182,9 @@ pub struct OpenOptions {
     pub rebuild: bool,
     /// Open only an index that exists (searching), instead of starting an empty one.
     pub existing: bool,
+    /// The least time between two commits while indexing, for a store that commits several
+    /// batches at once (the folder store; default [`folder::COMMIT_EVERY`]).
+    pub commit_every: Option<std::time::Duration>,
 }
 
 /// Opens (or starts) the index at `location` for `model`; another model's index is refused
