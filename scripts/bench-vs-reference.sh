@@ -11,7 +11,8 @@
 #              REF/env/bin/python)
 #   REF_ONNX_DIR  the exported ONNX towers (default REF/onnx; made by `refvit.py ... export`)
 #   BENCH_DIR  the anchors' scripts (default: ../shared/bench beside the checkout)
-#   THREADS, ROUNDS, MPLUG (the binary; default target/release/mplug, built if missing)
+#   THREADS, ROUNDS, MPLUG (the binary; default target/release/mplug, built with FEATURES)
+#   FEATURES   cargo features of that build (default: dnnl when libdnnl-dev is installed)
 #   OUT        where the raw JSON lines go (default a temporary file; its path is printed)
 # Set-up, once (about 5 minutes, mostly downloads), as ../shared/bench/README.md says:
 #   fetch github:alibaba/AliceMind with the search tool -> bare git dir M
@@ -44,8 +45,14 @@ if [ ! -f "$REF_ONNX_DIR/vit_b16_384_b1.onnx" ] || [ ! -f "$REF_ONNX_DIR/vit_b16
     echo "  (make them once: $PY $BENCH_DIR/refvit.py $SRC $THREADS export)" >&2
     onnx=0
 fi
-if [ ! -x "$MPLUG" ]; then
-    (cd "$ROOT" && cargo build --release -p mplug-cli)
+# mplug-rs as built with FEATURES (default: `dnnl` where oneDNN is installed, as Debian's
+# libdnnl-dev puts it; FEATURES= for the pure-Rust default build). A given MPLUG is used as is.
+if [ "$MPLUG" = "$ROOT/target/release/mplug" ]; then
+    if [ -z "${FEATURES+set}" ]; then
+        FEATURES=$([ -e /usr/include/dnnl.h ] && echo dnnl || echo "")
+    fi
+    (cd "$ROOT" && cargo build --release -q -p mplug-cli ${FEATURES:+--features "$FEATURES"})
+    echo "bench-vs-reference: mplug-rs built with features: ${FEATURES:-(default)}" >&2
 fi
 load=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?")
 echo "load average before the run: $load (anything else running spoils the figures)" >&2

@@ -68,6 +68,15 @@ pub unsafe fn gemm_strided(
     b_cs: usize,
     threads: usize,
 ) {
+    #[cfg(feature = "dnnl")]
+    if threads > 1 {
+        // SAFETY: as the caller promises.
+        let done =
+            unsafe { dnnl::sgemm(m, n, k, dst, dst_rs, a, a_rs, a_cs, b, b_rs, b_cs, threads) };
+        if done {
+            return;
+        }
+    }
     let par = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
@@ -96,6 +105,134 @@ pub unsafe fn gemm_strided(
             false,
             par,
         )
+    }
+}
+
+/// oneDNN's `dnnl_sgemm` (feature `dnnl`: Debian's `libdnnl-dev`, or any oneDNN 2.x or 3.x on
+/// the linker's path): its JIT-compiled AVX-512 kernels run the towers' large products at
+/// 290-330 GFLOP/s on this project's 2-core machine against `gemm`'s 210-240
+/// (`examples/kernel_speed`, peak 349). A C library, so behind a feature: the default build
+/// stays pure Rust. Each product is split by columns among candle's pool and run
+/// single-threaded in each of its threads: oneDNN's own OpenMP threads, spinning beside the
+/// pool's between products, made the tower slower than without oneDNN. The one C function is
+/// declared here by hand: the -sys crates on crates.io are at 0.0.1 and either build oneDNN
+/// from source with cmake (`onednn-sys`) or need Intel's oneAPI install (`onednnl-sys`).
+#[cfg(feature = "dnnl")]
+mod dnnl {
+    use std::os::raw::{c_char, c_int};
+
+    #[link(name = "dnnl")]
+    extern "C" {
+        /// Row-major `C = alpha op(A) op(B) + beta C`; returns a `dnnl_status_t` (0: success).
+        fn dnnl_sgemm(
+            transa: c_char,
+            transb: c_char,
+            m: i64,
+            n: i64,
+            k: i64,
+            alpha: f32,
+            a: *const f32,
+            lda: i64,
+            b: *const f32,
+            ldb: i64,
+            beta: f32,
+            c: *mut f32,
+            ldc: i64,
+        ) -> c_int;
+    }
+
+    // The OpenMP runtime oneDNN runs on (Debian builds it with GNU OpenMP): its threads for the
+    // calling thread's next parallel region.
+    #[link(name = "gomp")]
+    extern "C" {
+        fn omp_set_num_threads(n: c_int);
+    }
+
+    /// One operand's layout for `dnnl_sgemm`: not transposed with rows `rs` apart, or
+    /// transposed with columns `cs` apart; `None` when neither stride is 1.
+    fn layout(rs: usize, cs: usize) -> Option<(c_char, i64)> {
+        if cs == 1 {
+            Some((b'N' as c_char, rs as i64))
+        } else if rs == 1 {
+            Some((b'T' as c_char, cs as i64))
+        } else {
+            None
+        }
+    }
+
+    /// [`super::gemm_strided`] through oneDNN on `threads` threads; `false` (nothing done)
+    /// when a layout does not fit it.
+    ///
+    /// # Safety
+    /// As [`super::gemm_strided`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn sgemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut f32,
+        dst_rs: usize,
+        a: *const f32,
+        a_rs: usize,
+        a_cs: usize,
+        b: *const f32,
+        b_rs: usize,
+        b_cs: usize,
+        threads: usize,
+    ) -> bool {
+        let (Some((ta, lda)), Some((tb, ldb))) = (layout(a_rs, a_cs), layout(b_rs, b_cs)) else {
+            return false;
+        };
+        // The columns split among the threads of candle's pool, each product single-threaded
+        // in its own thread: OpenMP threads spinning beside the pool's would share the cores.
+        let parts = threads.min(n.div_ceil(64)).max(1);
+        let (dst, a, b) = (super::SendPtr(dst), a as usize, b as usize);
+        let ok = std::sync::atomic::AtomicBool::new(true);
+        rayon::scope(|scope| {
+            for p in 0..parts {
+                let (j0, j1) = (
+                    n * p / parts / 16 * 16,
+                    if p + 1 == parts {
+                        n
+                    } else {
+                        n * (p + 1) / parts / 16 * 16
+                    },
+                );
+                let ok = &ok;
+                scope.spawn(move |_| {
+                    #[allow(clippy::redundant_locals)]
+                    let dst = dst;
+                    if j1 <= j0 {
+                        return;
+                    }
+                    // SAFETY: the operands are as the caller promises; oneDNN reads `a` and
+                    // this part's columns of `b`, and writes this part's columns of `dst`,
+                    // only within the shapes and leading dimensions given.
+                    let status = unsafe {
+                        omp_set_num_threads(1);
+                        dnnl_sgemm(
+                            ta,
+                            tb,
+                            m as i64,
+                            (j1 - j0) as i64,
+                            k as i64,
+                            1.0,
+                            a as *const f32,
+                            lda,
+                            (b as *const f32).add(j0 * b_cs),
+                            ldb,
+                            0.0,
+                            dst.0.add(j0),
+                            dst_rs as i64,
+                        )
+                    };
+                    if status != 0 {
+                        ok.store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        ok.into_inner()
     }
 }
 
