@@ -409,6 +409,57 @@ mod tests {
         }
     }
 
+    /// oneDNN takes every layout the kernels ask for (both operands plain or transposed,
+    /// split among 1 to 3 threads) and gives the naive product.
+    #[cfg(feature = "dnnl")]
+    #[test]
+    fn dnnl_products_match_a_naive_product() {
+        let (m, k, n) = (37, 70, 45);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 19) as f32 - 9.0) / 7.0)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 3 % 17) as f32 - 8.0) / 9.0)
+            .collect();
+        let want = naive(&x, m, k, &w, n, &vec![0.0; n]);
+        let xt: Vec<f32> = (0..k * m).map(|i| x[(i % m) * k + i / m]).collect();
+        let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+        // (a, a_rs, a_cs) x (b, b_rs, b_cs): element (i, kk) of a, (kk, j) of b.
+        let lhs = [(&x, k, 1), (&xt, 1, m)];
+        let rhs = [(&w, 1, k), (&wt, n, 1)];
+        for (a, a_rs, a_cs) in lhs {
+            for (b, b_rs, b_cs) in rhs {
+                for threads in [1, 2, 3] {
+                    let mut got = vec![f32::NAN; m * n];
+                    // SAFETY: the operands hold the shapes and strides given.
+                    let done = unsafe {
+                        dnnl::sgemm(
+                            m,
+                            n,
+                            k,
+                            got.as_mut_ptr(),
+                            n,
+                            a.as_ptr(),
+                            a_rs,
+                            a_cs,
+                            b.as_ptr(),
+                            b_rs,
+                            b_cs,
+                            threads,
+                        )
+                    };
+                    assert!(done, "oneDNN refused a_cs {a_cs}, b_cs {b_cs}");
+                    for i in 0..m * n {
+                        assert!(
+                            (got[i] - want[i]).abs() < 1e-3,
+                            "a_cs {a_cs} b_cs {b_cs} threads {threads} at {i}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn few_rows_split_across_threads_match_a_naive_product() {
         // Two weight ranges of 100 rows, a last tile of 22 columns, row groups of 8 and 3.
