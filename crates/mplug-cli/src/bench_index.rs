@@ -182,10 +182,7 @@ fn postgres_bench(
     let mut client =
         postgres::Client::connect(url, postgres::NoTls).context("connecting to --store")?;
     let table = format!("mplug_bench_{}", std::process::id());
-    let text = |v: &[f32]| {
-        let items: Vec<String> = v.iter().map(|x| format!("{x}")).collect();
-        format!("[{}]", items.join(","))
-    };
+    let text = mplug::index::postgres::vector_text;
     client.batch_execute(&format!(
         "CREATE EXTENSION IF NOT EXISTS vector;
          DROP TABLE IF EXISTS {table};

@@ -114,16 +114,12 @@ fn retrieval_model(args: &ModelArgs) -> Result<(ModelIdentity, Pipeline)> {
     Ok((identity, pipeline))
 }
 
-/// Where `--index` / `--store` put the index (`default`: when neither is given).
-fn location(
-    index: &Option<PathBuf>,
-    store: &Option<String>,
-    default: Option<PathBuf>,
-) -> Result<Location> {
-    match (store, index.clone().or(default)) {
-        (Some(url), _) => Ok(Location::Postgres(url.clone())),
-        (None, Some(dir)) => Ok(Location::Folder(dir)),
-        (None, None) => anyhow::bail!("name the index: --index DIR or --store URL"),
+/// Where `--index DIR` / `--store URL` put the index (the two conflict), if either is given.
+pub fn location(index: &Option<PathBuf>, store: &Option<String>) -> Option<Location> {
+    match (store, index) {
+        (Some(url), _) => Some(Location::Postgres(url.clone())),
+        (None, Some(dir)) => Some(Location::Folder(dir.clone())),
+        (None, None) => None,
     }
 }
 
@@ -150,7 +146,8 @@ pub fn index(a: &IndexArgs) -> Result<()> {
     if a.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
     }
-    let at = location(&a.index, &a.store, Some(a.dir.join(DEFAULT_INDEX_DIR)))?;
+    let at = location(&a.index, &a.store)
+        .unwrap_or_else(|| Location::Folder(a.dir.join(DEFAULT_INDEX_DIR)));
     let (identity, pipeline) = retrieval_model(&a.model)?;
     let captioner = match (&a.caption_model, a.captions) {
         (Some(path), _) => Some(load_model(path, &a.model.config, Some(Task::Caption))?),
@@ -252,7 +249,9 @@ pub fn index(a: &IndexArgs) -> Result<()> {
 
 /// `mplug search "text"`.
 pub fn search(a: &SearchArgs) -> Result<()> {
-    let at = location(&a.index, &a.store, None)?;
+    let Some(at) = location(&a.index, &a.store) else {
+        anyhow::bail!("name the index: --index DIR or --store URL");
+    };
     if let Location::Folder(dir) = &at {
         if !dir.join(mplug::index::folder::MANIFEST_FILE).is_file() {
             anyhow::bail!(

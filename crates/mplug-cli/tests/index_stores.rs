@@ -118,8 +118,9 @@ fn counts(v: &Value) -> [u64; 4] {
     ["added", "updated", "removed", "unchanged"].map(|k| v[k].as_u64().expect(k))
 }
 
-/// `(file name, itm, itc)` best first.
-fn search(store: &Store, text: &str, extra: &[&str]) -> Vec<(String, f64, f64)> {
+/// `mplug search --json [TEXT] STORE EXTRA...`: each hit's file name and JSON object, best
+/// first (no text: a search by `--image` in `extra`).
+fn search_hits(store: &Store, text: &str, extra: &[&str]) -> Vec<(String, Value)> {
     let mut args: Vec<String> = vec!["search".into(), "--json".into()];
     if !text.is_empty() {
         args.push(text.into());
@@ -137,6 +138,16 @@ fn search(store: &Store, text: &str, extra: &[&str]) -> Vec<(String, f64, f64)> 
                 .expect("file name")
                 .to_string_lossy()
                 .into_owned();
+            (name, v)
+        })
+        .collect()
+}
+
+/// `(file name, itm, itc)` best first.
+fn search(store: &Store, text: &str, extra: &[&str]) -> Vec<(String, f64, f64)> {
+    search_hits(store, text, extra)
+        .into_iter()
+        .map(|(name, v)| {
             // `itm` is null for a search by image.
             let itm = v["itm"].as_f64().unwrap_or(f64::NAN);
             (name, itm, v["itc"].as_f64().expect("itc"))
@@ -369,19 +380,9 @@ fn a_killed_indexing_run_is_resumed_without_duplicates() {
 
 /// `(file name, caption)` of a search's hits, in order.
 fn captions_of(store: &Store, text: &str, extra: &[&str]) -> Vec<(String, Value)> {
-    let mut args: Vec<String> = vec!["search".into(), "--json".into(), text.into()];
-    args.extend(store.args());
-    args.extend(extra.iter().map(|e| e.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    mplug_ok(&refs)
-        .stdout
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).expect("JSON line");
-            let path = Path::new(v["path"].as_str().expect("path"));
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            (name, v["caption"].clone())
-        })
+    search_hits(store, text, extra)
+        .into_iter()
+        .map(|(name, v)| (name, v["caption"].clone()))
         .collect()
 }
 

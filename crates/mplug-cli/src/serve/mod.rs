@@ -414,11 +414,9 @@ fn search_index(
     a: &ServeArgs,
     loaded: &[(Task, PathBuf, mplug::model_dir::LoadedModel)],
 ) -> Result<Option<Box<dyn mplug::index::IndexStore>>> {
-    use mplug::index::{Location, ModelIdentity, OpenOptions};
-    let location = match (&a.index, &a.store) {
-        (Some(dir), _) => Location::Folder(dir.clone()),
-        (None, Some(url)) => Location::Postgres(url.clone()),
-        (None, None) => return Ok(None),
+    use mplug::index::{ModelIdentity, OpenOptions};
+    let Some(location) = crate::index_cmd::location(&a.index, &a.store) else {
+        return Ok(None);
     };
     let Some((_, path, _)) = loaded.iter().find(|(t, _, _)| *t == Task::Retrieval) else {
         anyhow::bail!("--index and --store need a retrieval model to search with");

@@ -60,6 +60,17 @@ pub struct Entry {
     pub caption: Option<String>,
 }
 
+impl Entry {
+    /// The file's size and modification time when encoded, and whether it has a caption.
+    fn stamp(&self) -> Stamp {
+        Stamp {
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+            captioned: self.caption.is_some(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Manifest {
     version: u32,
@@ -413,10 +424,17 @@ impl FolderStore {
 /// Rows scored per block of the parallel scan.
 const SCAN_BLOCK: usize = 8192;
 
-/// Keeps the best `n` of `(score, row)` pairs, best first (ties: the lower row, which after a
-/// commit is the path that sorts first).
-fn keep_best(mut scored: Vec<(f32, usize)>, n: usize) -> Vec<(f32, usize)> {
-    let by_score = |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+/// Keeps the best `n` of `(score, row)` pairs, best first; ties go to the row whose path sorts
+/// first (`owners`: each row's path).
+fn keep_best(
+    mut scored: Vec<(f32, usize)>,
+    n: usize,
+    owners: &[Option<String>],
+) -> Vec<(f32, usize)> {
+    let by_score = |a: &(f32, usize), b: &(f32, usize)| {
+        b.0.total_cmp(&a.0)
+            .then_with(|| owners[a.1].cmp(&owners[b.1]))
+    };
     if n < scored.len() {
         scored.select_nth_unstable_by(n, by_score);
         scored.truncate(n);
@@ -426,11 +444,29 @@ fn keep_best(mut scored: Vec<(f32, usize)>, n: usize) -> Vec<(f32, usize)> {
 }
 
 impl FolderStore {
-    /// The `n` live rows of highest inner product with `feature`, best first: blocks of the
-    /// feature matrix scored in parallel, each keeping its best `n`, then merged.
-    fn top_rows(&self, feature: &[f32], n: usize) -> Vec<(f32, usize)> {
+    /// Whether the manifest on disk is not the one this store read or wrote last (another
+    /// process committed since).
+    fn committed_elsewhere(&self) -> bool {
+        let on_disk = manifest_mtime(&self.dir);
+        on_disk.is_some() && on_disk != self.manifest_mtime
+    }
+
+    /// Reads the index from disk again, keeping this store's settings; unchanged on error.
+    fn reload(&mut self) -> Result<()> {
+        let mut fresh = Self::read(&self.dir, &self.model)?;
+        fresh.tokens = self.tokens;
+        fresh.commit_every = self.commit_every;
+        *self = fresh;
+        Ok(())
+    }
+
+    /// The `n` live rows of highest inner product with `feature` (only those of images under
+    /// `under` when given), best first: blocks of the feature matrix scored in parallel, each
+    /// keeping its best `n`, then merged.
+    fn top_rows(&self, feature: &[f32], n: usize, under: Option<&Path>) -> Vec<(f32, usize)> {
         use rayon::prelude::*;
         let dim = self.model.embed_dim;
+        let root = self.root.as_deref().unwrap_or(Path::new("/"));
         let blocks: Vec<Vec<(f32, usize)>> = self
             .features
             .par_chunks(SCAN_BLOCK * dim)
@@ -440,13 +476,17 @@ impl FolderStore {
                     .chunks_exact(dim)
                     .enumerate()
                     .map(|(i, row)| (b * SCAN_BLOCK + i, row))
-                    .filter(|(r, _)| self.owners[*r].is_some())
+                    .filter(|(r, _)| {
+                        self.owners[*r]
+                            .as_ref()
+                            .is_some_and(|rel| under.is_none_or(|u| root.join(rel).starts_with(u)))
+                    })
                     .map(|(r, row)| (dot(row, feature), r))
                     .collect();
-                keep_best(scored, n)
+                keep_best(scored, n, &self.owners)
             })
             .collect();
-        keep_best(blocks.concat(), n)
+        keep_best(blocks.concat(), n, &self.owners)
     }
 }
 
@@ -480,12 +520,8 @@ impl IndexStore for FolderStore {
                 .open(&path)
                 .map_err(io_err(&path))?;
             file.lock().map_err(io_err(&path))?;
-            let on_disk = manifest_mtime(&self.dir);
-            if !self.dirty && on_disk.is_some() && on_disk != self.manifest_mtime {
-                let mut fresh = Self::read(&self.dir, &self.model)?;
-                fresh.tokens = self.tokens;
-                fresh.commit_every = self.commit_every;
-                *self = fresh;
+            if !self.dirty && self.committed_elsewhere() {
+                self.reload()?;
             }
             self.lock = Some(file);
         }
@@ -508,14 +544,7 @@ impl IndexStore for FolderStore {
         Ok(self
             .entries
             .values()
-            .map(|e| {
-                let stamp = Stamp {
-                    size: e.size,
-                    mtime_ns: e.mtime_ns,
-                    captioned: e.caption.is_some(),
-                };
-                (root.join(&e.path), stamp)
-            })
+            .map(|e| (root.join(&e.path), e.stamp()))
             .collect())
     }
 
@@ -594,58 +623,25 @@ impl IndexStore for FolderStore {
     ) -> Result<Vec<Candidate>> {
         // Another process (`mplug index` while a server searches) committed since: read the
         // index again (kept as it was if that fails, say while a commit is half written).
-        let on_disk = manifest_mtime(&self.dir);
-        if !self.dirty
-            && self.pending.is_empty()
-            && on_disk.is_some()
-            && on_disk != self.manifest_mtime
-        {
-            if let Ok(mut fresh) = Self::read(&self.dir, &self.model) {
-                fresh.tokens = self.tokens;
-                fresh.commit_every = self.commit_every;
-                *self = fresh;
-            }
+        if !self.dirty && self.pending.is_empty() && self.committed_elsewhere() {
+            let _ = self.reload();
         }
         let Some(root) = self.root.clone() else {
             return Ok(Vec::new());
         };
-        let scored: Vec<(f32, &Entry)> = match under {
-            // Every row, scanned in parallel blocks of the contiguous feature matrix.
-            None => self
-                .top_rows(feature, n)
-                .into_iter()
-                .filter_map(|(score, row)| {
-                    let rel = self.owners[row].as_ref()?;
-                    Some((score, self.entries.get(rel)?))
-                })
-                .collect(),
-            Some(u) => {
-                let mut scored: Vec<(f32, &Entry)> = self
-                    .entries
-                    .values()
-                    .filter(|e| root.join(&e.path).starts_with(u))
-                    .map(|e| (dot(self.feature(e), feature), e))
-                    .collect();
-                let by_score = |a: &(f32, &Entry), b: &(f32, &Entry)| {
-                    b.0.total_cmp(&a.0).then_with(|| a.1.path.cmp(&b.1.path))
-                };
-                if n < scored.len() {
-                    scored.select_nth_unstable_by(n, by_score);
-                    scored.truncate(n);
-                }
-                scored.sort_by(by_score);
-                scored
-            }
-        };
+        let scored: Vec<(f32, &Entry)> = self
+            .top_rows(feature, n, under)
+            .into_iter()
+            .filter_map(|(score, row)| {
+                let rel = self.owners[row].as_ref()?;
+                Some((score, self.entries.get(rel)?))
+            })
+            .collect();
         let mut out: Vec<Candidate> = scored
             .iter()
             .map(|(itc, e)| Candidate {
                 path: root.join(&e.path),
-                stamp: Stamp {
-                    size: e.size,
-                    mtime_ns: e.mtime_ns,
-                    captioned: e.caption.is_some(),
-                },
+                stamp: e.stamp(),
                 itc: *itc,
                 tokens: None,
                 caption: e.caption.clone(),

@@ -519,14 +519,15 @@ pub trait IndexStore: Send {
                 if let Some(images) = images {
                     let side = pipeline.image_side(Visual::Images(&images))?;
                     let feats = side.feat.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-                    let captions: Vec<Option<String>> = match (options.captioner, &caption_images) {
+                    let mut captions = match (options.captioner, &caption_images) {
                         (Some(c), Some(ci)) => c
                             .caption(ci, &options.caption_beam)?
                             .into_iter()
                             .map(|hyps| hyps.into_iter().next().map(|h| h.text))
                             .collect(),
                         _ => vec![None; ok.len()],
-                    };
+                    }
+                    .into_iter();
                     let mut rows = Vec::with_capacity(ok.len());
                     for (b, (&i, feature)) in ok.iter().zip(feats).enumerate() {
                         let (path, stamp, existed) = &chunk[i];
@@ -536,7 +537,7 @@ pub trait IndexStore: Send {
                             }
                             None => None,
                         };
-                        let caption = captions.get(b).cloned().flatten();
+                        let caption: Option<String> = captions.next().flatten();
                         report.captioned += usize::from(caption.is_some());
                         if *existed {
                             report.updated += 1;

@@ -41,7 +41,7 @@ fn db(e: postgres::Error) -> Error {
 const SCHEMA_LOCK: i64 = 0x6d70_6c75_6700; // "mplug"
 
 /// A vector as pgvector's text form, `[a,b,...]`.
-fn vector_text(v: &[f32]) -> String {
+pub fn vector_text(v: &[f32]) -> String {
     let items: Vec<String> = v.iter().map(|x| format!("{x}")).collect();
     format!("[{}]", items.join(","))
 }
