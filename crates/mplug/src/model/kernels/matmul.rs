@@ -111,8 +111,8 @@ pub unsafe fn gemm_strided(
 /// oneDNN's `dnnl_sgemm` (feature `dnnl`: Debian's `libdnnl-dev`, or any oneDNN 2.x or 3.x on
 /// the linker's path): its JIT-compiled AVX-512 kernels run the towers' large products at
 /// 290-330 GFLOP/s on this project's 2-core machine against `gemm`'s 210-240
-/// (`examples/kernel_speed`, peak 349). A C library, so behind a feature: the default build
-/// stays pure Rust. Each product is split by columns among candle's pool and run
+/// (`examples/kernel_speed`; `examples/fma_peak` puts the f32 peak at 290-350 run to run). A
+/// C library, so behind a feature: the default build stays pure Rust. Each product is split by columns among candle's pool and run
 /// single-threaded in each of its threads: oneDNN's own OpenMP threads, spinning beside the
 /// pool's between products, made the tower slower than without oneDNN. The one C function is
 /// declared here by hand: the -sys crates on crates.io are at 0.0.1 and either build oneDNN

@@ -1,0 +1,53 @@
+//! The machine's f32 peak: independent AVX-512 fused multiply-adds (24 accumulators, enough to
+//! hide their latency) on each of 1 and `RAYON_NUM_THREADS` (default 2) threads, in GFLOP/s.
+//! The ceiling the matrix kernels' figures (`examples/kernel_speed`) are read against.
+//! `cargo run --release -p mplug --example fma_peak`.
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn fmas(iters: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_set1_ps(0.0); 24];
+    let (a, b) = (_mm512_set1_ps(1.000_000_1), _mm512_set1_ps(0.999_999_9));
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm512_fmadd_ps(*x, a, b);
+        }
+    }
+    let mut sum = _mm512_set1_ps(0.0);
+    for x in acc {
+        sum = _mm512_add_ps(sum, x);
+    }
+    _mm512_reduce_add_ps(sum)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn main() {
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        println!("this CPU has no AVX-512");
+        return;
+    }
+    let most: usize = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let iters = 100_000_000u64;
+    for threads in [1, most] {
+        let start = std::time::Instant::now();
+        let runs: Vec<_> = (0..threads)
+            // SAFETY: AVX-512F is present (checked above).
+            .map(|_| std::thread::spawn(move || unsafe { fmas(iters) }))
+            .collect();
+        let total: f32 = runs.into_iter().map(|r| r.join().expect("thread")).sum();
+        let flops = iters as f64 * 24.0 * 16.0 * 2.0 * threads as f64;
+        println!(
+            "{threads} thread(s): {:.1} GFLOP/s of f32 FMA (checksum {total:e})",
+            flops / start.elapsed().as_secs_f64() / 1e9
+        );
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn main() {
+    println!("fma_peak measures AVX-512 on x86-64 only");
+}
