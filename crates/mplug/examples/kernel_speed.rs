@@ -4,7 +4,10 @@
 //! as the `mplug` binary does. Then one decoding step's weight stream (a 12-layer BERT decoder's
 //! 99 M linear weights, too large for any cache) at 5 rows: `gemm` against the few-row kernel,
 //! in f32 and with bf16 weights.
-//! `RAYON_NUM_THREADS=2 cargo run --release -p mplug --example kernel_speed`.
+//! Last, the fused multi-head attention of the base tower (577 positions, 12 heads of 64, the
+//! queries, keys and values read in place from one packed projection) at batch 1 and 8.
+//! `RAYON_NUM_THREADS=2 cargo run --release -p mplug --example kernel_speed` (`ONLY=attention`
+//! for the last part alone).
 
 use mplug::model::kernels::matmul::{gemm, linear, linear_bf16, threads, Weight};
 use mplug::model::kernels::Activation;
@@ -24,6 +27,10 @@ fn best(mut f: impl FnMut()) -> f64 {
 fn main() {
     if std::env::var("TUNE").is_ok() {
         mplug::model::kernels::tune_allocator();
+    }
+    if std::env::var("ONLY").is_ok_and(|o| o == "attention") {
+        attention_speed();
+        return;
     }
     for (m, k, n) in [
         (577, 768, 3072),
@@ -50,6 +57,30 @@ fn main() {
         }
     }
     decoder_stream();
+    attention_speed();
+}
+
+/// The tower's attention: `softmax(q k^T / 8) v` over 577 positions, 12 heads of 64, from a
+/// packed `(B, 577, 3 * 768)` projection; FLOPs are the two products' `4 * B * H * L^2 * d`.
+fn attention_speed() {
+    use candle_core::{Device, Tensor};
+    let (l, heads, d) = (577usize, 12usize, 64usize);
+    let w = heads * d;
+    for b in [1usize, 8] {
+        let qkv = Tensor::randn(0f32, 1.0, (b, l, 3 * w), &Device::Cpu).unwrap();
+        let part = |i: usize| qkv.narrow(2, i * w, w).unwrap();
+        let (q, k, v) = (part(0), part(1), part(2));
+        let t = best(|| {
+            let out = mplug::model::kernels::attention(&q, &k, &v, heads, None).unwrap();
+            std::hint::black_box(out);
+        });
+        let flops = 4.0 * (b * heads * l * l * d) as f64;
+        println!(
+            "attention {b}x{l}, {heads} heads of {d}: {:.1} GFLOP/s ({:.3} ms)",
+            flops / t / 1e9,
+            t * 1e3
+        );
+    }
 }
 
 /// Five rows through every linear weight of a 12-layer decoder, each weight read once per pass
