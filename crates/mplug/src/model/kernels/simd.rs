@@ -363,13 +363,16 @@ fn tile<const R: usize, const W: usize, const FMA: bool, E: WeightElem>(
                 };
             }
         }
+        // Widened once for all rows (for bf16 the widening, redone per row, made the kernel
+        // compute-bound: 14 GB/s of bf16 bits against 22 of f32).
+        let wide: [f32; W] = std::array::from_fn(|j| row[j].widen());
         for (r, a) in acc.iter_mut().enumerate() {
             let xv = x[r * k + i];
-            for (a, v) in a.iter_mut().zip(row) {
+            for (a, v) in a.iter_mut().zip(&wide) {
                 *a = if FMA {
-                    xv.mul_add(v.widen(), *a)
+                    xv.mul_add(*v, *a)
                 } else {
-                    *a + xv * v.widen()
+                    *a + xv * *v
                 };
             }
         }
