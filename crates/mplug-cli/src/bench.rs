@@ -189,6 +189,12 @@ fn time<T>(runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, f64)> 
     Ok((secs[secs.len() / 2], secs[0]))
 }
 
+/// [`time`] on a thread of the tensor-math pool, as `Pipeline` and beam search run inference
+/// (see `mplug::model::kernels::on_pool`).
+fn time_on_pool<T>(runs: usize, f: impl FnMut() -> Result<T> + Send) -> Result<(f64, f64)> {
+    mplug::model::kernels::on_pool(|| time(runs, f))
+}
+
 /// A model of `cfg`'s shapes with random weights held as plain tensors of `dtype`, as a loaded
 /// checkpoint holds them: drawn through a `VarMap` (candle's initializers), then detached, so
 /// that no operation records a gradient graph (which made an earlier benchmark twice as slow as
@@ -317,7 +323,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Tensor::randn(0f32, 1f32, (max_batch, 3, r, r), &device)?.to_dtype(model.dtype())?;
     for &b in args.batch_size.iter().filter(|_| args.wants(Part::Tower)) {
         let batch = images.narrow(0, 0, b)?;
-        let (median, min) = time(args.runs, || Ok(model.encode_image(&batch)?))?;
+        let (median, min) = time_on_pool(args.runs, || Ok(model.encode_image(&batch)?))?;
         let gflops = flops * b as f64 / median / 1e9;
         report.figure(Figure {
             name: format!("vision_b{b}_{r}"),
@@ -345,7 +351,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .into_iter()
         .filter(|_| args.wants(Part::Caption))
     {
-        let (median, min) = time(args.runs, || {
+        let (median, min) = time_on_pool(args.runs, || {
             let embeds = model.encode_image(&one)?;
             Ok(caption::generate(
                 &model,
@@ -387,7 +393,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let n = question.len();
         let ids = Tensor::from_vec(question, (1, n), &device)?;
         let mask = Tensor::ones((1, n), DType::U32, &device)?;
-        let (median, min) = time(args.runs, || {
+        let (median, min) = time_on_pool(args.runs, || {
             let embeds = model.encode_image(&one)?;
             let q = vqa::encode_question(&model, &embeds, &ids, &mask)?;
             Ok(vqa::generate(&model, &q, &beam(args.vqa_len, true))?)
@@ -412,7 +418,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let text_mask = Tensor::ones((pairs, 30), DType::U32, &device)?;
         let text_side = retrieval::encode_texts(&model, &text_ids, &text_mask)?;
         let list: Vec<(usize, usize)> = (0..pairs).map(|t| (0, t)).collect();
-        let (median, min) = time(args.runs, || {
+        let (median, min) = time_on_pool(args.runs, || {
             Ok(retrieval::itm_positive(
                 &model,
                 &image_side,

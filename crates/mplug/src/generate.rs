@@ -157,6 +157,16 @@ pub fn beam_search(
     mask: Option<&Tensor>,
     cfg: &BeamConfig,
 ) -> Result<Vec<Vec<Hypothesis>>> {
+    // Decoding is many small parallel loops: run it on the pool's threads (see `on_pool`).
+    crate::model::kernels::on_pool(|| search(decoder, states, mask, cfg))
+}
+
+fn search(
+    decoder: &TextDecoder,
+    states: &Tensor,
+    mask: Option<&Tensor>,
+    cfg: &BeamConfig,
+) -> Result<Vec<Vec<Hypothesis>>> {
     let vocab = decoder.vocab_size();
     cfg.validate(vocab)?;
     let device = states.device().clone();

@@ -10,6 +10,7 @@ use crate::input::{
     LetterboxConfig, LetterboxInfo, Letterboxed, Padding, Tokenizer, VideoConfig,
     VideoPreprocessor,
 };
+use crate::model::kernels::on_pool;
 use crate::model::{Mplug, Task};
 use crate::tasks::{caption, grounding, retrieval, video, vqa};
 use candle_core::{DType, Device, Tensor};
@@ -229,7 +230,7 @@ impl Pipeline {
     /// Token ids and attention masks `(N, L)` of texts (questions, referring expressions,
     /// retrieval texts) as every task passes them to the model: padded to the longest, cut at
     /// [`Pipeline::text_limit`].
-    pub fn encode_texts(&self, texts: &[impl AsRef<str>]) -> Result<(Tensor, Tensor)> {
+    pub fn encode_texts(&self, texts: &[impl AsRef<str> + Sync]) -> Result<(Tensor, Tensor)> {
         self.encode_texts_with(texts, Padding::Longest, self.text_limit())
     }
 
@@ -238,7 +239,7 @@ impl Pipeline {
     /// positions.
     pub fn encode_texts_with(
         &self,
-        texts: &[impl AsRef<str>],
+        texts: &[impl AsRef<str> + Sync],
         padding: Padding,
         limit: usize,
     ) -> Result<(Tensor, Tensor)> {
@@ -259,31 +260,35 @@ impl Pipeline {
     }
 
     /// Checks that closed-list answers encode (none empty, each within the positions).
-    pub fn check_answers(&self, answers: &[impl AsRef<str>]) -> Result<()> {
+    pub fn check_answers(&self, answers: &[impl AsRef<str> + Sync]) -> Result<()> {
         self.tokenizer.encode_answers(answers)?;
         Ok(())
     }
 
     /// Images encoded for retrieval: visual tokens and normalized ITC features.
     pub fn image_side(&self, visual: Visual) -> Result<retrieval::ImageSide> {
-        let side = match visual {
-            Visual::Images(t) => retrieval::encode_images(&self.model, t)?,
-            Visual::Clips(t) => video::encode_videos(&self.model, t)?,
-        };
-        ensure_finite_tensor(&side.feat, "the image features")?;
-        Ok(side)
+        on_pool(|| {
+            let side = match visual {
+                Visual::Images(t) => retrieval::encode_images(&self.model, t)?,
+                Visual::Clips(t) => video::encode_videos(&self.model, t)?,
+            };
+            ensure_finite_tensor(&side.feat, "the image features")?;
+            Ok(side)
+        })
     }
 
     /// Texts encoded for retrieval (as [`Pipeline::encode_texts`]): text states, mask and
     /// normalized ITC features.
-    pub fn text_side(&self, texts: &[impl AsRef<str>]) -> Result<retrieval::TextSide> {
-        if texts.is_empty() {
-            return Err(Error::invalid("no texts to encode"));
-        }
-        let (ids, mask) = self.encode_texts(texts)?;
-        let side = retrieval::encode_texts(&self.model, &ids, &mask)?;
-        ensure_finite_tensor(&side.feat, "the text features")?;
-        Ok(side)
+    pub fn text_side(&self, texts: &[impl AsRef<str> + Sync]) -> Result<retrieval::TextSide> {
+        on_pool(|| {
+            if texts.is_empty() {
+                return Err(Error::invalid("no texts to encode"));
+            }
+            let (ids, mask) = self.encode_texts(texts)?;
+            let side = retrieval::encode_texts(&self.model, &ids, &mask)?;
+            ensure_finite_tensor(&side.feat, "the text features")?;
+            Ok(side)
+        })
     }
 
     /// L2-normalized ITC features of images or clips, one row each (what search indexes and
@@ -293,7 +298,7 @@ impl Pipeline {
     }
 
     /// L2-normalized ITC features of texts, one row each.
-    pub fn embed_texts(&self, texts: &[impl AsRef<str>]) -> Result<Vec<Vec<f32>>> {
+    pub fn embed_texts(&self, texts: &[impl AsRef<str> + Sync]) -> Result<Vec<Vec<f32>>> {
         Ok(self.text_side(texts)?.feat.to_vec2::<f32>()?)
     }
 
@@ -325,18 +330,22 @@ impl Pipeline {
     /// Captions of images or clips (a clip's frame tokens are concatenated, as the reference's
     /// video captioning does).
     pub fn caption_visual(&self, visual: Visual, beam: &BeamConfig) -> Result<Vec<Vec<Generated>>> {
-        let embeds = self.visual_tokens(visual)?;
-        self.generated(caption::generate(&self.model, &embeds, beam)?)
+        on_pool(|| {
+            let embeds = self.visual_tokens(visual)?;
+            self.generated(caption::generate(&self.model, &embeds, beam)?)
+        })
     }
 
     /// Visual tokens: `(N, Li, H)` for images, `(N, F * Li, H)` for clips of `F` frames.
     pub fn visual_tokens(&self, visual: Visual) -> Result<Tensor> {
-        let tokens = match visual {
-            Visual::Images(t) => self.model.encode_image(t)?,
-            Visual::Clips(t) => video::encode_frames(&self.model, t)?,
-        };
-        ensure_finite_tensor(&tokens, "the visual tokens")?;
-        Ok(tokens)
+        on_pool(|| {
+            let tokens = match visual {
+                Visual::Images(t) => self.model.encode_image(t)?,
+                Visual::Clips(t) => video::encode_frames(&self.model, t)?,
+            };
+            ensure_finite_tensor(&tokens, "the visual tokens")?;
+            Ok(tokens)
+        })
     }
 
     /// Decodes clips (animated GIFs, folders of frames, or video files through ffmpeg) into
@@ -354,7 +363,7 @@ impl Pipeline {
     fn question_states(
         &self,
         visual: Visual,
-        questions: &[impl AsRef<str>],
+        questions: &[impl AsRef<str> + Sync],
     ) -> Result<vqa::QuestionStates> {
         let n = visual.count()?;
         if questions.len() != n {
@@ -372,7 +381,7 @@ impl Pipeline {
     pub fn answer(
         &self,
         images: &Tensor,
-        questions: &[impl AsRef<str>],
+        questions: &[impl AsRef<str> + Sync],
         beam: &BeamConfig,
     ) -> Result<Vec<Vec<Generated>>> {
         self.answer_visual(Visual::Images(images), questions, beam)
@@ -382,19 +391,21 @@ impl Pipeline {
     pub fn answer_visual(
         &self,
         visual: Visual,
-        questions: &[impl AsRef<str>],
+        questions: &[impl AsRef<str> + Sync],
         beam: &BeamConfig,
     ) -> Result<Vec<Vec<Generated>>> {
-        let q = self.question_states(visual, questions)?;
-        self.generated(vqa::generate(&self.model, &q, beam)?)
+        on_pool(|| {
+            let q = self.question_states(visual, questions)?;
+            self.generated(vqa::generate(&self.model, &q, beam)?)
+        })
     }
 
     /// Ranks a closed list of answers for each (image, question), best `k` first.
     pub fn rank_answers(
         &self,
         images: &Tensor,
-        questions: &[impl AsRef<str>],
-        answers: &[impl AsRef<str>],
+        questions: &[impl AsRef<str> + Sync],
+        answers: &[impl AsRef<str> + Sync],
         k: usize,
     ) -> Result<Vec<Vec<RankedText>>> {
         self.rank_answers_visual(Visual::Images(images), questions, answers, k)
@@ -404,37 +415,39 @@ impl Pipeline {
     pub fn rank_answers_visual(
         &self,
         visual: Visual,
-        questions: &[impl AsRef<str>],
-        answers: &[impl AsRef<str>],
+        questions: &[impl AsRef<str> + Sync],
+        answers: &[impl AsRef<str> + Sync],
         k: usize,
     ) -> Result<Vec<Vec<RankedText>>> {
-        let q = self.question_states(visual, questions)?;
-        let enc = self.tokenizer.encode_answers(answers)?;
-        let (ids, mask) = enc.to_tensors(self.model.device())?;
-        let ranked = vqa::rank_answers(&self.model, &q, &ids, &mask, k.min(answers.len()))?;
-        crate::error::ensure_finite(
-            ranked.iter().flatten().map(|r| &r.prob),
-            "the answers' probabilities",
-        )?;
-        Ok(ranked
-            .into_iter()
-            .map(|row| {
-                row.into_iter()
-                    .map(|r| RankedText {
-                        text: answers[r.index].as_ref().to_string(),
-                        index: r.index,
-                        prob: r.prob,
-                    })
-                    .collect()
-            })
-            .collect())
+        on_pool(|| {
+            let q = self.question_states(visual, questions)?;
+            let enc = self.tokenizer.encode_answers(answers)?;
+            let (ids, mask) = enc.to_tensors(self.model.device())?;
+            let ranked = vqa::rank_answers(&self.model, &q, &ids, &mask, k.min(answers.len()))?;
+            crate::error::ensure_finite(
+                ranked.iter().flatten().map(|r| &r.prob),
+                "the answers' probabilities",
+            )?;
+            Ok(ranked
+                .into_iter()
+                .map(|row| {
+                    row.into_iter()
+                        .map(|r| RankedText {
+                            text: answers[r.index].as_ref().to_string(),
+                            index: r.index,
+                            prob: r.prob,
+                        })
+                        .collect()
+                })
+                .collect())
+        })
     }
 
     /// The box each expression refers to in its image file.
     pub fn ground<P: AsRef<Path> + Sync>(
         &self,
         paths: &[P],
-        expressions: &[impl AsRef<str>],
+        expressions: &[impl AsRef<str> + Sync],
     ) -> Result<Vec<GroundedBox>> {
         if paths.len() != expressions.len() {
             return Err(Error::invalid(format!(
@@ -455,28 +468,30 @@ impl Pipeline {
         &self,
         images: &Tensor,
         infos: &[LetterboxInfo],
-        expressions: &[impl AsRef<str>],
+        expressions: &[impl AsRef<str> + Sync],
     ) -> Result<Vec<GroundedBox>> {
-        let n = images.dim(0)?;
-        if infos.len() != n || expressions.len() != n {
-            return Err(Error::invalid(format!(
-                "{} expressions and {} placements for {n} images",
-                expressions.len(),
-                infos.len()
-            )));
-        }
-        let (ids, mask) = self.encode_texts(expressions)?;
-        let embeds = self.visual_tokens(Visual::Images(images))?;
-        let boxes = grounding::predict(&self.model, &embeds, &ids, &mask, &self.grounding)?;
-        crate::error::ensure_finite(boxes.iter().flatten(), "the boxes")?;
-        Ok(boxes
-            .into_iter()
-            .zip(infos)
-            .map(|(cxcywh, info)| GroundedBox {
-                xyxy: info.box_to_original(cxcywh),
-                cxcywh,
-            })
-            .collect())
+        on_pool(|| {
+            let n = images.dim(0)?;
+            if infos.len() != n || expressions.len() != n {
+                return Err(Error::invalid(format!(
+                    "{} expressions and {} placements for {n} images",
+                    expressions.len(),
+                    infos.len()
+                )));
+            }
+            let (ids, mask) = self.encode_texts(expressions)?;
+            let embeds = self.visual_tokens(Visual::Images(images))?;
+            let boxes = grounding::predict(&self.model, &embeds, &ids, &mask, &self.grounding)?;
+            crate::error::ensure_finite(boxes.iter().flatten(), "the boxes")?;
+            Ok(boxes
+                .into_iter()
+                .zip(infos)
+                .map(|(cxcywh, info)| GroundedBox {
+                    xyxy: info.box_to_original(cxcywh),
+                    cxcywh,
+                })
+                .collect())
+        })
     }
 
     /// Retrieval scores of the reference's evaluation between images and texts: ITC top `k`
@@ -486,7 +501,7 @@ impl Pipeline {
     pub fn retrieve(
         &self,
         images: &Tensor,
-        texts: &[impl AsRef<str>],
+        texts: &[impl AsRef<str> + Sync],
         k: usize,
     ) -> Result<(retrieval::ScoreMatrix, retrieval::ScoreMatrix)> {
         self.retrieve_visual(Visual::Images(images), texts, k)
@@ -498,15 +513,17 @@ impl Pipeline {
     pub fn retrieve_visual(
         &self,
         visual: Visual,
-        texts: &[impl AsRef<str>],
+        texts: &[impl AsRef<str> + Sync],
         k: usize,
     ) -> Result<(retrieval::ScoreMatrix, retrieval::ScoreMatrix)> {
-        let rescore = match visual {
-            Visual::Images(_) => retrieval::Rescore::Itm,
-            Visual::Clips(_) => retrieval::Rescore::ItmPlusSimilarity,
-        };
-        let (visual_side, text_side) = self.retrieval_sides(visual, texts)?;
-        retrieval::rerank(&self.model, &visual_side, &text_side, k, rescore)
+        on_pool(|| {
+            let rescore = match visual {
+                Visual::Images(_) => retrieval::Rescore::Itm,
+                Visual::Clips(_) => retrieval::Rescore::ItmPlusSimilarity,
+            };
+            let (visual_side, text_side) = self.retrieval_sides(visual, texts)?;
+            retrieval::rerank(&self.model, &visual_side, &text_side, k, rescore)
+        })
     }
 
     /// Image-to-text scores for encoded images and texts ([`Pipeline::image_side`],
@@ -520,21 +537,23 @@ impl Pipeline {
         texts: &retrieval::TextSide,
         k: usize,
     ) -> Result<retrieval::ScoreMatrix> {
-        let sims = retrieval::similarities(images, texts)?;
-        let (ni, nt) = sims.dims2()?;
-        let queries: Vec<usize> = (0..ni).collect();
-        let rows = retrieval::rerank_rows(
-            &self.model,
-            images,
-            texts,
-            &sims,
-            &queries,
-            retrieval::Query::Image,
-            k,
-            retrieval::Rescore::Itm,
-            retrieval::ITM_PAIRS_PER_CALL,
-        )?;
-        Ok(retrieval::score_matrix(&rows, nt))
+        on_pool(|| {
+            let sims = retrieval::similarities(images, texts)?;
+            let (ni, nt) = sims.dims2()?;
+            let queries: Vec<usize> = (0..ni).collect();
+            let rows = retrieval::rerank_rows(
+                &self.model,
+                images,
+                texts,
+                &sims,
+                &queries,
+                retrieval::Query::Image,
+                k,
+                retrieval::Rescore::Itm,
+                retrieval::ITM_PAIRS_PER_CALL,
+            )?;
+            Ok(retrieval::score_matrix(&rows, nt))
+        })
     }
 
     /// Zero-shot classification of images or clips: every label, written into `template`
@@ -547,83 +566,85 @@ impl Pipeline {
     pub fn classify(
         &self,
         visual: Visual,
-        labels: &[impl AsRef<str>],
+        labels: &[impl AsRef<str> + Sync],
         template: &str,
         itm: bool,
     ) -> Result<Vec<Vec<ScoredLabel>>> {
-        if labels.is_empty() {
-            return Err(Error::invalid("no labels to choose from"));
-        }
-        let heads = self.model.heads.as_ref().ok_or_else(|| {
-            Error::Unsupported(format!(
-                "zero-shot classification needs a retrieval model (ITC heads); this is a {} \
-                 model",
-                self.model.task
-            ))
-        })?;
-        let prompts: Vec<String> = labels
-            .iter()
-            .map(|l| {
-                if template.contains("{}") {
-                    template.replace("{}", l.as_ref())
-                } else {
-                    l.as_ref().to_string()
-                }
-            })
-            .collect();
-        let temp = heads
-            .temp
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?
-            .first()
-            .copied()
-            .unwrap_or(0.07)
-            .clamp(0.001, 0.5);
-        let (images, texts) = self.retrieval_sides(visual, &prompts)?;
-        let sims = retrieval::similarity_rows(&images, &texts)?;
-        let nl = labels.len();
-        let matches = if itm {
-            let pairs: Vec<(usize, usize)> = (0..sims.len())
-                .flat_map(|i| (0..nl).map(move |j| (i, j)))
-                .collect();
-            let mut probs = Vec::with_capacity(pairs.len());
-            for chunk in pairs.chunks(retrieval::ITM_PAIRS_PER_CALL) {
-                probs.extend(retrieval::itm_probabilities(
-                    &self.model,
-                    &images,
-                    &texts,
-                    chunk,
-                )?);
+        on_pool(|| {
+            if labels.is_empty() {
+                return Err(Error::invalid("no labels to choose from"));
             }
-            Some(probs)
-        } else {
-            None
-        };
-        Ok(sims
-            .into_iter()
-            .enumerate()
-            .map(|(i, row)| {
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s / temp));
-                let exps: Vec<f32> = row.iter().map(|&s| (s / temp - max).exp()).collect();
-                let total: f32 = exps.iter().sum();
-                let mut scored: Vec<ScoredLabel> = row
-                    .iter()
-                    .zip(&exps)
-                    .enumerate()
-                    .map(|(j, (&sim, &e))| ScoredLabel {
-                        label: labels[j].as_ref().to_string(),
-                        index: j,
-                        score: e / total,
-                        similarity: sim,
-                        match_prob: matches.as_ref().map(|m| m[i * nl + j]),
-                    })
+            let heads = self.model.heads.as_ref().ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "zero-shot classification needs a retrieval model (ITC heads); this is a {} \
+                     model",
+                    self.model.task
+                ))
+            })?;
+            let prompts: Vec<String> = labels
+                .iter()
+                .map(|l| {
+                    if template.contains("{}") {
+                        template.replace("{}", l.as_ref())
+                    } else {
+                        l.as_ref().to_string()
+                    }
+                })
+                .collect();
+            let temp = heads
+                .temp
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .first()
+                .copied()
+                .unwrap_or(0.07)
+                .clamp(0.001, 0.5);
+            let (images, texts) = self.retrieval_sides(visual, &prompts)?;
+            let sims = retrieval::similarity_rows(&images, &texts)?;
+            let nl = labels.len();
+            let matches = if itm {
+                let pairs: Vec<(usize, usize)> = (0..sims.len())
+                    .flat_map(|i| (0..nl).map(move |j| (i, j)))
                     .collect();
-                let key = |l: &ScoredLabel| l.match_prob.unwrap_or(l.score);
-                scored.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.index.cmp(&b.index)));
-                scored
-            })
-            .collect())
+                let mut probs = Vec::with_capacity(pairs.len());
+                for chunk in pairs.chunks(retrieval::ITM_PAIRS_PER_CALL) {
+                    probs.extend(retrieval::itm_probabilities(
+                        &self.model,
+                        &images,
+                        &texts,
+                        chunk,
+                    )?);
+                }
+                Some(probs)
+            } else {
+                None
+            };
+            Ok(sims
+                .into_iter()
+                .enumerate()
+                .map(|(i, row)| {
+                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s / temp));
+                    let exps: Vec<f32> = row.iter().map(|&s| (s / temp - max).exp()).collect();
+                    let total: f32 = exps.iter().sum();
+                    let mut scored: Vec<ScoredLabel> = row
+                        .iter()
+                        .zip(&exps)
+                        .enumerate()
+                        .map(|(j, (&sim, &e))| ScoredLabel {
+                            label: labels[j].as_ref().to_string(),
+                            index: j,
+                            score: e / total,
+                            similarity: sim,
+                            match_prob: matches.as_ref().map(|m| m[i * nl + j]),
+                        })
+                        .collect();
+                    let key = |l: &ScoredLabel| l.match_prob.unwrap_or(l.score);
+                    scored.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.index.cmp(&b.index)));
+                    scored
+                })
+                .collect())
+        })
     }
 
     /// ITC similarities between images or clips and texts, `(visuals, texts)`: the ranking
@@ -632,19 +653,21 @@ impl Pipeline {
     pub fn similarities(
         &self,
         visual: Visual,
-        texts: &[impl AsRef<str>],
+        texts: &[impl AsRef<str> + Sync],
     ) -> Result<retrieval::ScoreMatrix> {
-        let (visual_side, text_side) = self.retrieval_sides(visual, texts)?;
-        retrieval::similarity_rows(&visual_side, &text_side)
+        on_pool(|| {
+            let (visual_side, text_side) = self.retrieval_sides(visual, texts)?;
+            retrieval::similarity_rows(&visual_side, &text_side)
+        })
     }
 
     /// Images (or clips: the mean frame feature) and texts encoded for retrieval.
     pub fn retrieval_sides(
         &self,
         visual: Visual,
-        texts: &[impl AsRef<str>],
+        texts: &[impl AsRef<str> + Sync],
     ) -> Result<(retrieval::ImageSide, retrieval::TextSide)> {
-        Ok((self.image_side(visual)?, self.text_side(texts)?))
+        on_pool(|| Ok((self.image_side(visual)?, self.text_side(texts)?)))
     }
 }
 
