@@ -198,14 +198,7 @@ mod tests {
                 &attend_heads(&split(q), &split(&k), &split(&v), Some(mask), false).unwrap(),
             )
             .unwrap();
-            let worst = (fused - plain)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let worst = crate::model::max_abs_diff(&fused, &plain);
             assert!(
                 worst < 1e-5,
                 "fused and per-head attention differ by {worst}"

@@ -459,3 +459,15 @@ pub fn check_ids(ids: &Tensor, mask: &Tensor, vocab: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// The largest absolute difference between two tensors of one shape, as f32 (the unit tests'
+/// comparison).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.to_dtype(DType::F32))
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("tensors of one shape")
+}

@@ -305,14 +305,7 @@ mod tests {
         assert_eq!(all.dims(), &[b, tokens, cfg.bert.hidden_size]);
         for i in [0, per_pass - 1, per_pass, b - 1] {
             let alone = enc.forward(&images.narrow(0, i, 1).unwrap()).unwrap();
-            let diff = (all.narrow(0, i, 1).unwrap() - alone)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::model::max_abs_diff(&all.narrow(0, i, 1).unwrap(), &alone);
             assert!(diff < 1e-5, "image {i}: off by {diff}");
         }
     }

@@ -78,6 +78,37 @@ pub struct Dims {
     pub d: usize,
 }
 
+impl Dims {
+    /// Query rows per key batch entry, `G * Lq`.
+    fn rows(&self) -> usize {
+        self.bq / self.bk * self.lq
+    }
+
+    /// Width of a row, `H * d`.
+    fn width(&self) -> usize {
+        self.heads * self.d
+    }
+
+    /// The scores' scale, `1 / sqrt(d)`.
+    fn scale(&self) -> f32 {
+        1.0 / (self.d as f32).sqrt()
+    }
+}
+
+/// The `(Bq, Lq, H*d)` result that `tasks` parallel calls of `fill(task, out)` write.
+///
+/// # Safety
+/// Together the calls write every element of the result, each its own elements.
+unsafe fn fill_result(dims: &Dims, tasks: usize, fill: impl Fn(usize, SendPtr) + Sync) -> Vec<f32> {
+    let len = dims.bq * dims.lq * dims.width();
+    let mut out = Vec::<f32>::with_capacity(len);
+    let dst = SendPtr(out.as_mut_ptr());
+    (0..tasks).into_par_iter().for_each(|t| fill(t, dst));
+    // SAFETY: the calls wrote every element, as the caller promises.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// Attention of `q (Bq, Lq, H*d)` over `k`, `v (Bk, Lk, H*d)`: query row `b` reads key row
 /// `b / G`. `q` must have `batch == lq * row`, so that a key row's `G * Lq` queries are evenly
 /// spaced. Returns `(Bq, Lq, H*d)`. Heads up to 64 wide with at least [`TILED_MIN_ROWS`]
@@ -104,25 +135,10 @@ pub fn attention(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> V
 
 /// [`attention`] through `gemm`: one task per (key batch entry, head, block of query rows).
 fn blocked(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> Vec<f32> {
-    let Dims {
-        bq,
-        bk,
-        lq,
-        lk,
-        heads,
-        d,
-    } = dims;
-    let g = bq / bk;
-    let rows = g * lq; // query rows per key batch entry
-    let width = heads * d;
-    let scale = 1.0 / (d as f32).sqrt();
-    let mut out = Vec::<f32>::with_capacity(bq * lq * width);
-    let dst = SendPtr(out.as_mut_ptr());
+    let Dims { lk, heads, d, .. } = dims;
+    let (rows, width, scale) = (dims.rows(), dims.width(), dims.scale());
     let blocks = rows.div_ceil(ROW_BLOCK);
-    (0..bk * heads * blocks).into_par_iter().for_each(|task| {
-        // Capture the whole wrapper (not its raw-pointer field) so the closure is Send.
-        #[allow(clippy::redundant_locals)]
-        let dst = dst;
+    let task = |task: usize, dst: SendPtr| {
         let (bh, blk) = (task / blocks, task % blocks);
         let (b, h) = (bh / heads, bh % heads);
         let r0 = blk * ROW_BLOCK;
@@ -169,34 +185,19 @@ fn blocked(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> Vec<f32
                 );
             }
         });
-    });
-    // SAFETY: the tasks wrote every (row, head) block.
-    unsafe { out.set_len(bq * lq * width) };
-    out
+    };
+    // SAFETY: the tasks cover every (key batch entry, head, row block): all of the result.
+    unsafe { fill_result(&dims, dims.bk * heads * blocks, task) }
 }
 
 /// [`attention`] through the AVX-512 tiles: one task per (key batch entry, head), which
 /// transposes that head's keys once and then takes its query rows a block at a time.
 #[cfg(target_arch = "x86_64")]
 fn tiled(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> Vec<f32> {
-    let Dims {
-        bq,
-        bk,
-        lq,
-        lk,
-        heads,
-        d,
-    } = dims;
-    let rows = bq / bk * lq;
-    let width = heads * d;
-    let scale = 1.0 / (d as f32).sqrt();
+    let Dims { lk, heads, d, .. } = dims;
+    let (rows, width, scale) = (dims.rows(), dims.width(), dims.scale());
     let lkp = lk.next_multiple_of(16);
-    let mut out = Vec::<f32>::with_capacity(bq * lq * width);
-    let dst = SendPtr(out.as_mut_ptr());
-    (0..bk * heads).into_par_iter().for_each(|bh| {
-        // Capture the whole wrapper (not its raw-pointer field) so the closure is Send.
-        #[allow(clippy::redundant_locals)]
-        let dst = dst;
+    let task = |bh: usize, dst: SendPtr| {
         let (b, h) = (bh / heads, bh % heads);
         let k_at = k.offset + b * k.batch + h * d;
         let v_at = v.offset + b * v.batch + h * d;
@@ -244,10 +245,9 @@ fn tiled(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> Vec<f32> 
                 };
             }
         });
-    });
-    // SAFETY: the tasks wrote every (row, head) block.
-    unsafe { out.set_len(bq * lq * width) };
-    out
+    };
+    // SAFETY: the tasks cover every (key batch entry, head), all rows of each.
+    unsafe { fill_result(&dims, dims.bk * heads, task) }
 }
 
 /// Hand-written AVX-512 tiles of the two per-head products, used when the CPU has AVX-512 and
@@ -257,8 +257,8 @@ fn tiled(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> Vec<f32> 
 /// operands for every call; with a depth of 64 (`q k^T`) or 64 outputs (`p v`) that packing
 /// and its blocking cost as much as the arithmetic, and the per-head products ran at about 180
 /// GFLOP/s on two threads against 300 for the linear layers. Here the keys are transposed once
-/// per head into a buffer of `d` rows (the values are read in place: a head's values are `d`
-/// contiguous floats per position), and each tile keeps its sums in registers: 6 query rows
+/// per head into a buffer of `d` rows (and [`tiled`] packs the values side by side), and each
+/// tile keeps its sums in registers: 6 query rows
 /// by 64 scores, or 6 rows by the head's 64 outputs, 24 of the 32 vector registers.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {

@@ -119,6 +119,7 @@ pub unsafe fn gemm_strided(
 /// from source with cmake (`onednn-sys`) or need Intel's oneAPI install (`onednnl-sys`).
 #[cfg(feature = "dnnl")]
 mod dnnl {
+    use std::ops::Range;
     use std::os::raw::{c_char, c_int};
 
     #[link(name = "dnnl")]
@@ -160,62 +161,6 @@ mod dnnl {
         }
     }
 
-    /// [`sgemm`] split by rows: each thread's rows of `a` times all of `b`.
-    ///
-    /// # Safety
-    /// As [`super::gemm_strided`].
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn by_rows(
-        m: usize,
-        n: usize,
-        k: usize,
-        dst: *mut f32,
-        dst_rs: usize,
-        (ta, lda, a, a_rs): (c_char, i64, *const f32, usize),
-        (tb, ldb, b): (c_char, i64, *const f32),
-        threads: usize,
-    ) -> bool {
-        // With `a` transposed its rows are its columns: `a_rs` is then 1 and row i starts at
-        // element i either way.
-        let parts = threads.min(m.div_ceil(16)).max(1);
-        let (dst, a, b) = (super::SendPtr(dst), a as usize, b as usize);
-        let ok = std::sync::atomic::AtomicBool::new(true);
-        rayon::scope(|scope| {
-            for p in 0..parts {
-                let (i0, i1) = (m * p / parts, m * (p + 1) / parts);
-                let ok = &ok;
-                scope.spawn(move |_| {
-                    #[allow(clippy::redundant_locals)]
-                    let dst = dst;
-                    // SAFETY: the operands are as the caller promises; oneDNN reads this
-                    // part's rows of `a` and all of `b`, and writes this part's rows of `dst`.
-                    let status = unsafe {
-                        omp_set_num_threads(1);
-                        dnnl_sgemm(
-                            ta,
-                            tb,
-                            (i1 - i0) as i64,
-                            n as i64,
-                            k as i64,
-                            1.0,
-                            (a as *const f32).add(i0 * a_rs),
-                            lda,
-                            b as *const f32,
-                            ldb,
-                            0.0,
-                            dst.0.add(i0 * dst_rs),
-                            dst_rs as i64,
-                        )
-                    };
-                    if status != 0 {
-                        ok.store(false, std::sync::atomic::Ordering::Relaxed);
-                    }
-                });
-            }
-        });
-        ok.into_inner()
-    }
-
     /// [`super::gemm_strided`] through oneDNN on `threads` threads; `false` (nothing done)
     /// when a layout does not fit it.
     ///
@@ -239,65 +184,61 @@ mod dnnl {
         let (Some((ta, lda)), Some((tb, ldb))) = (layout(a_rs, a_cs), layout(b_rs, b_cs)) else {
             return false;
         };
-        // The columns split among the threads of candle's pool, each product single-threaded
+        // The product split among the threads of candle's pool, each part single-threaded
         // in its own thread: OpenMP threads spinning beside the pool's would share the cores.
         // Products with fewer outputs than inputs (the MLP's second layer: 768 outputs of
         // 3072 inputs) split by rows, the rest by columns: a column split would leave each
         // thread a narrow strip of 384 columns, which ran at 230-290 GFLOP/s against 270-330
         // by rows, measured in turns in one process (`examples/kernel_speed`'s shapes); the
         // other shapes ran alike either way.
-        if n < k {
-            return unsafe {
-                by_rows(
-                    m,
-                    n,
-                    k,
-                    dst,
-                    dst_rs,
-                    (ta, lda, a, a_rs),
-                    (tb, ldb, b),
-                    threads,
-                )
+        let parts: Vec<(Range<usize>, Range<usize>)> = if n < k {
+            let parts = threads.min(m.div_ceil(16)).max(1);
+            (0..parts)
+                .map(|p| (m * p / parts..m * (p + 1) / parts, 0..n))
+                .collect()
+        } else {
+            // Column strips start on multiples of 16 (whole vectors of `b` and `dst`).
+            let parts = threads.min(n.div_ceil(64)).max(1);
+            let start = |p: usize| {
+                if p == parts {
+                    n
+                } else {
+                    n * p / parts / 16 * 16
+                }
             };
-        }
-        let parts = threads.min(n.div_ceil(64)).max(1);
+            (0..parts).map(|p| (0..m, start(p)..start(p + 1))).collect()
+        };
         let (dst, a, b) = (super::SendPtr(dst), a as usize, b as usize);
         let ok = std::sync::atomic::AtomicBool::new(true);
         rayon::scope(|scope| {
-            for p in 0..parts {
-                let (j0, j1) = (
-                    n * p / parts / 16 * 16,
-                    if p + 1 == parts {
-                        n
-                    } else {
-                        n * (p + 1) / parts / 16 * 16
-                    },
-                );
+            for (rows, cols) in parts
+                .into_iter()
+                .filter(|(r, c)| !r.is_empty() && !c.is_empty())
+            {
                 let ok = &ok;
                 scope.spawn(move |_| {
                     #[allow(clippy::redundant_locals)]
                     let dst = dst;
-                    if j1 <= j0 {
-                        return;
-                    }
-                    // SAFETY: the operands are as the caller promises; oneDNN reads `a` and
-                    // this part's columns of `b`, and writes this part's columns of `dst`,
-                    // only within the shapes and leading dimensions given.
+                    // SAFETY: the operands are as the caller promises; oneDNN reads this
+                    // part's rows of `a` and columns of `b` and writes this part of `dst`,
+                    // only within the shapes and leading dimensions given. With `a`
+                    // transposed `a_rs` is 1, so row i starts at element i either way; the
+                    // same holds for `b`'s columns.
                     let status = unsafe {
                         omp_set_num_threads(1);
                         dnnl_sgemm(
                             ta,
                             tb,
-                            m as i64,
-                            (j1 - j0) as i64,
+                            rows.len() as i64,
+                            cols.len() as i64,
                             k as i64,
                             1.0,
-                            a as *const f32,
+                            (a as *const f32).add(rows.start * a_rs),
                             lda,
-                            (b as *const f32).add(j0 * b_cs),
+                            (b as *const f32).add(cols.start * b_cs),
                             ldb,
                             0.0,
-                            dst.0.add(j0),
+                            dst.0.add(rows.start * dst_rs + cols.start),
                             dst_rs as i64,
                         )
                     };

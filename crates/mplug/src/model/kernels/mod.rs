@@ -553,8 +553,8 @@ mod tests {
                 assert!(t.t().unwrap().is_contiguous(), "stored as (k, n)");
                 let want = w.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
                 let got = t.to_dtype(DType::F32).unwrap();
-                let diff = (want - got).unwrap().abs().unwrap().max_all().unwrap();
-                assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{n}x{k} {dtype:?}");
+                let diff = crate::model::max_abs_diff(&want, &got);
+                assert_eq!(diff, 0.0, "{n}x{k} {dtype:?}");
             }
         }
     }
