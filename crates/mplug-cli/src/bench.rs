@@ -40,7 +40,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 16)]
     pub itm_pairs: usize,
     /// Weight type of the inference measurements: `f32`; `bf16` (on the CPU, compact weights:
-    /// linear layers' weights in bf16, activations and arithmetic in f32); or `f16` (candle's
+    /// linear layers' weights in bf16, activations f32; products of many rows in bf16 dot
+    /// products where the CPU has AVX512-BF16, f32 arithmetic elsewhere); or `f16` (candle's
     /// f16 arithmetic throughout). Training is always f32.
     #[arg(long, default_value = "f32")]
     pub dtype: String,

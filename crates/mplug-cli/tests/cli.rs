@@ -36,7 +36,7 @@ fn convert(dir: &Path, task: &str, name_task: bool, extra: &[&str]) -> PathBuf {
     out
 }
 
-/// `--dtype bf16` loads compact weights (bf16 linear weights, f32 arithmetic) and answers;
+/// `--dtype bf16` loads compact weights (bf16 linear weights) and answers;
 /// other names are refused by the parser.
 #[test]
 fn caption_with_bf16_weights() {

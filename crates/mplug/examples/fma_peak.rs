@@ -21,6 +21,27 @@ fn fmas(iters: u64) -> f32 {
     _mm512_reduce_add_ps(sum)
 }
 
+/// The same with bf16 pair dot products (`vdpbf16ps`: per lane two bf16 products added to an f32
+/// accumulator, 64 FLOPs an instruction against the FMA's 32).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn bf16_dots(iters: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_set1_ps(0.0); 24];
+    let a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1.0), _mm512_set1_ps(0.5));
+    let b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-9), _mm512_set1_ps(-1e-9));
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm512_dpbf16_ps(*x, a, b);
+        }
+    }
+    let mut sum = _mm512_set1_ps(0.0);
+    for x in acc {
+        sum = _mm512_add_ps(sum, x);
+    }
+    _mm512_reduce_add_ps(sum)
+}
+
 #[cfg(target_arch = "x86_64")]
 fn main() {
     if !std::arch::is_x86_feature_detected!("avx512f") {
@@ -42,6 +63,23 @@ fn main() {
         let flops = iters as f64 * 24.0 * 16.0 * 2.0 * threads as f64;
         println!(
             "{threads} thread(s): {:.1} GFLOP/s of f32 FMA (checksum {total:e})",
+            flops / start.elapsed().as_secs_f64() / 1e9
+        );
+    }
+    if !std::arch::is_x86_feature_detected!("avx512bf16") {
+        println!("this CPU has no AVX-512 bf16 dot products");
+        return;
+    }
+    for threads in [1, most] {
+        let start = std::time::Instant::now();
+        let runs: Vec<_> = (0..threads)
+            // SAFETY: AVX-512F and AVX512-BF16 are present (checked above).
+            .map(|_| std::thread::spawn(move || unsafe { bf16_dots(iters) }))
+            .collect();
+        let total: f32 = runs.into_iter().map(|r| r.join().expect("thread")).sum();
+        let flops = iters as f64 * 24.0 * 32.0 * 2.0 * threads as f64;
+        println!(
+            "{threads} thread(s): {:.1} GFLOP/s of bf16 dot products (checksum {total:e})",
             flops / start.elapsed().as_secs_f64() / 1e9
         );
     }

@@ -7,9 +7,12 @@
 //! Last, the fused multi-head attention of the base tower (577 positions, 12 heads of 64, the
 //! queries, keys and values read in place from one packed projection) at batch 1 and 8.
 //! `RAYON_NUM_THREADS=2 cargo run --release -p mplug --example kernel_speed` (`ONLY=attention`
-//! for the last part alone).
+//! for the last part alone; `ONLY=bf16` for the tower's products with bf16 weights, see
+//! `bf16_speed`).
 
-use mplug::model::kernels::matmul::{gemm, linear, linear_bf16, threads, Weight};
+use mplug::model::kernels::matmul::{
+    gemm, linear, linear_bf16, linear_bf16_widening, threads, Weight,
+};
 use mplug::model::kernels::Activation;
 use std::time::Instant;
 
@@ -30,6 +33,10 @@ fn main() {
     }
     if std::env::var("ONLY").is_ok_and(|o| o == "attention") {
         attention_speed();
+        return;
+    }
+    if std::env::var("ONLY").is_ok_and(|o| o == "bf16") {
+        bf16_speed();
         return;
     }
     for (m, k, n) in [
@@ -58,6 +65,51 @@ fn main() {
     }
     decoder_stream();
     attention_speed();
+}
+
+/// The tower's linear layers with compact (bf16) weights, three ways in turns, three rounds:
+/// the f32 product on f32 weights, the bf16 weight widened for it, and bf16 dot products
+/// (where the CPU has them; the activations rounded to bf16).
+fn bf16_speed() {
+    let shapes = [
+        (577, 768, 2304),
+        (577, 768, 768),
+        (577, 768, 3072),
+        (577, 3072, 768),
+        (2308, 768, 3072),
+    ];
+    let rounds = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    for round in 1..=rounds {
+        for (m, k, n) in shapes {
+            let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 * 0.1).collect();
+            let bits: Vec<u16> = w.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+            let gflops = |t: f64| 2.0 * (m * n * k) as f64 / t / 1e9;
+            let f32_t = best(|| {
+                let y = linear(&x, m, k, Weight::Cols(&w), n, None, Activation::None, None);
+                std::hint::black_box(y);
+            });
+            let wide_t = best(|| {
+                let y = linear_bf16_widening(&x, m, k, &bits, n, None, Activation::None, None);
+                std::hint::black_box(y);
+            });
+            let dots = mplug::model::kernels::bf16_dots::available().then(|| {
+                gflops(best(|| {
+                    let y = linear_bf16(&x, m, k, &bits, n, None, Activation::None, None);
+                    std::hint::black_box(y);
+                }))
+            });
+            println!(
+                "round {round} linear {m}x{k}x{n}: f32 {:.1}, bf16 widened {:.1}, bf16 dots {} GFLOP/s",
+                gflops(f32_t),
+                gflops(wide_t),
+                dots.map_or("(no AVX512-BF16)".into(), |g| format!("{g:.1}"))
+            );
+        }
+    }
 }
 
 /// The tower's attention: `softmax(q k^T / 8) v` over 577 positions, 12 heads of 64, from a

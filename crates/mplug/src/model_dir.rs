@@ -434,7 +434,7 @@ impl ModelSource {
     }
 
     /// [`Self::load`] with the weights in `dtype`: `BF16` on the CPU gives compact weights
-    /// (linear layers' weights in bf16, arithmetic in f32; see [`Mplug::new`]).
+    /// (linear layers' weights in bf16, activations in f32; see [`Mplug::new`]).
     pub fn load_as(
         &self,
         task: Option<Task>,

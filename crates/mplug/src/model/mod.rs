@@ -194,8 +194,11 @@ impl Mplug {
     ///
     /// A bf16 var builder on the CPU builds a model with compact weights: its linear layers'
     /// weights in bf16 (half the memory; decoding reads half the bytes), everything else and
-    /// every activation in f32, the kernels computing in f32 (candle's CPU matrix product has no
-    /// bf16). Elsewhere the dtype is used as it is.
+    /// every activation in f32. Products of a few rows (decoding) compute in f32; products of
+    /// many rows (the towers) run in bf16 dot products with f32 sums where the CPU has
+    /// AVX512-BF16 (their inputs rounded to bf16 as they are read; see
+    /// [`kernels::bf16_dots`]), in f32 elsewhere. Elsewhere than the CPU the dtype
+    /// is used as it is.
     pub fn new(config: &MplugConfig, task: Task, vb: VarBuilder) -> candle_core::Result<Self> {
         if vb.dtype() == DType::BF16 && vb.device().is_cpu() {
             let vb = vb.set_dtype(DType::F32);

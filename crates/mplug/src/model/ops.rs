@@ -16,8 +16,9 @@ thread_local! {
 
 /// Runs `build` (a model's construction) with its linear layers' weights kept in bf16: half the
 /// memory, and half the bytes for decoding to read, while activations, biases, norms and
-/// embeddings stay f32 and the kernels compute in f32 (see [`Linear::new`]). Only weights the
-/// fused kernels read (untracked CPU tensors) are made compact.
+/// embeddings stay f32 (see [`Linear::new`]; the products' arithmetic is described at
+/// [`super::kernels::matmul::linear_bf16`]). Only weights the fused kernels read (untracked CPU
+/// tensors) are made compact.
 pub fn with_compact_weights<R>(build: impl FnOnce() -> R) -> R {
     struct Reset(bool);
     impl Drop for Reset {
@@ -101,7 +102,8 @@ impl Linear {
     /// weights stay as they are.
     ///
     /// Built inside [`with_compact_weights`], such a weight is also rounded to bf16 (kept that
-    /// way in memory; [`super::kernels::linear`] widens it as it reads).
+    /// way in memory; [`super::kernels::linear`] reads it, see
+    /// [`super::kernels::matmul::linear_bf16`]).
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         let weight = if super::kernels::applies(&[&weight]) && weight.rank() == 2 {
             let dtype = if COMPACT.get() {

@@ -340,20 +340,15 @@ pub fn linear(
         );
         out.set_len(m * n);
     }
-    let rows = (m / (threads * 4)).max(1);
-    out.par_chunks_mut(rows * n)
-        .enumerate()
-        .for_each(|(i, chunk)| {
-            let res = residual.map(|r| &r[i * rows * n..i * rows * n + chunk.len()]);
-            simd::epilogue(chunk, n, bias, act, res);
-        });
+    epilogue_rows(&mut out, m, n, bias, act, residual);
     out
 }
 
 /// [`linear`] with a compact weight: `bits` holds the `(k, n)` weight (the transposed layout)
 /// as bf16 bits. Few rows read the bits directly ([`simd::accumulate_rows_bf16`], half the
-/// bytes of f32); more rows widen the weight to f32 once per call for `gemm` (a pass over the
-/// weight, small beside a product of many rows).
+/// bytes of f32, arithmetic in f32). More rows multiply in bf16 dot products where the CPU has
+/// them ([`super::bf16_dots`]: the activations rounded to bf16, sums in f32, twice the f32
+/// peak), and elsewhere widen the weight for the f32 product ([`linear_bf16_widening`]).
 #[allow(clippy::too_many_arguments)]
 pub fn linear_bf16(
     x: &[f32],
@@ -371,12 +366,51 @@ pub fn linear_bf16(
         };
         return few_rows(x, m, k, acc, n, bias, act, residual, threads());
     }
+    if !super::bf16_dots::available() {
+        return linear_bf16_widening(x, m, k, bits, n, bias, act, residual);
+    }
+    let mut out = super::bf16_dots::product(x, m, k, bits, n, threads());
+    epilogue_rows(&mut out, m, n, bias, act, residual);
+    out
+}
+
+/// [`linear_bf16`] for many rows in f32 arithmetic: the weight widened to f32 once per call
+/// (a pass over the weight, small beside a product of many rows), then [`linear`].
+#[allow(clippy::too_many_arguments)]
+pub fn linear_bf16_widening(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    bits: &[u16],
+    n: usize,
+    bias: Option<&[f32]>,
+    act: Activation,
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
     let mut wide = vec![0f32; k * n];
     let chunk = (k * n).div_ceil(threads() * 4).max(1);
     wide.par_chunks_mut(chunk)
         .zip(bits.par_chunks(chunk))
         .for_each(|(w, b)| simd::widen_bf16(b, w));
     linear(x, m, k, Weight::Cols(&wide), n, bias, act, residual)
+}
+
+/// Bias, activation and residual over `out (m, n)` in blocks of rows on the pool.
+fn epilogue_rows(
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    act: Activation,
+    residual: Option<&[f32]>,
+) {
+    let rows = (m / (threads() * 4)).max(1);
+    out.par_chunks_mut(rows * n)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let res = residual.map(|r| &r[i * rows * n..i * rows * n + chunk.len()]);
+            simd::epilogue(chunk, n, bias, act, res);
+        });
 }
 
 #[cfg(test)]
@@ -535,6 +569,43 @@ mod tests {
                     assert!((got[i] - want16[i]).abs() < 1e-3, "bf16 m {m} at {i}");
                 }
             }
+        }
+    }
+
+    /// Many rows with a compact weight: widening computes the f32 product of the rounded
+    /// weight; the dispatching `linear_bf16` computes that of the rounded weight and rounded
+    /// inputs where the CPU has bf16 dot products (and the widening product elsewhere), with
+    /// its bias, activation and residual.
+    #[test]
+    fn compact_weights_of_many_rows_match_rounded_products() {
+        let (m, k, n) = (20, 70, 45);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 19) as f32 - 9.0) / 7.0 + 1e-3)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 3 % 17) as f32 - 8.0) / 9.0 + 1e-3)
+            .collect();
+        let b: Vec<f32> = (0..n).map(|j| j as f32 / 10.0).collect();
+        let res: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32).collect();
+        let round = |v: &f32| half::bf16::from_f32(*v);
+        let bits: Vec<u16> = (0..k * n)
+            .map(|i| round(&w[(i % n) * k + i / n]).to_bits())
+            .collect();
+        let rw: Vec<f32> = w.iter().map(|v| round(v).to_f32()).collect();
+        let rx: Vec<f32> = x.iter().map(|v| round(v).to_f32()).collect();
+        let wide = naive(&x, m, k, &rw, n, &b);
+        let got = linear_bf16_widening(&x, m, k, &bits, n, Some(&b), Activation::None, Some(&res));
+        for i in 0..m * n {
+            assert!((got[i] - wide[i] - res[i]).abs() < 1e-4, "widening at {i}");
+        }
+        let want = if super::super::bf16_dots::available() {
+            naive(&rx, m, k, &rw, n, &b)
+        } else {
+            wide
+        };
+        let got = linear_bf16(&x, m, k, &bits, n, Some(&b), Activation::None, Some(&res));
+        for i in 0..m * n {
+            assert!((got[i] - want[i] - res[i]).abs() < 1e-4, "dispatch at {i}");
         }
     }
 }
