@@ -212,12 +212,14 @@ impl VisualEncoder {
 }
 
 /// Token rows (images times tokens per image) the tower takes in one pass; a larger batch goes
-/// through in parts of whole images. Every operation of the tower works within one image, so
-/// the parts give the same tokens, and on this project's 2-core machine batch 8 of the base
-/// tower (4,616 rows, each activation 14 MB) ran 3.50-3.55 s in one pass against 3.14-3.18 s
-/// in two passes of four images, in turns in one process: the larger products' operands spill
-/// out of the caches (`examples/kernel_speed`: 250 GFLOP/s at 4,616 rows against 310 at 577).
-const ROWS_PER_PASS: usize = 2400;
+/// through in parts of whole images (one image of 577 tokens at 384 px, two at 256 px). Every
+/// operation of the tower stays within one image, so the parts give the same tokens, and larger
+/// passes do not pay here: their activations (8 MB per image for the MLP's hidden layer) spill
+/// out of the caches. Batch 8 of the base tower per image, in turns in one process on this
+/// project's 2-core machine (`examples/in_turns passes`): with f32 weights 0.545 s in passes of
+/// one image and of four, 0.584 s in one pass of eight; with bf16 weights 0.328-0.332 s in
+/// passes of one, 0.352-0.358 s in passes of four, 0.384 s in one pass.
+const ROWS_PER_PASS: usize = 600;
 
 impl VisualEncoder {
     fn forward_pass(&self, images: &Tensor) -> Result<Tensor> {
@@ -229,12 +231,19 @@ impl VisualEncoder {
     }
 }
 
-impl Module for VisualEncoder {
-    /// `images (B, 3, R, R)` -> visual tokens `(B, 1 + grid^2, hidden)`.
-    fn forward(&self, images: &Tensor) -> Result<Tensor> {
+impl VisualEncoder {
+    /// Images per pass of [`Module::forward`]: as many as fit [`ROWS_PER_PASS`] token rows, at
+    /// least one.
+    pub fn images_per_pass(&self) -> usize {
+        let tokens = self.visual.positional_embedding.dim(0).unwrap_or(1);
+        (ROWS_PER_PASS / tokens.max(1)).max(1)
+    }
+
+    /// [`Module::forward`] in passes of `per_pass` images (at least one): the same tokens
+    /// whatever `per_pass`, since every operation of the tower stays within an image.
+    pub fn forward_in_passes(&self, images: &Tensor, per_pass: usize) -> Result<Tensor> {
         let b = images.dim(0)?;
-        let tokens = self.visual.positional_embedding.dim(0)?;
-        let per_pass = (ROWS_PER_PASS / tokens.max(1)).max(1);
+        let per_pass = per_pass.max(1);
         if b <= per_pass {
             return self.forward_pass(images);
         }
@@ -243,6 +252,14 @@ impl Module for VisualEncoder {
             .map(|i| self.forward_pass(&images.narrow(0, i, per_pass.min(b - i))?))
             .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&parts, 0)
+    }
+}
+
+impl Module for VisualEncoder {
+    /// `images (B, 3, R, R)` -> visual tokens `(B, 1 + grid^2, hidden)`, in passes of
+    /// [`Self::images_per_pass`] images.
+    fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        self.forward_in_passes(images, self.images_per_pass())
     }
 }
 
@@ -297,7 +314,8 @@ mod tests {
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let enc = VisualEncoder::new(&cfg, &vb).unwrap();
         let tokens = enc.visual.positional_embedding().dim(0).unwrap();
-        let per_pass = ROWS_PER_PASS / tokens;
+        let per_pass = enc.images_per_pass();
+        assert!(per_pass > 1, "the tiny tower takes several images per pass");
         let b = per_pass + 3;
         let r = cfg.image_res;
         let images = Tensor::randn(0f32, 1.0, (b, 3, r, r), &Device::Cpu).unwrap();

@@ -134,7 +134,8 @@ pub fn attention(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> V
 }
 
 /// [`attention`] through `gemm`: one task per (key batch entry, head, block of query rows).
-fn blocked(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> Vec<f32> {
+/// Public so that `examples/in_turns` can time it against the tiles.
+pub fn blocked(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> Vec<f32> {
     let Dims { lk, heads, d, .. } = dims;
     let (rows, width, scale) = (dims.rows(), dims.width(), dims.scale());
     let blocks = rows.div_ceil(ROW_BLOCK);
