@@ -5,7 +5,8 @@
 //! line gives both sides' best and median over `ROUNDS` (default 5) alternating runs.
 //!
 //! - `attention`: the tower's attention (577 positions, 12 heads of 64) in the AVX-512 tiles
-//!   against `gemm` per head (`kernels::attention::blocked`);
+//!   against `gemm` per head (`kernels::attention::blocked`), and against bf16 dot products
+//!   (`kernels::attention::attention_bf16`);
 //! - `pool`: the tower at batch 1 run on the pool's own threads (`kernels::on_pool`) against
 //!   called from the main thread;
 //! - `passes`: the tower at batch 8 in passes of its default size
@@ -81,6 +82,12 @@ fn tower(cfg: &MplugConfig, compact: bool) -> VisualEncoder {
     }
 }
 
+mod attn_kernel {
+    use mplug::model::kernels::attention::{Dims, Mask, Rows};
+    /// One of the attention kernels.
+    pub type Kernel = fn(Rows, Rows, Rows, Option<Mask>, Dims) -> Vec<f32>;
+}
+
 fn main() {
     kernels::tune_allocator();
     let rounds = std::env::var("ROUNDS")
@@ -114,26 +121,34 @@ fn main() {
                 heads,
                 d,
             };
-            let run = |tiles: bool| {
+            let run = |kernel: attn_kernel::Kernel| {
                 kernels::on_pool(|| {
-                    let out = if tiles {
-                        attn::attention(part(0), part(1), part(2), None, dims)
-                    } else {
-                        attn::blocked(part(0), part(1), part(2), None, dims)
-                    };
-                    std::hint::black_box(out);
+                    std::hint::black_box(kernel(part(0), part(1), part(2), None, dims));
                 })
             };
-            let t = in_turns(rounds, &mut || run(true), &mut || run(false));
             let gflop = 4.0 * (b * heads * l * l * d) as f64 / 1e9;
             let rate = |(best, median): (f64, f64)| (gflop / best, gflop / median);
-            println!(
-                "attention, batch {b}: dispatch (tiles where AVX-512) best {:.1} median {:.1} GFLOP/s | gemm per head best {:.1} median {:.1} GFLOP/s",
-                rate(t[0]).0,
-                rate(t[0]).1,
-                rate(t[1]).0,
-                rate(t[1]).1
-            );
+            for (names, other) in [
+                (
+                    ["f32 (tiles where AVX-512)", "f32 gemm per head"],
+                    attn::blocked as attn_kernel::Kernel,
+                ),
+                (
+                    ["f32 (tiles where AVX-512)", "bf16 (where AVX512-BF16)"],
+                    attn::attention_bf16,
+                ),
+            ] {
+                let t = in_turns(rounds, &mut || run(attn::attention), &mut || run(other));
+                println!(
+                    "attention, batch {b}: {} best {:.1} median {:.1} GFLOP/s | {} best {:.1} median {:.1} GFLOP/s",
+                    names[0],
+                    rate(t[0]).0,
+                    rate(t[0]).1,
+                    names[1],
+                    rate(t[1]).0,
+                    rate(t[1]).1
+                );
+            }
         }
     }
 

@@ -37,6 +37,22 @@ pub fn attend(
     attend_impl(q, k, v, heads, mask, false)
 }
 
+/// [`attend`] for models with compact (bf16) weights: the fused kernel's products in bf16 dot
+/// products where the CPU has them ([`super::kernels::attention_bf16`]); otherwise as
+/// [`attend`].
+pub fn attend_bf16(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    if super::kernels::applies(&[q, k, v]) && mask.is_none_or(|m| super::kernels::applies(&[m])) {
+        return super::kernels::attention_bf16(q, k, v, heads, mask);
+    }
+    attend(q, k, v, heads, mask)
+}
+
 /// [`attend`] with dropout of the attention probabilities in training (see
 /// [`super::dropout`]), as BERT's attention has; CLIP's has none.
 pub fn attend_with_dropout(

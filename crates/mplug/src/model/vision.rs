@@ -3,11 +3,11 @@
 //! on every token (the reference's `skip_last_layer=True`: no final projection). With
 //! `visn_fc` the tokens are then projected to the text width and normalized.
 
-use super::attention::attend;
+use super::attention::{attend, attend_bf16};
 use super::kernels::Activation;
 use super::ops::{layer_norm, linear, LayerNorm, Linear};
 use crate::config::MplugConfig;
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{conv2d_no_bias, Conv2d, Conv2dConfig, VarBuilder};
 
 /// CLIP's LayerNorm epsilon (PyTorch's default).
@@ -45,7 +45,12 @@ impl MultiheadAttention {
         let q = qkv.narrow(D::Minus1, 0, w)?;
         let k = qkv.narrow(D::Minus1, w, w)?;
         let v = qkv.narrow(D::Minus1, 2 * w, w)?;
-        let ctx = attend(&q, &k, &v, self.heads, None)?;
+        // A model with compact weights runs its attention in bf16 too.
+        let ctx = if self.in_proj.weight().dtype() == DType::BF16 {
+            attend_bf16(&q, &k, &v, self.heads, None)?
+        } else {
+            attend(&q, &k, &v, self.heads, None)?
+        };
         self.out_proj.forward_residual(&ctx, residual)
     }
 }

@@ -251,6 +251,158 @@ fn tiled(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> Vec<f32> 
     unsafe { fill_result(&dims, dims.bk * heads, task) }
 }
 
+/// [`attention`] with both products in bf16 dot products (`super::bf16_dots`), for models with
+/// compact (bf16) weights: the scaled queries, keys, values and the softmax's exponentials are
+/// rounded to bf16 as they are read, sums and the softmax stay f32. Where the CPU lacks
+/// AVX512-BF16, or for shapes the f32 tiles would not take (or odd head widths), it is
+/// [`attention`].
+pub fn attention_bf16(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> Vec<f32> {
+    let Dims {
+        bq, bk, lq, lk, d, ..
+    } = dims;
+    #[cfg(target_arch = "x86_64")]
+    if bq / bk * lq >= TILED_MIN_ROWS
+        && lk >= 1
+        && (2..=64).contains(&d)
+        && d.is_multiple_of(2)
+        && super::bf16_dots::available()
+    {
+        return tiled_bf16(q, k, v, mask, dims);
+    }
+    attention(q, k, v, mask, dims)
+}
+
+/// Per-thread buffers of [`tiled_bf16`].
+#[cfg(target_arch = "x86_64")]
+#[derive(Default)]
+struct Bf16Buffers {
+    /// The head's keys as bf16 pairs, 64 keys per strip, pair after pair.
+    keys: Vec<u32>,
+    /// The head's values rounded, row after row, then packed in pairs of rows.
+    values: Vec<u16>,
+    packed_values: Vec<u16>,
+    /// A block's scaled queries and exponentials rounded.
+    queries: Vec<u16>,
+    probs: Vec<u16>,
+    scores: Vec<f32>,
+    inv: Vec<f32>,
+    row: Vec<f32>,
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    static BF16: RefCell<Bf16Buffers> = RefCell::new(Bf16Buffers::default());
+}
+
+/// [`attention_bf16`]'s work: one task per (key batch entry, head), as [`tiled`].
+#[cfg(target_arch = "x86_64")]
+fn tiled_bf16(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> Vec<f32> {
+    use super::bf16_dots::{pack, round_row, tile_rows, STRIP, TILE_ROWS};
+    let Dims { lk, heads, d, .. } = dims;
+    let (rows, width, scale) = (dims.rows(), dims.width(), dims.scale());
+    let (lkp, lk2, pairs) = (lk.next_multiple_of(16), lk.next_multiple_of(2), d / 2);
+    let strips = lk.div_ceil(STRIP);
+    let task = |bh: usize, dst: SendPtr| {
+        let (b, h) = (bh / heads, bh % heads);
+        let k_at = k.offset + b * k.batch + h * d;
+        let v_at = v.offset + b * v.batch + h * d;
+        BF16.with(|t| {
+            let t = &mut *t.borrow_mut();
+            let mut key = vec![0u16; d];
+            t.keys.clear();
+            t.keys.resize(strips * pairs * STRIP, 0);
+            t.values.resize(lk * d, 0);
+            for j in 0..lk {
+                let at = k_at + j * k.row;
+                // SAFETY: bf16 dot products were checked before choosing this path.
+                unsafe { round_row(&k.data[at..at + d], &mut key) };
+                let base = j / STRIP * pairs * STRIP + j % STRIP;
+                for p in 0..pairs {
+                    t.keys[base + p * STRIP] = key[2 * p] as u32 | (key[2 * p + 1] as u32) << 16;
+                }
+                let at = v_at + j * v.row;
+                // SAFETY: as above.
+                unsafe { round_row(&v.data[at..at + d], &mut t.values[j * d..(j + 1) * d]) };
+            }
+            t.packed_values.resize(lk2 / 2 * 2 * STRIP, 0);
+            // SAFETY: as above; `values` holds lk rows of d, `packed_values` one strip of
+            // lk2 / 2 pairs.
+            unsafe { pack(&t.values, lk, d, 0, lk2 / 2, 0, d, &mut t.packed_values) };
+            t.queries.resize(ROW_BLOCK * d, 0);
+            t.probs.resize(ROW_BLOCK * lk2, 0);
+            t.scores.resize(ROW_BLOCK * lkp, 0.0);
+            t.inv.resize(ROW_BLOCK, 0.0);
+            t.row.resize(d, 0.0);
+            for r0 in (0..rows).step_by(ROW_BLOCK) {
+                let n = ROW_BLOCK.min(rows - r0);
+                for r in 0..n {
+                    let at = q.offset + b * rows * q.row + (r0 + r) * q.row + h * d;
+                    for (x, q) in t.row.iter_mut().zip(&q.data[at..at + d]) {
+                        *x = q * scale;
+                    }
+                    // SAFETY: as above.
+                    unsafe { round_row(&t.row, &mut t.queries[r * d..(r + 1) * d]) };
+                }
+                for g in (0..n).step_by(TILE_ROWS) {
+                    let rr = TILE_ROWS.min(n - g);
+                    for s in 0..strips {
+                        // SAFETY: rr rows of d rounded queries; a strip of `pairs` packed key
+                        // pairs; rr rows of scores lkp apart with room for the strip's keys.
+                        unsafe {
+                            tile_rows(
+                                rr,
+                                t.queries[g * d..].as_ptr(),
+                                d,
+                                t.keys[s * pairs * STRIP..].as_ptr() as *const u16,
+                                pairs,
+                                t.scores[g * lkp + s * STRIP..].as_mut_ptr(),
+                                lkp,
+                                STRIP.min(lk - s * STRIP),
+                                true,
+                            )
+                        };
+                    }
+                }
+                let mask_row = |r: usize| mask.map(|m| m.row(b, h, r0 + r));
+                // SAFETY: AVX-512F is implied by the bf16 checks; the buffers hold n rows.
+                unsafe { avx512::softmax_rows(&mut t.scores, lkp, lk, n, &mask_row, &mut t.inv) };
+                for r in 0..n {
+                    let (src, dst) = (&t.scores[r * lkp..r * lkp + lk], &mut t.probs[r * lk2..]);
+                    // SAFETY: as above.
+                    unsafe { round_row(src, &mut dst[..lk2]) };
+                }
+                for g in (0..n).step_by(TILE_ROWS) {
+                    let rr = TILE_ROWS.min(n - g);
+                    // SAFETY: rr rows of lk2 rounded exponentials; the packed values; rr rows
+                    // of this head's d output columns, `width` apart, which only this task
+                    // writes.
+                    unsafe {
+                        let out = dst.0.add((b * rows + r0 + g) * width + h * d);
+                        tile_rows(
+                            rr,
+                            t.probs[g * lk2..].as_ptr(),
+                            lk2,
+                            t.packed_values.as_ptr(),
+                            lk2 / 2,
+                            out,
+                            width,
+                            d,
+                            true,
+                        );
+                        for r in 0..rr {
+                            let row = std::slice::from_raw_parts_mut(out.add(r * width), d);
+                            let inv = t.inv[g + r];
+                            row.iter_mut().for_each(|x| *x *= inv);
+                        }
+                    }
+                }
+            }
+        });
+    };
+    // SAFETY: the tasks cover every (key batch entry, head), all rows of each.
+    unsafe { fill_result(&dims, dims.bk * heads, task) }
+}
+
 /// Hand-written AVX-512 tiles of the two per-head products, used when the CPU has AVX-512 and
 /// a head is at most 64 wide.
 ///
@@ -681,6 +833,20 @@ mod tests {
 
     /// The naive attention in f64 over the same operands.
     fn naive(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> Vec<f64> {
+        assert!(std::ptr::eq(q.data, k.data) && std::ptr::eq(q.data, v.data));
+        let values: Vec<f64> = q.data.iter().map(|x| *x as f64).collect();
+        naive_f64(&values, q, k, v, mask, dims)
+    }
+
+    /// [`naive`] with the operands' elements read from `values` (at the same offsets).
+    fn naive_f64(
+        values: &[f64],
+        q: Rows,
+        k: Rows,
+        v: Rows,
+        mask: Option<Mask>,
+        dims: Dims,
+    ) -> Vec<f64> {
         let Dims {
             bq,
             bk,
@@ -701,9 +867,7 @@ mod tests {
                     let mut p: Vec<f64> = (0..lk)
                         .map(|j| {
                             let kj = k.offset + kb * k.batch + j * k.row + h * d;
-                            let dot: f64 = (0..d)
-                                .map(|c| q.data[qi + c] as f64 * k.data[kj + c] as f64)
-                                .sum();
+                            let dot: f64 = (0..d).map(|c| values[qi + c] * values[kj + c]).sum();
                             let m = mask.map_or(0.0, |m| {
                                 let at = m.offset
                                     + kb * m.strides[0]
@@ -720,10 +884,7 @@ mod tests {
                     let sum: f64 = p.iter().sum();
                     for c in 0..d {
                         let o: f64 = (0..lk)
-                            .map(|j| {
-                                p[j] * v.data[v.offset + kb * v.batch + j * v.row + h * d + c]
-                                    as f64
-                            })
+                            .map(|j| p[j] * values[v.offset + kb * v.batch + j * v.row + h * d + c])
                             .sum();
                         out[(b * lq + i) * width + h * d + c] = o / sum;
                     }
@@ -731,6 +892,60 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The largest magnitude among the values the attention reads.
+    fn v_largest(v: Rows, dims: Dims) -> f64 {
+        let mut largest = 0f64;
+        for b in 0..dims.bk {
+            for j in 0..dims.lk {
+                let at = v.offset + b * v.batch + j * v.row;
+                for x in &v.data[at..at + dims.width()] {
+                    largest = largest.max(x.abs() as f64);
+                }
+            }
+        }
+        largest
+    }
+
+    /// [`naive`] on bf16-rounded operands, as [`attention_bf16`] takes them where the CPU has
+    /// bf16 dot products (the queries scaled before rounding); elsewhere, on the operands.
+    fn naive_rounded(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> Vec<f64> {
+        if !crate::model::kernels::bf16_dots::available() {
+            return naive(q, k, v, mask, dims);
+        }
+        let round = |x: f32| half::bf16::from_f32(x).to_f32();
+        let scale = dims.scale();
+        // Queries, keys and values live side by side in one buffer: each is rounded where it
+        // is read, the queries after scaling.
+        let mut mark = vec![0u8; q.data.len()];
+        for i in 0..dims.bq * dims.lq {
+            let (b, l) = (i / dims.lq, i % dims.lq);
+            let at = q.offset + b * q.batch + l * q.row;
+            mark[at..at + dims.width()].fill(1);
+        }
+        for b in 0..dims.bk {
+            for j in 0..dims.lk {
+                for t in [k, v] {
+                    let at = t.offset + b * t.batch + j * t.row;
+                    mark[at..at + dims.width()].fill(2);
+                }
+            }
+        }
+        // The naive attention divides the scores by sqrt(d): the rounded scaled queries are
+        // given to it multiplied back.
+        let sqrt_d = (dims.d as f64).sqrt();
+        let wide: Vec<f64> = q
+            .data
+            .iter()
+            .zip(&mark)
+            .map(|(x, m)| match m {
+                1 => round(*x * scale) as f64 * sqrt_d,
+                2 => round(*x) as f64,
+                _ => *x as f64,
+            })
+            .collect();
+        naive_f64(&wide, q, k, v, mask, dims)
     }
 
     /// Every path agrees with the naive attention: heads of 16, 24, 40 and 64 (whole and
@@ -838,6 +1053,23 @@ mod tests {
                         (bk, g, lq, lk, heads, d)
                     );
                 }
+                // In bf16: the naive attention of the rounded scaled queries, keys and values.
+                // Rounding the exponentials moves each weight by at most 2^-9 of itself, so the
+                // weighted mean of the values by at most 2^-9 of the largest value; the values'
+                // own rounding is in the reference.
+                let got = attention_bf16(q, k, v, *mask, dims);
+                let want = naive_rounded(q, k, v, *mask, dims);
+                let largest = v_largest(v, dims);
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (*a as f64 - b).abs())
+                    .fold(0f64, f64::max);
+                assert!(
+                    worst <= largest / 512.0 + 2e-5,
+                    "bf16, case {case} {:?}, mask {m}: off by {worst} (largest value {largest})",
+                    (bk, g, lq, lk, heads, d)
+                );
             }
         }
     }

@@ -65,6 +65,9 @@ pub fn product(x: &[f32], m: usize, k: usize, bits: &[u16], n: usize, threads: u
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) use imp::{pack, round_row, tile_rows};
+
+#[cfg(target_arch = "x86_64")]
 mod imp {
     use super::*;
     use std::arch::x86_64::*;
@@ -126,8 +129,11 @@ mod imp {
 
     /// One row of f32 into bf16 bits, rounded to nearest even (`dst` one longer than `src`
     /// when `src` is odd: that last element becomes 0).
+    ///
+    /// # Safety
+    /// The CPU has the features enabled here.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn round_row(src: &[f32], dst: &mut [u16]) {
+    pub(crate) unsafe fn round_row(src: &[f32], dst: &mut [u16]) {
         let mut i = 0;
         while i < src.len() {
             let take = (src.len() - i).min(16);
@@ -181,16 +187,7 @@ mod imp {
                         let first = pc == 0;
                         // SAFETY: `a` has r rows of kc inputs kp apart, `b` `pairs` packed
                         // pairs, `c` r rows of `width` cells n apart, all in bounds.
-                        unsafe {
-                            match r {
-                                1 => tile::<1>(a, kp, b, pairs, c, n, width, first),
-                                2 => tile::<2>(a, kp, b, pairs, c, n, width, first),
-                                3 => tile::<3>(a, kp, b, pairs, c, n, width, first),
-                                4 => tile::<4>(a, kp, b, pairs, c, n, width, first),
-                                5 => tile::<5>(a, kp, b, pairs, c, n, width, first),
-                                _ => tile::<6>(a, kp, b, pairs, c, n, width, first),
-                            }
-                        }
+                        unsafe { tile_rows(r, a, kp, b, pairs, c, n, width, first) };
                     }
                     r0 += r;
                 }
@@ -209,7 +206,7 @@ mod imp {
     /// The CPU has the features enabled here; `pc + 2 pairs <= k + 1` and `jc + nc <= n`.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn pack(
+    pub(crate) unsafe fn pack(
         bits: &[u16],
         k: usize,
         n: usize,
@@ -249,6 +246,36 @@ mod imp {
                         dst = dst.add(2);
                     }
                 }
+            }
+        }
+    }
+
+    /// [`tile`] for `r` rows, 1 to [`TILE_ROWS`].
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(crate) unsafe fn tile_rows(
+        r: usize,
+        a: *const u16,
+        a_rs: usize,
+        b: *const u16,
+        pairs: usize,
+        c: *mut f32,
+        c_rs: usize,
+        width: usize,
+        first: bool,
+    ) {
+        // SAFETY: as the caller promises.
+        unsafe {
+            match r {
+                1 => tile::<1>(a, a_rs, b, pairs, c, c_rs, width, first),
+                2 => tile::<2>(a, a_rs, b, pairs, c, c_rs, width, first),
+                3 => tile::<3>(a, a_rs, b, pairs, c, c_rs, width, first),
+                4 => tile::<4>(a, a_rs, b, pairs, c, c_rs, width, first),
+                5 => tile::<5>(a, a_rs, b, pairs, c, c_rs, width, first),
+                _ => tile::<6>(a, a_rs, b, pairs, c, c_rs, width, first),
             }
         }
     }

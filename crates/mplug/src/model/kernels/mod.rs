@@ -354,6 +354,37 @@ pub fn attention(
     heads: usize,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
+    attention_with(q, k, v, heads, mask, attention::attention)
+}
+
+/// [`attention`] in bf16 dot products where the CPU has them ([`attention::attention_bf16`]),
+/// for models with compact weights.
+pub fn attention_bf16(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    attention_with(q, k, v, heads, mask, attention::attention_bf16)
+}
+
+type AttentionKernel = fn(
+    attention::Rows,
+    attention::Rows,
+    attention::Rows,
+    Option<attention::Mask>,
+    attention::Dims,
+) -> Vec<f32>;
+
+fn attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+    kernel: AttentionKernel,
+) -> Result<Tensor> {
     let (bq, lq, w) = q.dims3()?;
     let (bk, lk, kw) = k.dims3()?;
     // The kernel reads through raw offsets: every shape is checked before it runs.
@@ -401,7 +432,7 @@ pub fn attention(
         heads,
         d: w / heads,
     };
-    let out = attention::attention(
+    let out = kernel(
         rows_of(&qs, &q)?,
         rows_of(&ks, &k)?,
         rows_of(&vs, &v)?,
