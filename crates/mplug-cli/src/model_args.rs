@@ -48,9 +48,9 @@ pub struct ModelArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Weights in memory: `f32`, or `bf16` (linear layers' weights rounded to bf16, half the
-    /// memory and faster decoding; on CPUs with AVX512-BF16 the image tower's products also
-    /// round their inputs to bf16, about twice as fast; sums stay f32, results differ by the
-    /// rounding).
+    /// memory and faster decoding; on CPUs with AVX512-BF16 the products of many rows and the
+    /// image tower's attention also round their inputs to bf16, about twice as fast; sums stay
+    /// f32, results differ by the rounding).
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: WeightDtype,
 }
