@@ -212,13 +212,7 @@ fn random_model(
         task,
         VarBuilder::from_varmap(&varmap, DType::F32, device),
     )?;
-    let tensors = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("variable map poisoned"))?
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().to_dtype(dtype)?)))
-        .collect::<Result<std::collections::HashMap<String, Tensor>>>()?;
+    let tensors = mplug::model::plain_tensors(&varmap, dtype)?;
     let params = tensors.values().map(|t| t.elem_count()).sum();
     let vb = VarBuilder::from_tensors(tensors, dtype, device);
     Ok((Mplug::new(cfg, task, vb)?, params))

@@ -52,35 +52,34 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
-    let iters = 100_000_000u64;
-    for threads in [1, most] {
-        let start = std::time::Instant::now();
-        let runs: Vec<_> = (0..threads)
-            // SAFETY: AVX-512F is present (checked above).
-            .map(|_| std::thread::spawn(move || unsafe { fmas(iters) }))
-            .collect();
-        let total: f32 = runs.into_iter().map(|r| r.join().expect("thread")).sum();
-        let flops = iters as f64 * 24.0 * 16.0 * 2.0 * threads as f64;
-        println!(
-            "{threads} thread(s): {:.1} GFLOP/s of f32 FMA (checksum {total:e})",
-            flops / start.elapsed().as_secs_f64() / 1e9
-        );
-    }
+    // SAFETY: AVX-512F is present (checked above).
+    peak(most, "f32 FMA", 16.0 * 2.0, || unsafe { fmas(ITERS) });
     if !std::arch::is_x86_feature_detected!("avx512bf16") {
         println!("this CPU has no AVX-512 bf16 dot products");
         return;
     }
+    // SAFETY: AVX-512F and AVX512-BF16 are present (checked above).
+    peak(most, "bf16 dot products", 32.0 * 2.0, || unsafe {
+        bf16_dots(ITERS)
+    });
+}
+
+/// Iterations of each thread's loop of 24 instructions.
+#[cfg(target_arch = "x86_64")]
+const ITERS: u64 = 100_000_000;
+
+/// Runs `kernel` on 1 and on `most` threads at once and prints GFLOP/s, counting 24 instructions
+/// of `flops` each per iteration.
+#[cfg(target_arch = "x86_64")]
+fn peak(most: usize, what: &str, flops: f64, kernel: fn() -> f32) {
     for threads in [1, most] {
         let start = std::time::Instant::now();
-        let runs: Vec<_> = (0..threads)
-            // SAFETY: AVX-512F and AVX512-BF16 are present (checked above).
-            .map(|_| std::thread::spawn(move || unsafe { bf16_dots(iters) }))
-            .collect();
+        let runs: Vec<_> = (0..threads).map(|_| std::thread::spawn(kernel)).collect();
         let total: f32 = runs.into_iter().map(|r| r.join().expect("thread")).sum();
-        let flops = iters as f64 * 24.0 * 32.0 * 2.0 * threads as f64;
+        let all = ITERS as f64 * 24.0 * flops * threads as f64;
         println!(
-            "{threads} thread(s): {:.1} GFLOP/s of bf16 dot products (checksum {total:e})",
-            flops / start.elapsed().as_secs_f64() / 1e9
+            "{threads} thread(s): {:.1} GFLOP/s of {what} (checksum {total:e})",
+            all / start.elapsed().as_secs_f64() / 1e9
         );
     }
 }

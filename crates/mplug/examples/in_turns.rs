@@ -67,13 +67,7 @@ fn tower(cfg: &MplugConfig, compact: bool) -> VisualEncoder {
     let dev = Device::Cpu;
     let varmap = VarMap::new();
     VisualEncoder::new(cfg, &VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
-    let tensors = varmap
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-        .collect();
+    let tensors = mplug::model::plain_tensors(&varmap, DType::F32).unwrap();
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
     if compact {
         mplug::model::ops::with_compact_weights(|| VisualEncoder::new(cfg, &vb)).unwrap()

@@ -34,7 +34,7 @@ pub fn attend(
     heads: usize,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    attend_impl(q, k, v, heads, mask, false)
+    attend_impl(q, k, v, heads, mask, false, false)
 }
 
 /// [`attend`] for models with compact (bf16) weights: the fused kernel's products in bf16 dot
@@ -47,10 +47,7 @@ pub fn attend_bf16(
     heads: usize,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    if super::kernels::applies(&[q, k, v]) && mask.is_none_or(|m| super::kernels::applies(&[m])) {
-        return super::kernels::attention_bf16(q, k, v, heads, mask);
-    }
-    attend(q, k, v, heads, mask)
+    attend_impl(q, k, v, heads, mask, false, true)
 }
 
 /// [`attend`] with dropout of the attention probabilities in training (see
@@ -62,7 +59,7 @@ pub fn attend_with_dropout(
     heads: usize,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    attend_impl(q, k, v, heads, mask, true)
+    attend_impl(q, k, v, heads, mask, true, false)
 }
 
 fn attend_impl(
@@ -72,10 +69,14 @@ fn attend_impl(
     heads: usize,
     mask: Option<&Tensor>,
     dropout: bool,
+    bf16: bool,
 ) -> Result<Tensor> {
     let fused = super::kernels::applies(&[q, k, v])
         && mask.is_none_or(|m| super::kernels::applies(&[m]))
         && !(dropout && super::dropout::active());
+    if fused && bf16 {
+        return super::kernels::attention_bf16(q, k, v, heads, mask);
+    }
     if fused {
         return super::kernels::attention(q, k, v, heads, mask);
     }

@@ -187,6 +187,23 @@ pub struct Mplug {
     dtype: DType,
 }
 
+/// A variable map's variables as plain tensors in `dtype`, detached from gradient tracking, as
+/// a loaded checkpoint holds them: what random-weight models for benchmarks and tests build
+/// from (a model built on the variables themselves records a gradient graph through every
+/// operation and skips the inference kernels).
+pub fn plain_tensors(
+    varmap: &candle_nn::VarMap,
+    dtype: DType,
+) -> candle_core::Result<std::collections::HashMap<String, Tensor>> {
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("variable map poisoned".into()))?;
+    vars.iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().to_dtype(dtype)?)))
+        .collect()
+}
+
 impl Mplug {
     /// Builds the parts of the model `task` needs from a var builder rooted at the checkpoint's
     /// top level (`visual_encoder.*`, `text_encoder.*`, ...). Used for checkpoints and for

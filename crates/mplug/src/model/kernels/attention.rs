@@ -276,6 +276,8 @@ pub fn attention_bf16(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims)
 #[cfg(target_arch = "x86_64")]
 #[derive(Default)]
 struct Bf16Buffers {
+    /// One key rounded.
+    key: Vec<u16>,
     /// The head's keys as bf16 pairs, 64 keys per strip, pair after pair.
     keys: Vec<u32>,
     /// The head's values rounded, row after row, then packed in pairs of rows.
@@ -308,17 +310,18 @@ fn tiled_bf16(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> Vec<
         let v_at = v.offset + b * v.batch + h * d;
         BF16.with(|t| {
             let t = &mut *t.borrow_mut();
-            let mut key = vec![0u16; d];
+            t.key.resize(d, 0);
             t.keys.clear();
             t.keys.resize(strips * pairs * STRIP, 0);
             t.values.resize(lk * d, 0);
             for j in 0..lk {
                 let at = k_at + j * k.row;
                 // SAFETY: bf16 dot products were checked before choosing this path.
-                unsafe { round_row(&k.data[at..at + d], &mut key) };
+                unsafe { round_row(&k.data[at..at + d], &mut t.key) };
                 let base = j / STRIP * pairs * STRIP + j % STRIP;
                 for p in 0..pairs {
-                    t.keys[base + p * STRIP] = key[2 * p] as u32 | (key[2 * p + 1] as u32) << 16;
+                    t.keys[base + p * STRIP] =
+                        t.key[2 * p] as u32 | (t.key[2 * p + 1] as u32) << 16;
                 }
                 let at = v_at + j * v.row;
                 // SAFETY: as above.

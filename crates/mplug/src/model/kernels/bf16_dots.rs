@@ -19,16 +19,13 @@ use rayon::prelude::*;
 
 /// Whether this CPU runs [`product`] (AVX-512 with the bf16 and byte/word extensions).
 pub fn available() -> bool {
+    // The standard library caches what the CPU reports.
     #[cfg(target_arch = "x86_64")]
     {
-        use std::sync::OnceLock;
-        static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("avx512bf16")
-        })
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
@@ -71,6 +68,12 @@ pub(crate) use imp::{pack, round_row, tile_rows};
 mod imp {
     use super::*;
     use std::arch::x86_64::*;
+
+    thread_local! {
+        /// Each thread's packed block of the weight ([`pack`]'s layout).
+        static PACKED: std::cell::RefCell<Vec<u16>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
 
     pub fn product(
         x: &[f32],
@@ -166,35 +169,39 @@ mod imp {
         cols: std::ops::Range<usize>,
         out: *mut f32,
     ) {
-        let mut packed = vec![0u16; BLOCK_K * BLOCK_N];
-        let mut jc = cols.start;
-        while jc < cols.end {
-            let nc = (cols.end - jc).min(BLOCK_N);
-            let mut pc = 0;
-            while pc < kp {
-                let kc = (kp - pc).min(BLOCK_K);
-                let pairs = kc / 2;
-                // SAFETY: the block lies within the weight; `packed` holds BLOCK_K x BLOCK_N.
-                unsafe { pack(bits, k, n, pc, pairs, jc, nc, &mut packed) };
-                let mut r0 = rows.start;
-                while r0 < rows.end {
-                    let r = (rows.end - r0).min(TILE_ROWS);
-                    let a = xb[r0 * kp + pc..].as_ptr();
-                    for s in 0..nc.div_ceil(STRIP) {
-                        let b = packed[s * pairs * 2 * STRIP..].as_ptr();
-                        let c = out.add(r0 * n + jc + s * STRIP);
-                        let width = (nc - s * STRIP).min(STRIP);
-                        let first = pc == 0;
-                        // SAFETY: `a` has r rows of kc inputs kp apart, `b` `pairs` packed
-                        // pairs, `c` r rows of `width` cells n apart, all in bounds.
-                        unsafe { tile_rows(r, a, kp, b, pairs, c, n, width, first) };
+        // The thread's block buffer (1 MB) is kept between calls rather than zeroed and freed
+        // on each.
+        PACKED.with_borrow_mut(|packed| {
+            packed.resize(BLOCK_K * BLOCK_N, 0);
+            let mut jc = cols.start;
+            while jc < cols.end {
+                let nc = (cols.end - jc).min(BLOCK_N);
+                let mut pc = 0;
+                while pc < kp {
+                    let kc = (kp - pc).min(BLOCK_K);
+                    let pairs = kc / 2;
+                    // SAFETY: the block lies within the weight; `packed` holds BLOCK_K x BLOCK_N.
+                    unsafe { pack(bits, k, n, pc, pairs, jc, nc, packed) };
+                    let mut r0 = rows.start;
+                    while r0 < rows.end {
+                        let r = (rows.end - r0).min(TILE_ROWS);
+                        let a = xb[r0 * kp + pc..].as_ptr();
+                        for s in 0..nc.div_ceil(STRIP) {
+                            let b = packed[s * pairs * 2 * STRIP..].as_ptr();
+                            let c = out.add(r0 * n + jc + s * STRIP);
+                            let width = (nc - s * STRIP).min(STRIP);
+                            let first = pc == 0;
+                            // SAFETY: `a` has r rows of kc inputs kp apart, `b` `pairs` packed
+                            // pairs, `c` r rows of `width` cells n apart, all in bounds.
+                            unsafe { tile_rows(r, a, kp, b, pairs, c, n, width, first) };
+                        }
+                        r0 += r;
                     }
-                    r0 += r;
+                    pc += kc;
                 }
-                pc += kc;
+                jc += nc;
             }
-            jc += nc;
-        }
+        });
     }
 
     /// Packs inputs `pc..pc + 2 pairs` and columns `jc..jc + nc` of the `(k, n)` weight into

@@ -497,16 +497,7 @@ mod tests {
             VarBuilder::from_varmap(&varmap, DType::F32, &dev),
         )
         .unwrap();
-        let rounded: std::collections::HashMap<String, Tensor> = varmap
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| {
-                let t = v.as_tensor().detach();
-                (k.clone(), t.to_dtype(DType::BF16).unwrap())
-            })
-            .collect();
+        let rounded = crate::model::plain_tensors(&varmap, DType::BF16).unwrap();
         let wide: std::collections::HashMap<String, Tensor> = rounded
             .iter()
             .map(|(k, v)| (k.clone(), v.to_dtype(DType::F32).unwrap()))
