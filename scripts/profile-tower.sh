@@ -4,11 +4,11 @@
 # so the tower dominates. Prints the hottest functions; the recording stays in ${OUT:-/tmp/mplug-tower.perf}.
 # MPLUG_CANDLE_OPS=1 profiles candle's own operations instead of model/kernels. ONLY=train (or
 # any of bench's --only parts) profiles that part instead, e.g. the caption fine-tuning step.
-# DTYPE=bf16 profiles compact weights (bench's --dtype).
+# DTYPE=bf16 profiles compact weights (bench's --dtype); FEATURES=dnnl profiles the oneDNN build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v perf >/dev/null || { echo "perf is missing: apt-get install linux-perf" >&2; exit 1; }
-cargo build --release -q
+cargo build --release -q -p mplug-cli ${FEATURES:+--features "$FEATURES"}
 out=${OUT:-/tmp/mplug-tower.perf}
 RAYON_NUM_THREADS=${THREADS:-2} perf record -F 999 -g -o "$out" -- \
     ./target/release/mplug bench --runs 4 --batch-size "${BATCH:-1}" --max-len 1 --vqa-len 1 \
