@@ -13,6 +13,7 @@
 use mplug::model::kernels::matmul::{
     gemm, linear, linear_bf16, linear_bf16_widening, threads, Weight,
 };
+use mplug::model::kernels::panels::{self, Panels};
 use mplug::model::kernels::Activation;
 use std::time::Instant;
 
@@ -51,6 +52,17 @@ fn main() {
     ] {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
         let w: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 * 0.1).collect();
+        let packed = Panels::from_f32(&w, k, n);
+        let t = best(|| {
+            let y = panels::product(&x, m, &packed, None, Activation::None, None, threads());
+            std::hint::black_box(y);
+        });
+        println!(
+            "linear {m}x{k}x{n} panels: {:.1} GFLOP/s, {:.1} GB/s of weights ({:.3} ms)",
+            2.0 * (m * n * k) as f64 / t / 1e9,
+            (n * k * 4) as f64 / t / 1e9,
+            t * 1e3
+        );
         for (name, weight) in [("rows", Weight::Rows(&w)), ("cols", Weight::Cols(&w))] {
             let t = best(|| {
                 std::hint::black_box(linear(&x, m, k, weight, n, None, Activation::None, None));
@@ -203,6 +215,37 @@ fn decoder_stream() {
     });
     pass("few-row kernel bf16", params * 2, &|i, k, n| {
         let y = linear_bf16(input(k), M, k, &bits[i], n, None, Activation::None, None);
+        std::hint::black_box(y);
+    });
+    let panels: Vec<Panels> = (shapes.iter().zip(&weights))
+        .map(|(&(k, n), w)| Panels::from_f32(w, k, n))
+        .collect();
+    pass("panels f32", params * 4, &|i, k, _| {
+        let y = panels::product(
+            input(k),
+            M,
+            &panels[i],
+            None,
+            Activation::None,
+            None,
+            threads(),
+        );
+        std::hint::black_box(y);
+    });
+    drop(panels);
+    let compact: Vec<Panels> = (shapes.iter().zip(&bits))
+        .map(|(&(k, n), b)| Panels::from_bf16_bits(b, k, n))
+        .collect();
+    pass("panels bf16", params * 2, &|i, k, _| {
+        let y = panels::product(
+            input(k),
+            M,
+            &compact[i],
+            None,
+            Activation::None,
+            None,
+            threads(),
+        );
         std::hint::black_box(y);
     });
 }

@@ -147,6 +147,17 @@ impl BertAttention {
         })
     }
 
+    /// Packs the weights in panels ([`Linear::pack_for_few_rows`], compact ones with
+    /// `compact`), the keys' and values' only with `key_value`.
+    pub fn pack_for_few_rows(&mut self, key_value: bool, compact: bool) -> Result<()> {
+        self.self_attn.query.pack_for_few_rows(compact)?;
+        if key_value {
+            self.self_attn.key.pack_for_few_rows(compact)?;
+            self.self_attn.value.pack_for_few_rows(compact)?;
+        }
+        self.output.dense.pack_for_few_rows(compact)
+    }
+
     /// Full self-attention over `hidden`.
     pub fn forward(&self, hidden: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let kv = self.self_attn.key_value(hidden)?;
@@ -186,6 +197,15 @@ impl BertFeedForward {
     }
 }
 
+impl BertFeedForward {
+    /// Packs both weights in panels ([`Linear::pack_for_few_rows`], compact ones with
+    /// `compact`).
+    pub fn pack_for_few_rows(&mut self, compact: bool) -> Result<()> {
+        self.intermediate.pack_for_few_rows(compact)?;
+        self.output.dense.pack_for_few_rows(compact)
+    }
+}
+
 impl Module for BertFeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.intermediate.forward_act(x, Activation::GeluErf)?;
@@ -218,6 +238,28 @@ impl BertLayer {
             crossattention,
             ffn: BertFeedForward::new(cfg, &vb)?,
         })
+    }
+
+    /// Packs every f32 weight in panels ([`Linear::pack_for_few_rows`]): the text encoder's
+    /// layers, which take a question's few tokens as often as many rows.
+    pub fn pack_for_few_rows(&mut self) -> Result<()> {
+        self.attention.pack_for_few_rows(true, false)?;
+        if let Some(c) = &mut self.crossattention {
+            c.pack_for_few_rows(true, false)?;
+        }
+        self.ffn.pack_for_few_rows(false)
+    }
+
+    /// [`BertLayer::pack_for_few_rows`] for a decoder layer, compact weights included (decoding
+    /// is where their halved bytes pay): every weight but the cross-attention's keys and
+    /// values, which decoding computes once, from all encoder states, in the layout of large
+    /// products.
+    pub fn pack_for_decoding(&mut self) -> Result<()> {
+        self.attention.pack_for_few_rows(true, true)?;
+        if let Some(c) = &mut self.crossattention {
+            c.pack_for_few_rows(false, true)?;
+        }
+        self.ffn.pack_for_few_rows(true)
     }
 
     /// Keys and values of this layer's cross-attention over encoder states.
@@ -269,11 +311,15 @@ impl TextEncoder {
     /// Reads `embeddings` and `encoder.layer.{0..layers}`.
     pub fn new(cfg: &BertConfig, layers: usize, vb: VarBuilder) -> Result<Self> {
         let lvb = vb.pp("encoder").pp("layer");
+        let mut layers = (0..layers)
+            .map(|i| BertLayer::new(cfg, false, lvb.pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        for layer in &mut layers {
+            layer.pack_for_few_rows()?;
+        }
         Ok(Self {
             embeddings: BertEmbeddings::new(cfg, vb.pp("embeddings"))?,
-            layers: (0..layers)
-                .map(|i| BertLayer::new(cfg, false, lvb.pp(i)))
-                .collect::<Result<_>>()?,
+            layers,
         })
     }
 
@@ -341,6 +387,15 @@ impl BertLmHead {
             layer_norm: layer_norm(h, cfg.layer_norm_eps, vb.pp("transform").pp("LayerNorm"))?,
             decoder: Linear::new(weight, Some(bias)),
         })
+    }
+}
+
+impl BertLmHead {
+    /// Packs the transform and the vocabulary projection for products of a few rows (one per
+    /// beam, each decoding step): see [`Linear::pack_for_few_rows`].
+    pub fn pack_for_decoding(&mut self) -> Result<()> {
+        self.dense.pack_for_few_rows(true)?;
+        self.decoder.pack_for_few_rows(true)
     }
 }
 

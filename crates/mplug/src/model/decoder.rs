@@ -28,14 +28,21 @@ impl TextDecoder {
         let bvb = vb.pp("bert");
         let embeddings = BertEmbeddings::new(cfg, bvb.pp("embeddings"))?;
         let lvb = bvb.pp("encoder").pp("layer");
-        let layers = (0..cfg.text_decode_layers)
+        let mut layers = (0..cfg.text_decode_layers)
             .map(|i| BertLayer::new(cfg, true, lvb.pp(i)))
-            .collect::<Result<_>>()?;
-        let cls = BertLmHead::new(
+            .collect::<Result<Vec<_>>>()?;
+        let mut cls = BertLmHead::new(
             cfg,
             embeddings.word_embeddings(),
             vb.pp("cls").pp("predictions"),
         )?;
+        // Decoding multiplies every weight but the cross-attention's keys and values by one
+        // row per beam each step: those products read the weights from memory, fastest in
+        // panels (a loaded checkpoint; trainable weights stay as they are).
+        for layer in &mut layers {
+            layer.pack_for_decoding()?;
+        }
+        cls.pack_for_decoding()?;
         Ok(Self {
             embeddings,
             layers,

@@ -33,11 +33,20 @@ impl FusionLayer {
                 vb.pp("crossattention"),
             )?)
         };
-        Ok(Self {
+        let mut layer = Self {
             attention: BertAttention::new(b, b.hidden_size, vb.pp("attention"))?,
             crossattention,
             ffn: BertFeedForward::new(b, &vb)?,
-        })
+        };
+        // A question's few tokens pass through every layer, and in a connected layer the
+        // visual tokens too: panels serve both (see `Linear::pack_for_few_rows`).
+        // Compact weights keep bf16 dot products for the many rows.
+        layer.attention.pack_for_few_rows(true, false)?;
+        if let Some(c) = &mut layer.crossattention {
+            c.pack_for_few_rows(true, false)?;
+        }
+        layer.ffn.pack_for_few_rows(false)?;
+        Ok(layer)
     }
 
     /// One layer: returns the new `(visual, text)` states.

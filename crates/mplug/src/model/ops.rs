@@ -89,8 +89,17 @@ pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
 /// matrix product.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
+}
+
+/// How a [`Linear`] holds its weight.
+#[derive(Debug, Clone)]
+enum Weight {
+    /// A tensor viewed as `(out, in)`.
+    Tensor(Tensor),
+    /// Packed for products of few rows (see [`Linear::pack_for_few_rows`]).
+    Panels(super::kernels::panels::Panels),
 }
 
 impl Linear {
@@ -118,19 +127,61 @@ impl Linear {
         } else {
             weight
         };
-        Self { weight, bias }
+        Self {
+            weight: Weight::Tensor(weight),
+            bias,
+        }
     }
 
-    /// The `(out, in)` weight.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// Repacks a weight the fused kernels read into panels ([`super::kernels::panels`]): the
+    /// layout for layers that see a handful of rows at a time (decoding's beams, a question's
+    /// tokens), whose products are bound by reading the weight; products of many rows run
+    /// about as fast as in the transposed layout (`examples/kernel_speed`). A no-op for other
+    /// weights (trainable ones, another device, the kernels off), and for a compact (bf16)
+    /// weight unless `compact`: such a weight's products of many rows run in bf16 dot products
+    /// ([`super::kernels::matmul::linear_bf16`]), twice as fast as the panels' f32 arithmetic,
+    /// so layers that often take many rows keep it.
+    pub fn pack_for_few_rows(&mut self, compact: bool) -> Result<()> {
+        if let Weight::Tensor(w) = &self.weight {
+            if w.dtype() == DType::BF16 && !compact {
+                return Ok(());
+            }
+            if let Some(p) = super::kernels::panels_of(w)? {
+                self.weight = Weight::Panels(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// The dtype the weight is held in (bf16 for compact weights).
+    pub fn weight_dtype(&self) -> DType {
+        match &self.weight {
+            Weight::Tensor(w) => w.dtype(),
+            Weight::Panels(p) if p.is_compact() => DType::BF16,
+            Weight::Panels(_) => DType::F32,
+        }
+    }
+
+    /// The `(out, in)` weight as a tensor (rebuilt, f32, when it is held in panels).
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            Weight::Tensor(w) => Ok(w.clone()),
+            Weight::Panels(p) => Tensor::from_vec(
+                p.to_rows(),
+                (p.outputs(), p.inputs()),
+                &candle_core::Device::Cpu,
+            ),
+        }
     }
 }
 
 impl Linear {
     fn fused(&self, x: &Tensor, residual: Option<&Tensor>) -> bool {
         super::kernels::applies(&[x])
-            && super::kernels::applies_weight(&self.weight)
+            && match &self.weight {
+                Weight::Tensor(w) => super::kernels::applies_weight(w),
+                Weight::Panels(_) => true,
+            }
             && self
                 .bias
                 .as_ref()
@@ -141,7 +192,7 @@ impl Linear {
     /// `act(x W^T + b)` in one pass after the product when the inputs allow it.
     pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         if self.fused(x, None) {
-            return super::kernels::linear(x, &self.weight, self.bias.as_ref(), act, None);
+            return self.fused_forward(x, act, None);
         }
         let y = self.forward_unfused(x)?;
         if y.track_op() {
@@ -159,15 +210,22 @@ impl Linear {
     /// `residual + x W^T + b` (`residual` of the output's shape).
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         if self.fused(x, Some(residual)) {
-            return super::kernels::linear(
-                x,
-                &self.weight,
-                self.bias.as_ref(),
-                Activation::None,
-                Some(residual),
-            );
+            return self.fused_forward(x, Activation::None, Some(residual));
         }
         residual + self.forward_unfused(x)?
+    }
+
+    fn fused_forward(
+        &self,
+        x: &Tensor,
+        act: Activation,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let bias = self.bias.as_ref();
+        match &self.weight {
+            Weight::Tensor(w) => super::kernels::linear(x, w, bias, act, residual),
+            Weight::Panels(p) => super::kernels::linear_panels(x, p, bias, act, residual),
+        }
     }
 
     fn forward_unfused(&self, x: &Tensor) -> Result<Tensor> {
@@ -176,20 +234,21 @@ impl Linear {
             .last()
             .ok_or_else(|| candle_core::Error::Msg("linear on a scalar".into()))?;
         let rows = x.elem_count() / inner.max(1);
-        if x.track_op() || self.weight.track_op() {
-            if let Some(y) = super::kernels::grad::linear(x, &self.weight, self.bias.as_ref())? {
+        let weight = self.weight()?;
+        if x.track_op() || weight.track_op() {
+            if let Some(y) = super::kernels::grad::linear(x, &weight, self.bias.as_ref())? {
                 return Ok(y);
             }
         }
         // A compact (bf16) weight under f32 inputs is widened for candle's product.
-        let w = self.weight.to_dtype(x.dtype())?;
+        let w = weight.to_dtype(x.dtype())?;
         let y = x.reshape((rows, inner))?.matmul(&w.t()?)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
         let mut out = dims.to_vec();
-        *out.last_mut().expect("non-empty") = self.weight.dim(0)?;
+        *out.last_mut().expect("non-empty") = w.dim(0)?;
         y.reshape(out)
     }
 }

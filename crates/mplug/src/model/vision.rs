@@ -46,7 +46,7 @@ impl MultiheadAttention {
         let k = qkv.narrow(D::Minus1, w, w)?;
         let v = qkv.narrow(D::Minus1, 2 * w, w)?;
         // A model with compact weights runs its attention in bf16 too.
-        let ctx = if self.in_proj.weight().dtype() == DType::BF16 {
+        let ctx = if self.in_proj.weight_dtype() == DType::BF16 {
             attend_bf16(&q, &k, &v, self.heads, None)?
         } else {
             attend(&q, &k, &v, self.heads, None)?

@@ -396,7 +396,7 @@ pub fn linear_bf16_widening(
 }
 
 /// Bias, activation and residual over `out (m, n)` in blocks of rows on the pool.
-fn epilogue_rows(
+pub(crate) fn epilogue_rows(
     out: &mut [f32],
     m: usize,
     n: usize,

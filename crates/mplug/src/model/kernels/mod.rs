@@ -14,6 +14,7 @@ pub mod attention;
 pub mod bf16_dots;
 pub mod grad;
 pub mod matmul;
+pub mod panels;
 pub mod simd;
 
 pub use simd::Activation;
@@ -155,7 +156,7 @@ fn transpose_into<T>(dst: &mut [T], src: &[f32], n: usize, k: usize, convert: im
 }
 
 /// Advises the whole huge pages inside `bytes` bytes at `addr` as huge pages (Linux).
-fn advise_huge_pages(addr: usize, bytes: usize) {
+pub(crate) fn advise_huge_pages(addr: usize, bytes: usize) {
     #[cfg(target_os = "linux")]
     {
         let start = addr.next_multiple_of(HUGE_PAGE);
@@ -302,6 +303,76 @@ pub fn linear(
     };
     let y = with_values(x, |xs| {
         with_optional(bias, |bs| with_optional(residual, |rs| product(xs, bs, rs)))
+    })?;
+    Tensor::from_vec(y, out_dims, &Device::Cpu)
+}
+
+/// The weight of a linear layer (`(n, k)`, stored transposed at load, f32 or compact bf16: see
+/// [`super::ops::Linear::new`]) packed in [`panels::Panels`] for products of few rows; `None`
+/// for any other weight (a trainable one, one on another device, the kernels off).
+pub fn panels_of(weight: &Tensor) -> Result<Option<panels::Panels>> {
+    if !applies_weight(weight) || weight.rank() != 2 {
+        return Ok(None);
+    }
+    let (n, k) = weight.dims2()?;
+    let transposed = weight.t()?;
+    if !transposed.is_contiguous() || weight.is_contiguous() {
+        return Ok(None);
+    }
+    let (storage, layout) = transposed.storage_and_layout();
+    let start = layout.start_offset();
+    Ok(match &*storage {
+        Storage::Cpu(CpuStorage::F32(all)) => {
+            Some(panels::Panels::from_f32(&all[start..start + k * n], k, n))
+        }
+        Storage::Cpu(CpuStorage::BF16(all)) => {
+            let bits: &[u16] = all[start..start + k * n].reinterpret_cast();
+            Some(panels::Panels::from_bf16_bits(bits, k, n))
+        }
+        _ => None,
+    })
+}
+
+/// [`linear`] with a weight in panels ([`panels_of`]).
+pub fn linear_panels(
+    x: &Tensor,
+    weight: &panels::Panels,
+    bias: Option<&Tensor>,
+    act: Activation,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (n, k) = (weight.outputs(), weight.inputs());
+    let dims = x.dims();
+    if dims.last() != Some(&k) {
+        candle_core::bail!("linear: input {:?} for a weight of shape ({n}, {k})", dims);
+    }
+    let m = x.elem_count() / k.max(1);
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("non-empty") = n;
+    if let Some(r) = residual {
+        if r.dims() != out_dims.as_slice() {
+            candle_core::bail!("linear: residual {:?}, output {:?}", r.dims(), out_dims);
+        }
+    }
+    if let Some(b) = bias {
+        if b.elem_count() != n {
+            candle_core::bail!("linear: bias of {} for {n} outputs", b.elem_count());
+        }
+    }
+    let y = with_values(x, |xs| {
+        with_optional(bias, |bs| {
+            with_optional(residual, |rs| {
+                Ok(panels::product(
+                    xs,
+                    m,
+                    weight,
+                    bs,
+                    act,
+                    rs,
+                    matmul::threads(),
+                ))
+            })
+        })
     })?;
     Tensor::from_vec(y, out_dims, &Device::Cpu)
 }
@@ -517,7 +588,7 @@ mod tests {
         assert_eq!(compact.dtype(), DType::F32);
         let head = &compact.heads().unwrap().itm_head;
         assert_eq!(
-            head.weight().dtype(),
+            head.weight_dtype(),
             DType::BF16,
             "linear weights are kept in bf16"
         );

@@ -514,6 +514,87 @@ multiversion! {
     pub fn accumulate_rows_bf16(x: &[f32], m: usize, k: usize, w: &[u16], n: usize, i0: usize, i1: usize, y: &mut [f32]) => accumulate_rows_bf16_impl::<FMA>
 }
 
+/// `out (R, W) = x (R, k) @ panel (k, W)` with the `R x W` sums in registers over all `k`
+/// inputs, taken in order (see [`super::panels`]).
+#[inline(always)]
+fn panel_rows<const R: usize, const W: usize, const FMA: bool, E: WeightElem>(
+    x: &[f32],
+    k: usize,
+    panel: &[E],
+    out: &mut [f32],
+) {
+    let xs: [&[f32]; R] = std::array::from_fn(|r| &x[r * k..(r + 1) * k]);
+    let mut acc = [[0f32; W]; R];
+    for (i, row) in panel[..k * W].chunks_exact(W).enumerate() {
+        let wide: [f32; W] = std::array::from_fn(|j| row[j].widen());
+        for (a, xr) in acc.iter_mut().zip(&xs) {
+            let xv = xr[i];
+            for (a, v) in a.iter_mut().zip(&wide) {
+                *a = if FMA {
+                    xv.mul_add(*v, *a)
+                } else {
+                    *a + xv * *v
+                };
+            }
+        }
+    }
+    for (o, a) in out.chunks_exact_mut(W).zip(&acc) {
+        o.copy_from_slice(a);
+    }
+}
+
+#[inline(always)]
+fn panel_tile_impl<const FMA: bool, E: WeightElem>(
+    x: &[f32],
+    k: usize,
+    rows: usize,
+    panel: &[E],
+    out: &mut [f32],
+) {
+    const W: usize = super::panels::WIDTH;
+    match rows {
+        1 => panel_rows::<1, W, FMA, E>(x, k, panel, out),
+        2 => panel_rows::<2, W, FMA, E>(x, k, panel, out),
+        3 => panel_rows::<3, W, FMA, E>(x, k, panel, out),
+        4 => panel_rows::<4, W, FMA, E>(x, k, panel, out),
+        5 => panel_rows::<5, W, FMA, E>(x, k, panel, out),
+        _ => panel_rows::<6, W, FMA, E>(x, k, panel, out),
+    }
+}
+
+#[inline(always)]
+fn panel_tile_f32_impl<const FMA: bool>(
+    x: &[f32],
+    k: usize,
+    rows: usize,
+    panel: &[f32],
+    out: &mut [f32],
+) {
+    panel_tile_impl::<FMA, _>(x, k, rows, panel, out)
+}
+
+#[inline(always)]
+fn panel_tile_bf16_impl<const FMA: bool>(
+    x: &[f32],
+    k: usize,
+    rows: usize,
+    panel: &[u16],
+    out: &mut [f32],
+) {
+    panel_tile_impl::<FMA, _>(x, k, rows, panel, out)
+}
+
+multiversion! {
+    /// One panel of [`super::panels`] times up to [`super::panels::GROUP`] rows:
+    /// `out (rows, WIDTH) = x (rows, k) @ panel (k, WIDTH)`.
+    pub fn panel_tile(x: &[f32], k: usize, rows: usize, panel: &[f32], out: &mut [f32]) => panel_tile_f32_impl::<FMA>
+}
+
+multiversion! {
+    /// [`panel_tile`] with the panel held as bf16 bits.
+    pub fn panel_tile_bf16(x: &[f32], k: usize, rows: usize, panel: &[u16], out: &mut [f32]) => panel_tile_bf16_impl::<FMA>
+}
+
 #[inline(always)]
 fn widen_bf16_impl(bits: &[u16], out: &mut [f32]) {
     for (o, b) in out.iter_mut().zip(bits) {

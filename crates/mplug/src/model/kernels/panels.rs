@@ -1,0 +1,405 @@
+//! Linear weights packed for products of few rows: decoding, where each step multiplies a
+//! handful of beams by every weight of the decoder and the product is bound by reading them.
+//!
+//! The `(k, n)` weight is cut into panels of [`WIDTH`] output columns, each stored as its own
+//! contiguous `(k, WIDTH)` block (the last one padded with zero columns). A thread takes a run
+//! of whole panels and reads them front to back, one sequential stream, while the sums of up to
+//! [`GROUP`] rows stay in registers over all `k` inputs: each weight is read once per product
+//! and each output written once. In the transposed layout the same product reads `k` rows of
+//! the weight a few at a time and reloads the partial sums between them.
+//!
+//! Why by hand: the `gemm` crate packs and blocks for large products and reads the base
+//! decoder's weights at 13 GB/s with five rows, the row-wise few-row kernel
+//! ([`super::simd::accumulate_rows`]) at 22-26 GB/s; whole panels at 40-49 GB/s (two threads,
+//! `examples/kernel_speed.rs`, one machine in turns; a plain read of memory reaches 55-60 GB/s
+//! there). The sums run over the inputs in order, one accumulator per output, so a result does
+//! not depend on the number of threads.
+
+use super::matmul::{epilogue_rows, SendPtr};
+use super::simd::{self, Activation, WeightElem};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Output columns per panel: four AVX-512 vectors.
+pub const WIDTH: usize = 64;
+/// Rows multiplied together through a panel: six rows of four accumulators, four weight vectors
+/// and a broadcast fit AVX-512's 32 vector registers.
+pub const GROUP: usize = 6;
+/// Least weights a thread takes, so that small layers do not pay for the threads.
+const PART: usize = 64 * 1024;
+
+/// A `(k, n)` linear weight (`k` inputs, `n` outputs) in panels of [`WIDTH`] outputs, in f32 or
+/// as bf16 bits (a compact weight: half the bytes, arithmetic in f32). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Panels {
+    k: usize,
+    n: usize,
+    values: Arc<Values>,
+}
+
+#[derive(Debug)]
+enum Values {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
+/// `src (k, n)` row-major into panels: panel `p` holds columns `p * WIDTH..` for every input,
+/// `WIDTH` values per input, zero past `n`.
+fn pack<T: Copy + Default>(src: &[T], k: usize, n: usize) -> Vec<T> {
+    let panels = n.div_ceil(WIDTH);
+    let mut dst = vec![T::default(); panels * k * WIDTH];
+    super::advise_huge_pages(dst.as_ptr() as usize, std::mem::size_of_val(dst.as_slice()));
+    for (i, row) in src.chunks_exact(n).take(k).enumerate() {
+        for (p, cols) in row.chunks(WIDTH).enumerate() {
+            let at = (p * k + i) * WIDTH;
+            dst[at..at + cols.len()].copy_from_slice(cols);
+        }
+    }
+    dst
+}
+
+/// Panels back into `(n, k)` row-major (an output's weights together).
+fn unpack<T: Copy>(values: &[T], k: usize, n: usize, out: &mut Vec<T>) {
+    for j in 0..n {
+        let (p, c) = (j / WIDTH, j % WIDTH);
+        out.extend((0..k).map(|i| values[(p * k + i) * WIDTH + c]));
+    }
+}
+
+impl Panels {
+    /// Packs the f32 weight `w (k, n)` (the transposed layout, see [`super::transposed_weight`]).
+    ///
+    /// # Panics
+    /// If `w` holds fewer than `k * n` values.
+    pub fn from_f32(w: &[f32], k: usize, n: usize) -> Self {
+        assert!(w.len() >= k * n, "weight shorter than ({k}, {n})");
+        Self {
+            k,
+            n,
+            values: Arc::new(Values::F32(pack(w, k, n))),
+        }
+    }
+
+    /// Packs the compact weight `bits (k, n)`, bf16 bits in the transposed layout.
+    ///
+    /// # Panics
+    /// If `bits` holds fewer than `k * n` values.
+    pub fn from_bf16_bits(bits: &[u16], k: usize, n: usize) -> Self {
+        assert!(bits.len() >= k * n, "weight shorter than ({k}, {n})");
+        Self {
+            k,
+            n,
+            values: Arc::new(Values::Bf16(pack(bits, k, n))),
+        }
+    }
+
+    /// Inputs of the layer.
+    pub fn inputs(&self) -> usize {
+        self.k
+    }
+
+    /// Outputs of the layer.
+    pub fn outputs(&self) -> usize {
+        self.n
+    }
+
+    /// Whether the weights are held as bf16.
+    pub fn is_compact(&self) -> bool {
+        matches!(*self.values, Values::Bf16(_))
+    }
+
+    /// The weight as `(n, k)` f32 values (a checkpoint's layout, bf16 widened exactly), for
+    /// the paths that take a plain matrix.
+    pub fn to_rows(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.k * self.n);
+        match &*self.values {
+            Values::F32(v) => unpack(v, self.k, self.n, &mut out),
+            Values::Bf16(v) => {
+                let mut bits = Vec::with_capacity(self.k * self.n);
+                unpack(v, self.k, self.n, &mut bits);
+                out.extend(bits.iter().map(|b| b.widen()));
+            }
+        }
+        out
+    }
+}
+
+/// `act(x (m, k) @ w + bias) + residual` into a new `(m, n)`, the panels split among up to
+/// `threads` threads of the current pool.
+///
+/// # Panics
+/// If `x`, `bias` or `residual` is shorter than its shape.
+pub fn product(
+    x: &[f32],
+    m: usize,
+    w: &Panels,
+    bias: Option<&[f32]>,
+    act: Activation,
+    residual: Option<&[f32]>,
+    threads: usize,
+) -> Vec<f32> {
+    let (k, n) = (w.k, w.n);
+    assert!(x.len() >= m * k, "input shorter than ({m}, {k})");
+    assert!(bias.is_none_or(|b| b.len() >= n), "bias shorter than {n}");
+    assert!(
+        residual.is_none_or(|r| r.len() >= m * n),
+        "residual shorter than ({m}, {n})"
+    );
+    let panels = n.div_ceil(WIDTH);
+    let parts = threads.min(panels).min((k * n / PART).max(1)).max(1);
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    let dst = SendPtr(out.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    let part = |p: usize| {
+        let dst = &dst;
+        for panel in panels * p / parts..panels * (p + 1) / parts {
+            let cols = panel * WIDTH..(panel * WIDTH + WIDTH).min(n);
+            let mut r0 = 0;
+            while r0 < m {
+                let rows = (m - r0).min(GROUP);
+                let mut tile = [0f32; GROUP * WIDTH];
+                let xs = &x[r0 * k..(r0 + rows) * k];
+                let span = panel * k * WIDTH..(panel + 1) * k * WIDTH;
+                match &*w.values {
+                    #[cfg(target_arch = "x86_64")]
+                    Values::F32(v) if avx512 => {
+                        // SAFETY: AVX-512F is present; the operands hold their shapes.
+                        unsafe { avx512::tile(xs, k, rows, &v[span], &mut tile[..rows * WIDTH]) }
+                    }
+                    Values::F32(v) => {
+                        simd::panel_tile(xs, k, rows, &v[span], &mut tile[..rows * WIDTH])
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    Values::Bf16(v) if avx512 => {
+                        // SAFETY: as above.
+                        unsafe {
+                            avx512::tile_bf16(xs, k, rows, &v[span], &mut tile[..rows * WIDTH])
+                        }
+                    }
+                    Values::Bf16(v) => {
+                        simd::panel_tile_bf16(xs, k, rows, &v[span], &mut tile[..rows * WIDTH])
+                    }
+                }
+                for r in 0..rows {
+                    let src = &tile[r * WIDTH..r * WIDTH + cols.len()];
+                    // SAFETY: `out` has room for (m, n); each part writes only its panels'
+                    // columns, and within them each (row, column) once.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            src.as_ptr(),
+                            dst.0.add((r0 + r) * n + cols.start),
+                            src.len(),
+                        )
+                    };
+                }
+                r0 += rows;
+            }
+        }
+    };
+    if parts == 1 {
+        part(0);
+    } else {
+        (0..parts).into_par_iter().for_each(part);
+    }
+    // SAFETY: the parts cover every panel, so every (row, column) was written.
+    unsafe { out.set_len(m * n) };
+    if m <= GROUP {
+        simd::epilogue(&mut out, n, bias, act, residual);
+    } else {
+        epilogue_rows(&mut out, m, n, bias, act, residual);
+    }
+    out
+}
+
+/// The panel tile in AVX-512 intrinsics, for f32 and bf16 panels.
+///
+/// Why not only [`simd::panel_tile`]: its autovectorized loop streams the decoder's weights
+/// as fast, but with six rows it kept part of the tile out of registers and multiplied many
+/// rows at 88 GFLOP/s (577 rows, two threads) where this loop runs at 216-220.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{GROUP, WIDTH};
+    use std::arch::x86_64::*;
+
+    /// `out (rows, WIDTH) = x (rows, k) @ panel (k, WIDTH)` for 1 to [`GROUP`] rows.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile(x: &[f32], k: usize, rows: usize, panel: &[f32], out: &mut [f32]) {
+        assert!(panel.len() >= k * WIDTH);
+        tile_with(x, k, rows, out, |i| {
+            let w = panel.as_ptr().add(i * WIDTH);
+            std::array::from_fn(|c| _mm512_loadu_ps(w.add(16 * c)))
+        })
+    }
+
+    /// [`tile`] for a panel of bf16 bits, each widened to f32 (a shift into the top half).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile_bf16(x: &[f32], k: usize, rows: usize, panel: &[u16], out: &mut [f32]) {
+        assert!(panel.len() >= k * WIDTH);
+        tile_with(x, k, rows, out, |i| {
+            let w = panel.as_ptr().add(i * WIDTH);
+            std::array::from_fn(|c| {
+                let bits = _mm256_loadu_si256(w.add(16 * c) as *const __m256i);
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+            })
+        })
+    }
+
+    /// The tile's loop, with `weights(i)` giving input `i`'s four vectors of the panel.
+    #[inline(always)]
+    unsafe fn tile_with(
+        x: &[f32],
+        k: usize,
+        rows: usize,
+        out: &mut [f32],
+        weights: impl Fn(usize) -> [__m512; 4],
+    ) {
+        assert!((1..=GROUP).contains(&rows) && x.len() >= rows * k && out.len() >= rows * WIDTH);
+        macro_rules! with_rows {
+            ($r:literal) => {{
+                let mut acc = [[_mm512_setzero_ps(); 4]; $r];
+                let xp = x.as_ptr();
+                for i in 0..k {
+                    let wv = weights(i);
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let xv = _mm512_set1_ps(*xp.add(r * k + i));
+                        for c in 0..4 {
+                            a[c] = _mm512_fmadd_ps(xv, wv[c], a[c]);
+                        }
+                    }
+                }
+                for (r, a) in acc.iter().enumerate() {
+                    for c in 0..4 {
+                        _mm512_storeu_ps(out.as_mut_ptr().add(r * WIDTH + 16 * c), a[c]);
+                    }
+                }
+            }};
+        }
+        match rows {
+            1 => with_rows!(1),
+            2 => with_rows!(2),
+            3 => with_rows!(3),
+            4 => with_rows!(4),
+            5 => with_rows!(5),
+            _ => with_rows!(6),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f64> {
+        let mut y = vec![0f64; m * n];
+        for r in 0..m {
+            for j in 0..n {
+                y[r * n + j] = (0..k)
+                    .map(|i| x[r * k + i] as f64 * w[i * n + j] as f64)
+                    .sum();
+            }
+        }
+        y
+    }
+
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0)
+            .collect()
+    }
+
+    /// Every row count up to two groups and more, outputs that fill and do not fill the last
+    /// panel, one and several threads: within f32 rounding of a product in f64, with bias,
+    /// GELU and residual applied after.
+    #[test]
+    fn products_match_a_naive_product() {
+        for &(k, n) in &[(3, 5), (64, 64), (70, 130), (300, 1030)] {
+            let w = values(k * n, 1);
+            let packed = Panels::from_f32(&w, k, n);
+            assert_eq!((packed.inputs(), packed.outputs()), (k, n));
+            for m in [1, 2, 5, 6, 7, 13] {
+                let x = values(m * k, m);
+                let bias = values(n, 3);
+                let residual = values(m * n, 4);
+                let want = naive(&x, m, k, &w, n);
+                for threads in [1, 2, 3] {
+                    let plain = product(&x, m, &packed, None, Activation::None, None, threads);
+                    let full = product(
+                        &x,
+                        m,
+                        &packed,
+                        Some(&bias),
+                        Activation::GeluErf,
+                        Some(&residual),
+                        threads,
+                    );
+                    for (idx, (&got, &want)) in plain.iter().zip(&want).enumerate() {
+                        let tol = 1e-5 * (k as f64).sqrt().max(1.0) * (1.0 + want.abs());
+                        assert!(
+                            (got as f64 - want).abs() <= tol,
+                            "({k}, {n}) m={m} threads={threads} at {idx}: {got} vs {want}"
+                        );
+                    }
+                    let mut after = plain.clone();
+                    simd::epilogue(
+                        &mut after,
+                        n,
+                        Some(&bias),
+                        Activation::GeluErf,
+                        Some(&residual),
+                    );
+                    assert_eq!(full, after, "epilogue after the product");
+                }
+            }
+        }
+    }
+
+    /// The sums run over the inputs in order, whatever the thread count: identical bits.
+    #[test]
+    fn results_do_not_depend_on_threads() {
+        let (m, k, n) = (5, 777, 1000);
+        let (x, w) = (values(m * k, 1), values(k * n, 2));
+        let packed = Panels::from_f32(&w, k, n);
+        let one = product(&x, m, &packed, None, Activation::None, None, 1);
+        for threads in [2, 3, 8] {
+            assert_eq!(
+                one,
+                product(&x, m, &packed, None, Activation::None, None, threads)
+            );
+        }
+    }
+
+    /// Compact panels multiply by the widened bf16 values, and unpack to them.
+    #[test]
+    fn compact_panels_multiply_the_rounded_weights() {
+        let (m, k, n) = (13, 200, 150);
+        let x = values(m * k, 1);
+        let w = values(k * n, 2);
+        let bits: Vec<u16> = w
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_bits())
+            .collect();
+        let rounded: Vec<f32> = bits.iter().map(|b| b.widen()).collect();
+        let compact = Panels::from_bf16_bits(&bits, k, n);
+        assert!(compact.is_compact());
+        let wide = Panels::from_f32(&rounded, k, n);
+        assert_eq!(
+            product(&x, m, &compact, None, Activation::None, None, 2),
+            product(&x, m, &wide, None, Activation::None, None, 2)
+        );
+        let mut rows = vec![0f32; n * k];
+        for i in 0..k {
+            for j in 0..n {
+                rows[j * k + i] = rounded[i * n + j];
+            }
+        }
+        assert_eq!(compact.to_rows(), rows);
+        assert_eq!(wide.to_rows(), rows);
+    }
+}
