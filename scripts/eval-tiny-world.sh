@@ -10,7 +10,8 @@
 # Grounding is evaluated with GROUNDING_MODEL (default: MODEL-grounding beside MODEL where it
 # exists, as train-tiny-world.sh writes it; else MODEL).
 # Environment: SPLITS (default "test heldout"), TASKS (default: every task), K (ITM re-ranking
-# depth, default 16), MPLUG (the binary).
+# depth, default 16), MPLUG (the binary), EVAL_ARGS (more arguments for every `mplug eval`, as
+# `--dtype bf16`).
 set -euo pipefail
 MODEL=$1
 DATA=$2
@@ -33,7 +34,7 @@ ev() { # name task annotations [args...]
   if [ ! -f "$OUT/$name/metrics.json" ]; then
     local t=$(date +%s.%N)
     "$MPLUG" eval "$task" --model "${EV_MODEL:-$MODEL}" "$DATA/$ann" "$DATA" --output "$OUT/$name" \
-      --quiet --json "$@" > /dev/null
+      --quiet --json ${EVAL_ARGS:-} "$@" > /dev/null
     # Wall time of the whole evaluation (loading, preprocessing, model), for speed tables.
     echo "$(date +%s.%N) - $t" | bc > "$OUT/$name/seconds"
   fi
