@@ -1,8 +1,9 @@
 //! Times the linear-layer kernel of `mplug::model::kernels` on the shapes of the base model, in
-//! both weight layouts, at tower (577 and 8 x 577 rows) and decoding (5 rows) sizes: the
-//! figures behind storing weights transposed. `TUNE=1` applies `kernels::tune_allocator` first,
-//! as the `mplug` binary does. Then one decoding step's weight stream (a 12-layer BERT decoder's
-//! 99 M linear weights, too large for any cache) at 5 rows: `gemm` against the few-row kernel,
+//! both weight layouts and in panels (`kernels::panels`), at tower (577 and 8 x 577 rows) and
+//! decoding (5 rows) sizes: the figures behind storing weights transposed, and the BERT layers'
+//! in panels. `TUNE=1` applies `kernels::tune_allocator` first, as the `mplug` binary does.
+//! Then one decoding step's weight stream (a 12-layer BERT decoder's 99 M linear weights, too
+//! large for any cache) at 5 rows: `gemm` against the row-wise few-row kernel and the panels,
 //! in f32 and with bf16 weights.
 //! Last, the fused multi-head attention of the base tower (577 positions, 12 heads of 64, the
 //! queries, keys and values read in place from one packed projection) at batch 1 and 8.
