@@ -213,6 +213,23 @@ impl Module for BertFeedForward {
     }
 }
 
+/// Packs a layer's weights in panels ([`Linear::pack_for_few_rows`], compact ones with
+/// `compact`): its self-attention, its feed-forward block and its cross-attention, whose keys
+/// and values only with `cross_key_value`. For [`BertLayer`] and the fusion's layers.
+pub fn pack_layer(
+    attention: &mut BertAttention,
+    cross: Option<&mut BertAttention>,
+    ffn: &mut BertFeedForward,
+    cross_key_value: bool,
+    compact: bool,
+) -> Result<()> {
+    attention.pack_for_few_rows(true, compact)?;
+    if let Some(c) = cross {
+        c.pack_for_few_rows(cross_key_value, compact)?;
+    }
+    ffn.pack_for_few_rows(compact)
+}
+
 /// `encoder.layer.N`: self-attention, optional cross-attention, feed-forward.
 #[derive(Debug, Clone)]
 pub struct BertLayer {
@@ -243,11 +260,8 @@ impl BertLayer {
     /// Packs every f32 weight in panels ([`Linear::pack_for_few_rows`]): the text encoder's
     /// layers, which take a question's few tokens as often as many rows.
     pub fn pack_for_few_rows(&mut self) -> Result<()> {
-        self.attention.pack_for_few_rows(true, false)?;
-        if let Some(c) = &mut self.crossattention {
-            c.pack_for_few_rows(true, false)?;
-        }
-        self.ffn.pack_for_few_rows(false)
+        let cross = self.crossattention.as_mut();
+        pack_layer(&mut self.attention, cross, &mut self.ffn, true, false)
     }
 
     /// [`BertLayer::pack_for_few_rows`] for a decoder layer, compact weights included (decoding
@@ -255,11 +269,8 @@ impl BertLayer {
     /// values, which decoding computes once, from all encoder states, in the layout of large
     /// products.
     pub fn pack_for_decoding(&mut self) -> Result<()> {
-        self.attention.pack_for_few_rows(true, true)?;
-        if let Some(c) = &mut self.crossattention {
-            c.pack_for_few_rows(false, true)?;
-        }
-        self.ffn.pack_for_few_rows(true)
+        let cross = self.crossattention.as_mut();
+        pack_layer(&mut self.attention, cross, &mut self.ffn, false, true)
     }
 
     /// Keys and values of this layer's cross-attention over encoder states.

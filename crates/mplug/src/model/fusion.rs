@@ -7,7 +7,7 @@
 //! then cross-attention to the visual tokens, which stay unchanged. The long visual sequence
 //! thus skips most of the costly full self-attention.
 
-use super::bert::{BertAttention, BertFeedForward};
+use super::bert::{pack_layer, BertAttention, BertFeedForward};
 use crate::config::MplugConfig;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -41,11 +41,8 @@ impl FusionLayer {
         // A question's few tokens pass through every layer, and in a connected layer the
         // visual tokens too: panels serve both (see `Linear::pack_for_few_rows`).
         // Compact weights keep bf16 dot products for the many rows.
-        layer.attention.pack_for_few_rows(true, false)?;
-        if let Some(c) = &mut layer.crossattention {
-            c.pack_for_few_rows(true, false)?;
-        }
-        layer.ffn.pack_for_few_rows(false)?;
+        let cross = layer.crossattention.as_mut();
+        pack_layer(&mut layer.attention, cross, &mut layer.ffn, true, false)?;
         Ok(layer)
     }
 

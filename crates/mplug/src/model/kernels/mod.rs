@@ -258,31 +258,15 @@ pub fn linear(
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (n, k) = weight.dims2()?;
-    let dims = x.dims();
-    if dims.last() != Some(&k) {
-        candle_core::bail!("linear: input {:?} for a weight of shape ({n}, {k})", dims);
-    }
-    let m = x.elem_count() / k.max(1);
-    let mut out_dims = dims.to_vec();
-    *out_dims.last_mut().expect("non-empty") = n;
-    if let Some(r) = residual {
-        if r.dims() != out_dims.as_slice() {
-            candle_core::bail!("linear: residual {:?}, output {:?}", r.dims(), out_dims);
-        }
-    }
-    if let Some(b) = bias {
-        if b.elem_count() != n {
-            candle_core::bail!("linear: bias of {} for {n} outputs", b.elem_count());
-        }
-    }
     // A weight stored transposed at load ((k, n) contiguous, viewed as (n, k)) is read as is.
     let transposed = weight.t()?;
     let cols = transposed.is_contiguous() && !weight.is_contiguous();
-    if weight.dtype() == DType::BF16 && !cols {
-        candle_core::bail!("linear: a bf16 weight must be stored transposed (see ops::Linear)");
-    }
     let values = if cols { transposed } else { weight.clone() };
-    let product = |xs: &[f32], bs: Option<&[f32]>, rs: Option<&[f32]>| -> Result<Vec<f32>> {
+    // The layout is checked after the shapes (`run_linear`).
+    let product = |xs: &[f32], m, bs: Option<&[f32]>, rs: Option<&[f32]>| -> Result<Vec<f32>> {
+        if values.dtype() == DType::BF16 && !cols {
+            candle_core::bail!("linear: a bf16 weight must be stored transposed (see ops::Linear)");
+        }
         if values.dtype() == DType::BF16 {
             let (storage, layout) = values.storage_and_layout();
             let Storage::Cpu(CpuStorage::BF16(all)) = &*storage else {
@@ -301,8 +285,41 @@ pub fn linear(
             Ok(matmul::linear(xs, m, k, ws, n, bs, act, rs))
         })
     };
+    run_linear(x, n, k, bias, residual, product)
+}
+
+/// The checks and plumbing of a fused linear layer with `n` outputs and `k` inputs: the shapes
+/// of `x (..., k)`, `bias (n,)` and `residual` (the output's shape), then `product(x, m, bias,
+/// residual)` on their values (`m` rows of `x`), shaped as `x` with `n` last.
+fn run_linear(
+    x: &Tensor,
+    n: usize,
+    k: usize,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    product: impl FnOnce(&[f32], usize, Option<&[f32]>, Option<&[f32]>) -> Result<Vec<f32>>,
+) -> Result<Tensor> {
+    let dims = x.dims();
+    if dims.last() != Some(&k) {
+        candle_core::bail!("linear: input {:?} for a weight of shape ({n}, {k})", dims);
+    }
+    let m = x.elem_count() / k.max(1);
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("non-empty") = n;
+    if let Some(r) = residual {
+        if r.dims() != out_dims.as_slice() {
+            candle_core::bail!("linear: residual {:?}, output {:?}", r.dims(), out_dims);
+        }
+    }
+    if let Some(b) = bias {
+        if b.elem_count() != n {
+            candle_core::bail!("linear: bias of {} for {n} outputs", b.elem_count());
+        }
+    }
     let y = with_values(x, |xs| {
-        with_optional(bias, |bs| with_optional(residual, |rs| product(xs, bs, rs)))
+        with_optional(bias, |bs| {
+            with_optional(residual, |rs| product(xs, m, bs, rs))
+        })
     })?;
     Tensor::from_vec(y, out_dims, &Device::Cpu)
 }
@@ -342,39 +359,17 @@ pub fn linear_panels(
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (n, k) = (weight.outputs(), weight.inputs());
-    let dims = x.dims();
-    if dims.last() != Some(&k) {
-        candle_core::bail!("linear: input {:?} for a weight of shape ({n}, {k})", dims);
-    }
-    let m = x.elem_count() / k.max(1);
-    let mut out_dims = dims.to_vec();
-    *out_dims.last_mut().expect("non-empty") = n;
-    if let Some(r) = residual {
-        if r.dims() != out_dims.as_slice() {
-            candle_core::bail!("linear: residual {:?}, output {:?}", r.dims(), out_dims);
-        }
-    }
-    if let Some(b) = bias {
-        if b.elem_count() != n {
-            candle_core::bail!("linear: bias of {} for {n} outputs", b.elem_count());
-        }
-    }
-    let y = with_values(x, |xs| {
-        with_optional(bias, |bs| {
-            with_optional(residual, |rs| {
-                Ok(panels::product(
-                    xs,
-                    m,
-                    weight,
-                    bs,
-                    act,
-                    rs,
-                    matmul::threads(),
-                ))
-            })
-        })
-    })?;
-    Tensor::from_vec(y, out_dims, &Device::Cpu)
+    run_linear(x, n, k, bias, residual, |xs, m, bs, rs| {
+        Ok(panels::product(
+            xs,
+            m,
+            weight,
+            bs,
+            act,
+            rs,
+            matmul::threads(),
+        ))
+    })
 }
 
 /// How many query rows share each key row: `bq / bk`, an error unless it divides evenly.
