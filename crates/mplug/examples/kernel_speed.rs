@@ -4,7 +4,7 @@
 //! in panels. `TUNE=1` applies `kernels::tune_allocator` first, as the `mplug` binary does.
 //! Then one decoding step's weight stream (a 12-layer BERT decoder's 99 M linear weights, too
 //! large for any cache) at 5 rows: `gemm` against the row-wise few-row kernel and the panels,
-//! in f32 and with bf16 weights.
+//! in f32 and with bf16 weights, beside a plain read of the same bytes.
 //! Last, the fused multi-head attention of the base tower (577 positions, 12 heads of 64, the
 //! queries, keys and values read in place from one packed projection) at batch 1 and 8.
 //! `RAYON_NUM_THREADS=2 cargo run --release -p mplug --example kernel_speed` (`ONLY=attention`
@@ -190,6 +190,25 @@ fn decoder_stream() {
             bytes as f64 / best / 1e9
         );
     };
+    // What the memory gives: the same bytes summed, each thread its half, in 16 lanes.
+    pass("plain read (a sum) f32", params * 4, &|i, _, _| {
+        use rayon::prelude::*;
+        let w = &weights[i];
+        let half = w.len().div_ceil(threads());
+        let total: f32 = w
+            .par_chunks(half)
+            .map(|part| {
+                let mut acc = [0f32; 16];
+                for c in part.chunks_exact(16) {
+                    for (a, v) in acc.iter_mut().zip(c) {
+                        *a += v;
+                    }
+                }
+                acc.iter().sum::<f32>()
+            })
+            .sum();
+        std::hint::black_box(total);
+    });
     pass("gemm f32", params * 4, &|i, k, n| {
         let mut y = vec![0f32; M * n];
         // SAFETY: the slices hold the (M, k), (k, n) and (M, n) operands.

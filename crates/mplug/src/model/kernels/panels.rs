@@ -9,11 +9,11 @@
 //! the weight a few at a time and reloads the partial sums between them.
 //!
 //! Why by hand: the `gemm` crate packs and blocks for large products and reads the base
-//! decoder's weights at 13 GB/s with five rows, the row-wise few-row kernel
-//! ([`super::simd::accumulate_rows`]) at 22-26 GB/s; whole panels at 40-49 GB/s (two threads,
-//! `examples/kernel_speed.rs`, one machine in turns; a plain read of memory reaches 55-60 GB/s
-//! there). The sums run over the inputs in order, one accumulator per output, so a result does
-//! not depend on the number of threads.
+//! decoder's weights at 9-13 GB/s with five rows, the row-wise few-row kernel
+//! ([`super::simd::accumulate_rows`]) at 17-25 GB/s, whole panels at 25-48 GB/s: about as fast
+//! as a plain sum of the same bytes in the same run (two threads, `examples/kernel_speed.rs`;
+//! the memory's speed moves with the machine's neighbours). The sums run over the inputs in
+//! order, one accumulator per output, so a result does not depend on the number of threads.
 
 use super::matmul::{epilogue_rows, SendPtr};
 use super::simd::{self, Activation, WeightElem};
