@@ -147,15 +147,15 @@ impl BertAttention {
         })
     }
 
-    /// Packs the weights in panels ([`Linear::pack_for_few_rows`], compact ones with
-    /// `compact`), the keys' and values' only with `key_value`.
-    pub fn pack_for_few_rows(&mut self, key_value: bool, compact: bool) -> Result<()> {
-        self.self_attn.query.pack_for_few_rows(compact)?;
+    /// Packs the weights in panels ([`Linear::pack_for_few_rows`]), the keys' and values' only
+    /// with `key_value`.
+    pub fn pack_for_few_rows(&mut self, key_value: bool) -> Result<()> {
+        self.self_attn.query.pack_for_few_rows()?;
         if key_value {
-            self.self_attn.key.pack_for_few_rows(compact)?;
-            self.self_attn.value.pack_for_few_rows(compact)?;
+            self.self_attn.key.pack_for_few_rows()?;
+            self.self_attn.value.pack_for_few_rows()?;
         }
-        self.output.dense.pack_for_few_rows(compact)
+        self.output.dense.pack_for_few_rows()
     }
 
     /// Full self-attention over `hidden`.
@@ -198,11 +198,10 @@ impl BertFeedForward {
 }
 
 impl BertFeedForward {
-    /// Packs both weights in panels ([`Linear::pack_for_few_rows`], compact ones with
-    /// `compact`).
-    pub fn pack_for_few_rows(&mut self, compact: bool) -> Result<()> {
-        self.intermediate.pack_for_few_rows(compact)?;
-        self.output.dense.pack_for_few_rows(compact)
+    /// Packs both weights in panels ([`Linear::pack_for_few_rows`]).
+    pub fn pack_for_few_rows(&mut self) -> Result<()> {
+        self.intermediate.pack_for_few_rows()?;
+        self.output.dense.pack_for_few_rows()
     }
 }
 
@@ -213,21 +212,20 @@ impl Module for BertFeedForward {
     }
 }
 
-/// Packs a layer's weights in panels ([`Linear::pack_for_few_rows`], compact ones with
-/// `compact`): its self-attention, its feed-forward block and its cross-attention, whose keys
-/// and values only with `cross_key_value`. For [`BertLayer`] and the fusion's layers.
+/// Packs a layer's weights in panels ([`Linear::pack_for_few_rows`]): its self-attention, its
+/// feed-forward block and its cross-attention, whose keys and values only with
+/// `cross_key_value`. For [`BertLayer`] and the fusion's layers.
 pub fn pack_layer(
     attention: &mut BertAttention,
     cross: Option<&mut BertAttention>,
     ffn: &mut BertFeedForward,
     cross_key_value: bool,
-    compact: bool,
 ) -> Result<()> {
-    attention.pack_for_few_rows(true, compact)?;
+    attention.pack_for_few_rows(true)?;
     if let Some(c) = cross {
-        c.pack_for_few_rows(cross_key_value, compact)?;
+        c.pack_for_few_rows(cross_key_value)?;
     }
-    ffn.pack_for_few_rows(compact)
+    ffn.pack_for_few_rows()
 }
 
 /// `encoder.layer.N`: self-attention, optional cross-attention, feed-forward.
@@ -261,16 +259,15 @@ impl BertLayer {
     /// layers, which take a question's few tokens as often as many rows.
     pub fn pack_for_few_rows(&mut self) -> Result<()> {
         let cross = self.crossattention.as_mut();
-        pack_layer(&mut self.attention, cross, &mut self.ffn, true, false)
+        pack_layer(&mut self.attention, cross, &mut self.ffn, true)
     }
 
-    /// [`BertLayer::pack_for_few_rows`] for a decoder layer, compact weights included (decoding
-    /// is where their halved bytes pay): every weight but the cross-attention's keys and
-    /// values, which decoding computes once, from all encoder states, in the layout of large
-    /// products.
+    /// [`BertLayer::pack_for_few_rows`] for a decoder layer: every f32 weight but the
+    /// cross-attention's keys and values, which decoding computes once, from all encoder
+    /// states, in the layout of large products.
     pub fn pack_for_decoding(&mut self) -> Result<()> {
         let cross = self.crossattention.as_mut();
-        pack_layer(&mut self.attention, cross, &mut self.ffn, false, true)
+        pack_layer(&mut self.attention, cross, &mut self.ffn, false)
     }
 
     /// Keys and values of this layer's cross-attention over encoder states.
@@ -405,8 +402,8 @@ impl BertLmHead {
     /// Packs the transform and the vocabulary projection for products of a few rows (one per
     /// beam, each decoding step): see [`Linear::pack_for_few_rows`].
     pub fn pack_for_decoding(&mut self) -> Result<()> {
-        self.dense.pack_for_few_rows(true)?;
-        self.decoder.pack_for_few_rows(true)
+        self.dense.pack_for_few_rows()?;
+        self.decoder.pack_for_few_rows()
     }
 }
 

@@ -40,9 +40,8 @@ impl FusionLayer {
         };
         // A question's few tokens pass through every layer, and in a connected layer the
         // visual tokens too: panels serve both (see `Linear::pack_for_few_rows`).
-        // Compact weights keep bf16 dot products for the many rows.
         let cross = layer.crossattention.as_mut();
-        pack_layer(&mut layer.attention, cross, &mut layer.ffn, true, false)?;
+        pack_layer(&mut layer.attention, cross, &mut layer.ffn, true)?;
         Ok(layer)
     }
 

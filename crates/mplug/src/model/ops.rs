@@ -110,42 +110,43 @@ impl Linear {
     /// matrix products run fastest on that layout (see [`super::kernels::matmul`]). Trainable
     /// weights stay as they are.
     ///
-    /// Built inside [`with_compact_weights`], such a weight is also rounded to bf16 (kept that
-    /// way in memory; [`super::kernels::linear`] reads it, see
-    /// [`super::kernels::matmul::linear_bf16`]).
+    /// Built inside [`with_compact_weights`], such a weight is also rounded to bf16 and packed
+    /// in compact panels ([`super::kernels::panels`]), the one layout both its products read:
+    /// few rows widen it for f32 arithmetic, many multiply in bf16 dot products where the CPU
+    /// has them (see [`super::kernels::panels::product`]).
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        let weight = if super::kernels::applies(&[&weight]) && weight.rank() == 2 {
-            let dtype = if COMPACT.get() {
-                DType::BF16
-            } else {
-                DType::F32
-            };
-            match super::kernels::transposed_weight(&weight, dtype) {
-                Ok(w) => w,
-                Err(_) => weight,
+        if super::kernels::applies(&[&weight]) && weight.rank() == 2 {
+            let compact = COMPACT.get();
+            let dtype = if compact { DType::BF16 } else { DType::F32 };
+            if let Ok(w) = super::kernels::transposed_weight(&weight, dtype) {
+                if compact {
+                    if let Ok(Some(p)) = super::kernels::panels_of(&w) {
+                        return Self {
+                            weight: Weight::Panels(p),
+                            bias,
+                        };
+                    }
+                }
+                return Self {
+                    weight: Weight::Tensor(w),
+                    bias,
+                };
             }
-        } else {
-            weight
-        };
+        }
         Self {
             weight: Weight::Tensor(weight),
             bias,
         }
     }
 
-    /// Repacks a weight the fused kernels read into panels ([`super::kernels::panels`]): the
-    /// layout for layers that see a handful of rows at a time (decoding's beams, a question's
-    /// tokens), whose products are bound by reading the weight; products of many rows run
-    /// about as fast as in the transposed layout (`examples/kernel_speed`). A no-op for other
-    /// weights (trainable ones, another device, the kernels off), and for a compact (bf16)
-    /// weight unless `compact`: such a weight's products of many rows run in bf16 dot products
-    /// ([`super::kernels::matmul::linear_bf16`]), twice as fast as the panels' f32 arithmetic,
-    /// so layers that often take many rows keep it.
-    pub fn pack_for_few_rows(&mut self, compact: bool) -> Result<()> {
+    /// Repacks an f32 weight the fused kernels read into panels ([`super::kernels::panels`]):
+    /// the layout for layers that see a handful of rows at a time (decoding's beams, a
+    /// question's tokens), whose products are bound by reading the weight; products of many
+    /// rows run about as fast as in the transposed layout (`examples/kernel_speed`). A no-op for
+    /// other weights (trainable ones, another device, the kernels off) and for compact ones,
+    /// which are packed from the start.
+    pub fn pack_for_few_rows(&mut self) -> Result<()> {
         if let Weight::Tensor(w) = &self.weight {
-            if w.dtype() == DType::BF16 && !compact {
-                return Ok(());
-            }
             if let Some(p) = super::kernels::panels_of(w)? {
                 self.weight = Weight::Panels(p);
             }

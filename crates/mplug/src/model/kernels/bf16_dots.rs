@@ -10,11 +10,16 @@
 //! Why by hand: candle has no bf16 product on the CPU without MKL, the `gemm` crate has no
 //! kernel with these instructions, and the oneDNN 2.6 C API this project links behind a
 //! feature offers f32 and int8 products only. The loop is the usual blocked product: each
-//! thread takes a range of output columns, packs blocks of the weight into pairs of rows
-//! interleaved (the layout the instruction reads) in a buffer that stays in L2, and sweeps the
-//! rows six at a time through a 6 x 64 tile of accumulators held in registers.
+//! thread takes a range of output columns and, a block of the weight at a time (small enough
+//! to stay in L2), sweeps the rows six at a time through a 6 x 64 tile of accumulators held in
+//! registers. The weight comes packed once, at load, in pairs of rows interleaved (the layout
+//! the instruction reads: [`super::panels`]' compact panels); packing it on every call took 4 %
+//! of the bf16 tower's time, and the separate pass of bias, activation and residual after the
+//! product another 3.6 % (`scripts/profile-tower.sh` with `DTYPE=bf16`): that pass now runs on
+//! each tile of rows as it completes.
 
 use super::matmul::SendPtr;
+use super::simd::{self, Activation};
 use rayon::prelude::*;
 
 /// Whether this CPU runs [`product`] (AVX-512 with the bf16 and byte/word extensions).
@@ -36,29 +41,101 @@ pub const STRIP: usize = 64;
 /// Rows of the register tile: 6 x 4 accumulators, 4 weight vectors and one broadcast use 29 of
 /// the 32 vector registers.
 pub const TILE_ROWS: usize = 6;
-/// Weight rows (inputs) per packed block: one pass over the inputs of the base model's
-/// 768-wide layers, three of its 3072-wide ones.
+/// Weight rows (inputs) per block: one pass over the inputs of the base model's 768-wide
+/// layers, three of its 3072-wide ones.
 const BLOCK_K: usize = 1024;
-/// Output columns per packed block: `BLOCK_K x BLOCK_N` bf16 is 512 KiB, inside L2.
+/// Output columns per block: `BLOCK_K x BLOCK_N` bf16 is 512 KiB, inside L2, read from there
+/// by every tile of rows.
 const BLOCK_N: usize = 256;
+const _: () = assert!(STRIP == super::panels::WIDTH, "a strip is a panel");
 
 /// `x (m, k) @ w` for `bits`, the `(k, n)` weight as bf16 bits, into a new `(m, n)`, with `x`
-/// rounded to bf16, on up to `threads` threads of the current pool.
+/// rounded to bf16, on up to `threads` threads of the current pool. Packs the weight first:
+/// layers hold theirs packed once ([`super::panels::Panels`], see [`product_panels`]).
 ///
 /// # Panics
 /// If [`available`] is false, or a slice is shorter than its shape.
 pub fn product(x: &[f32], m: usize, k: usize, bits: &[u16], n: usize, threads: usize) -> Vec<f32> {
+    assert!(bits.len() >= k * n, "operands shorter than their shapes");
+    let packed = super::panels::Panels::from_bf16_bits(bits, k, n);
+    let bits = packed.compact_bits().expect("packed from bf16 bits");
+    product_panels(x, m, k, bits, n, None, Activation::None, None, threads)
+}
+
+/// `act(x (m, k) @ w + bias) + residual` into a new `(m, n)` for `w` packed in compact panels
+/// (`bits`, see [`super::panels`]: strips of [`STRIP`] columns, in each the inputs in pairs),
+/// `x` rounded to bf16, on up to `threads` threads of the current pool. The bias, activation
+/// and residual are applied to each tile of the result as its sums complete, while it is in L1.
+///
+/// # Panics
+/// If [`available`] is false, or a slice is shorter than its shape.
+#[allow(clippy::too_many_arguments)]
+pub fn product_panels(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    bits: &[u16],
+    n: usize,
+    bias: Option<&[f32]>,
+    act: Activation,
+    residual: Option<&[f32]>,
+    threads: usize,
+) -> Vec<f32> {
     assert!(available(), "bf16 dot products need AVX512-BF16");
     assert!(
-        x.len() >= m * k && bits.len() >= k * n,
+        x.len() >= m * k && bits.len() >= n.div_ceil(STRIP) * k.div_ceil(2) * STRIP * 2,
         "operands shorter than their shapes"
+    );
+    assert!(bias.is_none_or(|b| b.len() >= n), "bias shorter than {n}");
+    assert!(
+        residual.is_none_or(|r| r.len() >= m * n),
+        "residual shorter than ({m}, {n})"
     );
     #[cfg(target_arch = "x86_64")]
     {
-        imp::product(x, m, k, bits, n, threads)
+        let epilogue = Epilogue {
+            bias,
+            act,
+            residual,
+        };
+        imp::product(x, m, k, bits, n, &epilogue, threads)
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("available() is false off x86-64")
+}
+
+/// What follows the sums of [`product_panels`].
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Epilogue<'a> {
+    bias: Option<&'a [f32]>,
+    act: Activation,
+    residual: Option<&'a [f32]>,
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl Epilogue<'_> {
+    /// Applies to `rows` rows of `width` cells at `c`, row `r0` and column `j0` of the `(m, n)`
+    /// result.
+    ///
+    /// # Safety
+    /// `c` addresses those cells, `n` apart, and no one else touches them meanwhile.
+    unsafe fn apply(&self, c: *mut f32, n: usize, r0: usize, rows: usize, j0: usize, width: usize) {
+        if self.bias.is_none() && self.act == Activation::None && self.residual.is_none() {
+            return;
+        }
+        for r in 0..rows {
+            // SAFETY: as the caller promises.
+            let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * n), width) };
+            let at = (r0 + r) * n + j0;
+            simd::epilogue(
+                row,
+                width,
+                self.bias.map(|b| &b[j0..j0 + width]),
+                self.act,
+                self.residual.map(|res| &res[at..at + width]),
+            );
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -69,24 +146,22 @@ mod imp {
     use super::*;
     use std::arch::x86_64::*;
 
-    thread_local! {
-        /// Each thread's packed block of the weight ([`pack`]'s layout).
-        static PACKED: std::cell::RefCell<Vec<u16>> =
-            const { std::cell::RefCell::new(Vec::new()) };
-    }
-
     pub fn product(
         x: &[f32],
         m: usize,
         k: usize,
         bits: &[u16],
         n: usize,
+        epilogue: &Epilogue,
         threads: usize,
     ) -> Vec<f32> {
         // Inputs padded to an even count: an odd last input pairs with a zero.
         let kp = k.next_multiple_of(2);
-        let mut xb = vec![0u16; m * kp];
+        let mut xb = Vec::<u16>::with_capacity(m * kp);
         let rows_per_task = (m / (threads * 4)).max(1);
+        // SAFETY: every element is written below (`round_row` fills each row, padding
+        // included) before any is read; u16 has no invalid values.
+        unsafe { xb.set_len(m * kp) };
         xb.par_chunks_mut(rows_per_task * kp)
             .zip(x[..m * k].par_chunks(rows_per_task * k))
             .for_each(|(dst, src)| {
@@ -98,7 +173,7 @@ mod imp {
         let mut out = Vec::<f32>::with_capacity(m * n);
         let strips = n.div_ceil(STRIP);
         // Parts of whole column strips, one per thread; with fewer strips than threads, parts of
-        // rows instead (each packs the whole weight, small beside its rows' work then).
+        // rows instead.
         let parts: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = if strips >= threads {
             (0..threads)
                 .map(|p| {
@@ -122,7 +197,7 @@ mod imp {
                 let dst = dst;
                 // SAFETY: the features are present; each part writes only its rows and columns
                 // of `out`, which has room for (m, n); `xb` and `bits` hold their shapes.
-                unsafe { part(&xb, kp, bits, k, n, rows, cols, dst.0) };
+                unsafe { part(&xb, kp, bits, n, rows, cols, epilogue, dst.0) };
             });
         // SAFETY: the parts cover every (row, column) and each wrote its cells (the first
         // block of inputs stores without reading).
@@ -152,56 +227,57 @@ mod imp {
         dst[src.len()..].fill(0);
     }
 
-    /// The product for `rows` x `cols` of the output.
+    /// The product for `rows` x `cols` of the output (`cols` starting on a strip), then the
+    /// epilogue on each tile as its last block of inputs completes it.
     ///
     /// # Safety
-    /// The CPU has the features enabled here; `out` has room for `(m, n)` and no one else
-    /// writes these cells meanwhile.
+    /// The CPU has the features enabled here; `bits` holds the packed `(kp, n)` weight; `out`
+    /// has room for `(m, n)` and no one else writes these cells meanwhile.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     unsafe fn part(
         xb: &[u16],
         kp: usize,
         bits: &[u16],
-        k: usize,
         n: usize,
         rows: std::ops::Range<usize>,
         cols: std::ops::Range<usize>,
+        epilogue: &Epilogue,
         out: *mut f32,
     ) {
-        // The thread's block buffer (1 MB) is kept between calls rather than zeroed and freed
-        // on each.
-        PACKED.with_borrow_mut(|packed| {
-            packed.resize(BLOCK_K * BLOCK_N, 0);
-            let mut jc = cols.start;
-            while jc < cols.end {
-                let nc = (cols.end - jc).min(BLOCK_N);
-                let mut pc = 0;
-                while pc < kp {
-                    let kc = (kp - pc).min(BLOCK_K);
-                    let pairs = kc / 2;
-                    // SAFETY: the block lies within the weight; `packed` holds BLOCK_K x BLOCK_N.
-                    unsafe { pack(bits, k, n, pc, pairs, jc, nc, packed) };
-                    let mut r0 = rows.start;
-                    while r0 < rows.end {
-                        let r = (rows.end - r0).min(TILE_ROWS);
-                        let a = xb[r0 * kp + pc..].as_ptr();
-                        for s in 0..nc.div_ceil(STRIP) {
-                            let b = packed[s * pairs * 2 * STRIP..].as_ptr();
-                            let c = out.add(r0 * n + jc + s * STRIP);
-                            let width = (nc - s * STRIP).min(STRIP);
-                            let first = pc == 0;
-                            // SAFETY: `a` has r rows of kc inputs kp apart, `b` `pairs` packed
-                            // pairs, `c` r rows of `width` cells n apart, all in bounds.
-                            unsafe { tile_rows(r, a, kp, b, pairs, c, n, width, first) };
-                        }
-                        r0 += r;
+        // One strip's pairs of inputs, all of them: `kp / 2` pairs of STRIP columns.
+        let strip_len = kp / 2 * STRIP * 2;
+        let mut jc = cols.start;
+        while jc < cols.end {
+            let nc = (cols.end - jc).min(BLOCK_N);
+            let mut pc = 0;
+            while pc < kp {
+                let kc = (kp - pc).min(BLOCK_K);
+                let pairs = kc / 2;
+                let last = pc + kc == kp;
+                let mut r0 = rows.start;
+                while r0 < rows.end {
+                    let r = (rows.end - r0).min(TILE_ROWS);
+                    let a = xb[r0 * kp + pc..].as_ptr();
+                    for s in 0..nc.div_ceil(STRIP) {
+                        let j0 = jc + s * STRIP;
+                        let b = bits[j0 / STRIP * strip_len + pc * STRIP..].as_ptr();
+                        let c = out.add(r0 * n + j0);
+                        let width = (nc - s * STRIP).min(STRIP);
+                        // SAFETY: `a` has r rows of kc inputs kp apart, `b` `pairs` packed
+                        // pairs, `c` r rows of `width` cells n apart, all in bounds.
+                        unsafe { tile_rows(r, a, kp, b, pairs, c, n, width, pc == 0) };
                     }
-                    pc += kc;
+                    if last {
+                        // SAFETY: the tile's rows and the block's columns, complete now.
+                        unsafe { epilogue.apply(out.add(r0 * n + jc), n, r0, r, jc, nc) };
+                    }
+                    r0 += r;
                 }
-                jc += nc;
+                pc += kc;
             }
-        });
+            jc += nc;
+        }
     }
 
     /// Packs inputs `pc..pc + 2 pairs` and columns `jc..jc + nc` of the `(k, n)` weight into

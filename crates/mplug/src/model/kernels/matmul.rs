@@ -348,7 +348,9 @@ pub fn linear(
 /// as bf16 bits. Few rows read the bits directly ([`simd::accumulate_rows_bf16`], half the
 /// bytes of f32, arithmetic in f32). More rows multiply in bf16 dot products where the CPU has
 /// them ([`super::bf16_dots`]: the activations rounded to bf16, sums in f32, twice the f32
-/// peak), and elsewhere widen the weight for the f32 product ([`linear_bf16_widening`]).
+/// peak), and elsewhere widen the weight for the f32 product ([`linear_bf16_widening`]). The
+/// model's layers hold compact weights packed once, in panels ([`super::panels::product`]);
+/// this path serves a compact weight tensor.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_bf16(
     x: &[f32],

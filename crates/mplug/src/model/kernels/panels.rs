@@ -2,8 +2,10 @@
 //! handful of beams by every weight of the decoder and the product is bound by reading them.
 //!
 //! The `(k, n)` weight is cut into panels of [`WIDTH`] output columns, each stored as its own
-//! contiguous `(k, WIDTH)` block (the last one padded with zero columns). A thread takes a run
-//! of whole panels and reads them front to back, one sequential stream, while the sums of up to
+//! contiguous `(k, WIDTH)` block (the last one padded with zero columns); a compact (bf16)
+//! panel holds its inputs in pairs, `(k / 2, WIDTH, 2)`, the layout AVX512-BF16's dot products
+//! read, so that products of many rows ([`super::bf16_dots`]) use the same packed weight. A
+//! thread takes a run of whole panels and reads them front to back, one sequential stream, while the sums of up to
 //! [`GROUP`] rows stay in registers over all `k` inputs: each weight is read once per product
 //! and each output written once. In the transposed layout the same product reads `k` rows of
 //! the weight a few at a time and reloads the partial sums between them.
@@ -29,7 +31,8 @@ pub const GROUP: usize = 6;
 const PART: usize = 64 * 1024;
 
 /// A `(k, n)` linear weight (`k` inputs, `n` outputs) in panels of [`WIDTH`] outputs, in f32 or
-/// as bf16 bits (a compact weight: half the bytes, arithmetic in f32). Cheap to clone.
+/// as bf16 bits (a compact weight: half the bytes; few rows multiply in f32 arithmetic, many in
+/// bf16 dot products where the CPU has them, see [`product`]). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Panels {
     k: usize,
@@ -40,7 +43,22 @@ pub struct Panels {
 #[derive(Debug)]
 enum Values {
     F32(Vec<f32>),
+    /// In pairs of inputs: see [`pack_pairs`].
     Bf16(Vec<u16>),
+}
+
+/// Pairs of inputs of a compact panel: `k` rounded up to even (an odd last input pairs with
+/// zeros).
+pub fn pairs(k: usize) -> usize {
+    k.div_ceil(2)
+}
+
+/// Where input `i`, column `c` of panel `p` lies in a compact weight of `k` inputs: panel after
+/// panel, in each pair after pair of inputs, in each column after column, the pair's two values
+/// side by side (the lane layout of `vdpbf16ps`; zero for padding).
+#[inline(always)]
+fn pair_index(k: usize, p: usize, i: usize, c: usize) -> usize {
+    ((p * pairs(k) + i / 2) * WIDTH + c) * 2 + i % 2
 }
 
 /// `src (k, n)` row-major into panels: panel `p` holds columns `p * WIDTH..` for every input,
@@ -58,11 +76,32 @@ fn pack<T: Copy + Default>(src: &[T], k: usize, n: usize) -> Vec<T> {
     dst
 }
 
+/// The compact `bits (k, n)` row-major into panels of pairs ([`pair_index`]).
+fn pack_pairs(bits: &[u16], k: usize, n: usize) -> Vec<u16> {
+    let panels = n.div_ceil(WIDTH);
+    let mut dst = vec![0u16; panels * pairs(k) * WIDTH * 2];
+    super::advise_huge_pages(dst.as_ptr() as usize, std::mem::size_of_val(dst.as_slice()));
+    for (i, row) in bits.chunks_exact(n).take(k).enumerate() {
+        for (j, &b) in row.iter().enumerate() {
+            dst[pair_index(k, j / WIDTH, i, j % WIDTH)] = b;
+        }
+    }
+    dst
+}
+
 /// Panels back into `(n, k)` row-major (an output's weights together).
 fn unpack<T: Copy>(values: &[T], k: usize, n: usize, out: &mut Vec<T>) {
     for j in 0..n {
         let (p, c) = (j / WIDTH, j % WIDTH);
         out.extend((0..k).map(|i| values[(p * k + i) * WIDTH + c]));
+    }
+}
+
+/// Compact panels back into `(n, k)` row-major.
+fn unpack_pairs(values: &[u16], k: usize, n: usize, out: &mut Vec<u16>) {
+    for j in 0..n {
+        let (p, c) = (j / WIDTH, j % WIDTH);
+        out.extend((0..k).map(|i| values[pair_index(k, p, i, c)]));
     }
 }
 
@@ -89,7 +128,7 @@ impl Panels {
         Self {
             k,
             n,
-            values: Arc::new(Values::Bf16(pack(bits, k, n))),
+            values: Arc::new(Values::Bf16(pack_pairs(bits, k, n))),
         }
     }
 
@@ -116,16 +155,27 @@ impl Panels {
             Values::F32(v) => unpack(v, self.k, self.n, &mut out),
             Values::Bf16(v) => {
                 let mut bits = Vec::with_capacity(self.k * self.n);
-                unpack(v, self.k, self.n, &mut bits);
+                unpack_pairs(v, self.k, self.n, &mut bits);
                 out.extend(bits.iter().map(|b| b.widen()));
             }
         }
         out
     }
+
+    /// The bits of a compact weight, in pairs of inputs ([`pair_index`]); `None` for f32.
+    pub(crate) fn compact_bits(&self) -> Option<&[u16]> {
+        match &*self.values {
+            Values::Bf16(v) => Some(v),
+            Values::F32(_) => None,
+        }
+    }
 }
 
 /// `act(x (m, k) @ w + bias) + residual` into a new `(m, n)`, the panels split among up to
-/// `threads` threads of the current pool.
+/// `threads` threads of the current pool. Compact panels take more than
+/// [`super::matmul::FEW_ROWS`] rows in bf16 dot products where the CPU has them
+/// ([`super::bf16_dots::product_panels`]: the rows rounded to bf16, sums in f32), and fewer in
+/// f32 arithmetic on the widened weights.
 ///
 /// # Panics
 /// If `x`, `bias` or `residual` is shorter than its shape.
@@ -145,6 +195,13 @@ pub fn product(
         residual.is_none_or(|r| r.len() >= m * n),
         "residual shorter than ({m}, {n})"
     );
+    if let Some(bits) = w.compact_bits() {
+        if m > super::matmul::FEW_ROWS && super::bf16_dots::available() {
+            return super::bf16_dots::product_panels(
+                x, m, k, bits, n, bias, act, residual, threads,
+            );
+        }
+    }
     let panels = n.div_ceil(WIDTH);
     let parts = threads.min(panels).min((k * n / PART).max(1)).max(1);
     let mut out = Vec::<f32>::with_capacity(m * n);
@@ -161,6 +218,7 @@ pub fn product(
                 let mut tile = [0f32; GROUP * WIDTH];
                 let xs = &x[r0 * k..(r0 + rows) * k];
                 let span = panel * k * WIDTH..(panel + 1) * k * WIDTH;
+                let pair_span = panel * pairs(k) * WIDTH * 2..(panel + 1) * pairs(k) * WIDTH * 2;
                 match &*w.values {
                     #[cfg(target_arch = "x86_64")]
                     Values::F32(v) if avx512 => {
@@ -174,11 +232,11 @@ pub fn product(
                     Values::Bf16(v) if avx512 => {
                         // SAFETY: as above.
                         unsafe {
-                            avx512::tile_bf16(xs, k, rows, &v[span], &mut tile[..rows * WIDTH])
+                            avx512::tile_bf16(xs, k, rows, &v[pair_span], &mut tile[..rows * WIDTH])
                         }
                     }
                     Values::Bf16(v) => {
-                        simd::panel_tile_bf16(xs, k, rows, &v[span], &mut tile[..rows * WIDTH])
+                        simd::panel_tile_bf16(xs, k, rows, &v[pair_span], &mut tile[..rows * WIDTH])
                     }
                 }
                 for r in 0..rows {
@@ -235,18 +293,25 @@ mod avx512 {
         })
     }
 
-    /// [`tile`] for a panel of bf16 bits, each widened to f32 (a shift into the top half).
+    /// [`tile`] for a compact panel (pairs of inputs, see [`super::pair_index`]), each value
+    /// widened to f32: the pair's first input shifted into the top half of its 32-bit lane,
+    /// the second kept there by a mask.
     ///
     /// # Safety
     /// The CPU has AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn tile_bf16(x: &[f32], k: usize, rows: usize, panel: &[u16], out: &mut [f32]) {
-        assert!(panel.len() >= k * WIDTH);
+        assert!(panel.len() >= super::pairs(k) * WIDTH * 2);
+        let high = _mm512_set1_epi32(0xffff_0000_u32 as i32);
         tile_with(x, k, rows, out, |i| {
-            let w = panel.as_ptr().add(i * WIDTH);
+            let w = panel.as_ptr().add(i / 2 * WIDTH * 2);
             std::array::from_fn(|c| {
-                let bits = _mm256_loadu_si256(w.add(16 * c) as *const __m256i);
-                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+                let both = _mm512_loadu_si512(w.add(32 * c) as *const __m512i);
+                _mm512_castsi512_ps(if i % 2 == 0 {
+                    _mm512_slli_epi32::<16>(both)
+                } else {
+                    _mm512_and_si512(both, high)
+                })
             })
         })
     }
@@ -375,31 +440,73 @@ mod tests {
         }
     }
 
-    /// Compact panels multiply by the widened bf16 values, and unpack to them.
+    /// Compact panels (odd and even input counts, a partial last panel) unpack to the widened
+    /// bf16 values; few rows multiply by those values in f32 arithmetic, exactly as f32 panels
+    /// of them do; more rows, where the CPU has AVX512-BF16, multiply the rows rounded to bf16
+    /// as well (to within f32 rounding of that product in f64), else as few rows do.
     #[test]
     fn compact_panels_multiply_the_rounded_weights() {
-        let (m, k, n) = (13, 200, 150);
-        let x = values(m * k, 1);
-        let w = values(k * n, 2);
-        let bits: Vec<u16> = w
-            .iter()
-            .map(|&v| half::bf16::from_f32(v).to_bits())
-            .collect();
-        let rounded: Vec<f32> = bits.iter().map(|b| b.widen()).collect();
-        let compact = Panels::from_bf16_bits(&bits, k, n);
-        assert!(compact.is_compact());
-        let wide = Panels::from_f32(&rounded, k, n);
-        assert_eq!(
-            product(&x, m, &compact, None, Activation::None, None, 2),
-            product(&x, m, &wide, None, Activation::None, None, 2)
-        );
-        let mut rows = vec![0f32; n * k];
-        for i in 0..k {
-            for j in 0..n {
-                rows[j * k + i] = rounded[i * n + j];
+        for (k, n) in [(200, 150), (201, 64), (3, 5)] {
+            let w = values(k * n, 2);
+            let bits: Vec<u16> = w
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_bits())
+                .collect();
+            let rounded: Vec<f32> = bits.iter().map(|b| b.widen()).collect();
+            let compact = Panels::from_bf16_bits(&bits, k, n);
+            assert!(compact.is_compact());
+            let wide = Panels::from_f32(&rounded, k, n);
+            let mut rows = vec![0f32; n * k];
+            for i in 0..k {
+                for j in 0..n {
+                    rows[j * k + i] = rounded[i * n + j];
+                }
+            }
+            assert_eq!(compact.to_rows(), rows);
+            assert_eq!(wide.to_rows(), rows);
+            for m in [1, 5, super::super::matmul::FEW_ROWS, 13] {
+                let x = values(m * k, m);
+                let bias = values(n, 3);
+                let residual = values(m * n, 4);
+                let run = |p: &Panels| {
+                    product(
+                        &x,
+                        m,
+                        p,
+                        Some(&bias),
+                        Activation::GeluErf,
+                        Some(&residual),
+                        2,
+                    )
+                };
+                let got = run(&compact);
+                if m <= super::super::matmul::FEW_ROWS || !super::super::bf16_dots::available() {
+                    assert_eq!(got, run(&wide), "({k}, {n}) m={m}");
+                    continue;
+                }
+                let x_rounded: Vec<f32> = x
+                    .iter()
+                    .map(|&v| half::bf16::from_f32(v).to_f32())
+                    .collect();
+                let mut want: Vec<f32> = naive(&x_rounded, m, k, &rounded, n)
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect();
+                simd::epilogue(
+                    &mut want,
+                    n,
+                    Some(&bias),
+                    Activation::GeluErf,
+                    Some(&residual),
+                );
+                for (idx, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    let tol = 1e-5 * (k as f32).sqrt() * (1.0 + w.abs());
+                    assert!(
+                        (g - w).abs() <= tol,
+                        "({k}, {n}) m={m} at {idx}: {g} vs {w}"
+                    );
+                }
             }
         }
-        assert_eq!(compact.to_rows(), rows);
-        assert_eq!(wide.to_rows(), rows);
     }
 }

@@ -517,16 +517,16 @@ multiversion! {
 /// `out (R, W) = x (R, k) @ panel (k, W)` with the `R x W` sums in registers over all `k`
 /// inputs, taken in order (see [`super::panels`]).
 #[inline(always)]
-fn panel_rows<const R: usize, const W: usize, const FMA: bool, E: WeightElem>(
+fn panel_rows<const R: usize, const W: usize, const FMA: bool>(
     x: &[f32],
     k: usize,
-    panel: &[E],
+    weights: impl Fn(usize) -> [f32; W],
     out: &mut [f32],
 ) {
     let xs: [&[f32]; R] = std::array::from_fn(|r| &x[r * k..(r + 1) * k]);
     let mut acc = [[0f32; W]; R];
-    for (i, row) in panel[..k * W].chunks_exact(W).enumerate() {
-        let wide: [f32; W] = std::array::from_fn(|j| row[j].widen());
+    for i in 0..k {
+        let wide = weights(i);
         for (a, xr) in acc.iter_mut().zip(&xs) {
             let xv = xr[i];
             for (a, v) in a.iter_mut().zip(&wide) {
@@ -543,22 +543,23 @@ fn panel_rows<const R: usize, const W: usize, const FMA: bool, E: WeightElem>(
     }
 }
 
+const PANEL: usize = super::panels::WIDTH;
+
 #[inline(always)]
-fn panel_tile_impl<const FMA: bool, E: WeightElem>(
+fn panel_tile_impl<const FMA: bool>(
     x: &[f32],
     k: usize,
     rows: usize,
-    panel: &[E],
+    weights: impl Fn(usize) -> [f32; PANEL],
     out: &mut [f32],
 ) {
-    const W: usize = super::panels::WIDTH;
     match rows {
-        1 => panel_rows::<1, W, FMA, E>(x, k, panel, out),
-        2 => panel_rows::<2, W, FMA, E>(x, k, panel, out),
-        3 => panel_rows::<3, W, FMA, E>(x, k, panel, out),
-        4 => panel_rows::<4, W, FMA, E>(x, k, panel, out),
-        5 => panel_rows::<5, W, FMA, E>(x, k, panel, out),
-        _ => panel_rows::<6, W, FMA, E>(x, k, panel, out),
+        1 => panel_rows::<1, PANEL, FMA>(x, k, weights, out),
+        2 => panel_rows::<2, PANEL, FMA>(x, k, weights, out),
+        3 => panel_rows::<3, PANEL, FMA>(x, k, weights, out),
+        4 => panel_rows::<4, PANEL, FMA>(x, k, weights, out),
+        5 => panel_rows::<5, PANEL, FMA>(x, k, weights, out),
+        _ => panel_rows::<6, PANEL, FMA>(x, k, weights, out),
     }
 }
 
@@ -570,7 +571,14 @@ fn panel_tile_f32_impl<const FMA: bool>(
     panel: &[f32],
     out: &mut [f32],
 ) {
-    panel_tile_impl::<FMA, _>(x, k, rows, panel, out)
+    let panel = &panel[..k * PANEL];
+    panel_tile_impl::<FMA>(
+        x,
+        k,
+        rows,
+        |i| std::array::from_fn(|j| panel[i * PANEL + j]),
+        out,
+    )
 }
 
 #[inline(always)]
@@ -581,7 +589,12 @@ fn panel_tile_bf16_impl<const FMA: bool>(
     panel: &[u16],
     out: &mut [f32],
 ) {
-    panel_tile_impl::<FMA, _>(x, k, rows, panel, out)
+    let panel = &panel[..k.div_ceil(2) * PANEL * 2];
+    let weights = |i: usize| {
+        let pair = &panel[i / 2 * PANEL * 2..(i / 2 + 1) * PANEL * 2];
+        std::array::from_fn(|j| pair[2 * j + i % 2].widen())
+    };
+    panel_tile_impl::<FMA>(x, k, rows, weights, out)
 }
 
 multiversion! {
@@ -591,7 +604,7 @@ multiversion! {
 }
 
 multiversion! {
-    /// [`panel_tile`] with the panel held as bf16 bits.
+    /// [`panel_tile`] with a compact panel: bf16 bits in pairs of inputs, `(k / 2, WIDTH, 2)`.
     pub fn panel_tile_bf16(x: &[f32], k: usize, rows: usize, panel: &[u16], out: &mut [f32]) => panel_tile_bf16_impl::<FMA>
 }
 
