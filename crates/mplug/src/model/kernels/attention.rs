@@ -362,111 +362,139 @@ thread_local! {
 /// [`attention_bf16`]'s work: one task per (key batch entry, head), as [`tiled`].
 #[cfg(target_arch = "x86_64")]
 fn tiled_bf16(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> Vec<f32> {
-    use super::bf16_dots::{pack, round_row, tile_rows, STRIP, TILE_ROWS};
-    let Dims { lk, heads, d, .. } = dims;
-    let (rows, width, scale) = (dims.rows(), dims.width(), dims.scale());
-    let (lkp, lk2, pairs) = (lk.next_multiple_of(16), lk.next_multiple_of(2), d / 2);
-    let strips = lk.div_ceil(STRIP);
     let task = |bh: usize, dst: SendPtr| {
-        let (b, h) = (bh / heads, bh % heads);
-        let k_at = k.offset + b * k.batch + h * d;
-        let v_at = v.offset + b * v.batch + h * d;
         BF16.with(|t| {
-            let t = &mut *t.borrow_mut();
-            t.key.resize(d, 0);
-            t.keys.clear();
-            t.keys.resize(strips * pairs * STRIP, 0);
-            t.values.resize(lk * d, 0);
-            for j in 0..lk {
-                let at = k_at + j * k.row;
-                // SAFETY: bf16 dot products were checked before choosing this path.
-                unsafe { round_row(&k.data[at..at + d], &mut t.key) };
-                let base = j / STRIP * pairs * STRIP + j % STRIP;
-                for p in 0..pairs {
-                    t.keys[base + p * STRIP] =
-                        t.key[2 * p] as u32 | (t.key[2 * p + 1] as u32) << 16;
-                }
-                let at = v_at + j * v.row;
-                // SAFETY: as above.
-                unsafe { round_row(&v.data[at..at + d], &mut t.values[j * d..(j + 1) * d]) };
-            }
-            t.packed_values.resize(lk2 / 2 * 2 * STRIP, 0);
-            // SAFETY: as above; `values` holds lk rows of d, `packed_values` one strip of
-            // lk2 / 2 pairs.
-            unsafe { pack(&t.values, lk, d, 0, lk2 / 2, 0, d, &mut t.packed_values) };
-            t.queries.resize(ROW_BLOCK * d, 0);
-            t.probs.resize(ROW_BLOCK * lk2, 0);
-            t.scores.resize(ROW_BLOCK * lkp, 0.0);
-            t.inv.resize(ROW_BLOCK, 0.0);
-            t.row.resize(d, 0.0);
-            for r0 in (0..rows).step_by(ROW_BLOCK) {
-                let n = ROW_BLOCK.min(rows - r0);
-                for r in 0..n {
-                    let at = q.offset + b * rows * q.row + (r0 + r) * q.row + h * d;
-                    for (x, q) in t.row.iter_mut().zip(&q.data[at..at + d]) {
-                        *x = q * scale;
-                    }
-                    // SAFETY: as above.
-                    unsafe { round_row(&t.row, &mut t.queries[r * d..(r + 1) * d]) };
-                }
-                for g in (0..n).step_by(TILE_ROWS) {
-                    let rr = TILE_ROWS.min(n - g);
-                    for s in 0..strips {
-                        // SAFETY: rr rows of d rounded queries; a strip of `pairs` packed key
-                        // pairs; rr rows of scores lkp apart with room for the strip's keys.
-                        unsafe {
-                            tile_rows(
-                                rr,
-                                t.queries[g * d..].as_ptr(),
-                                d,
-                                t.keys[s * pairs * STRIP..].as_ptr() as *const u16,
-                                pairs,
-                                t.scores[g * lkp + s * STRIP..].as_mut_ptr(),
-                                lkp,
-                                STRIP.min(lk - s * STRIP),
-                                true,
-                            )
-                        };
-                    }
-                }
-                let mask_row = |r: usize| mask.map(|m| m.row(b, h, r0 + r));
-                // SAFETY: AVX-512F is implied by the bf16 checks; the buffers hold n rows.
-                unsafe { avx512::softmax_rows(&mut t.scores, lkp, lk, n, &mask_row, &mut t.inv) };
-                for r in 0..n {
-                    let (src, dst) = (&t.scores[r * lkp..r * lkp + lk], &mut t.probs[r * lk2..]);
-                    // SAFETY: as above.
-                    unsafe { round_row(src, &mut dst[..lk2]) };
-                }
-                for g in (0..n).step_by(TILE_ROWS) {
-                    let rr = TILE_ROWS.min(n - g);
-                    // SAFETY: rr rows of lk2 rounded exponentials; the packed values; rr rows
-                    // of this head's d output columns, `width` apart, which only this task
-                    // writes.
-                    unsafe {
-                        let out = dst.0.add((b * rows + r0 + g) * width + h * d);
-                        tile_rows(
-                            rr,
-                            t.probs[g * lk2..].as_ptr(),
-                            lk2,
-                            t.packed_values.as_ptr(),
-                            lk2 / 2,
-                            out,
-                            width,
-                            d,
-                            true,
-                        );
-                        for r in 0..rr {
-                            let row = std::slice::from_raw_parts_mut(out.add(r * width), d);
-                            let inv = t.inv[g + r];
-                            row.iter_mut().for_each(|x| *x *= inv);
-                        }
-                    }
-                }
-            }
+            // SAFETY: `in_bf16_tiles` checked the CPU's features and the shapes; the task
+            // writes only its own head's columns of the result.
+            unsafe { head_bf16(q, k, v, mask, &dims, bh, dst, &mut t.borrow_mut()) }
         });
     };
     // SAFETY: the tasks cover every (key batch entry, head), all rows of each.
-    unsafe { fill_result(&dims, dims.bk * heads, task) }
+    unsafe { fill_result(&dims, dims.bk * dims.heads, task) }
+}
+
+/// One (key batch entry, head) of [`tiled_bf16`], compiled for the CPU features it needs so
+/// that its plain loops (the keys' pairing, the queries' scale, the final division) use them
+/// too.
+///
+/// # Safety
+/// The CPU has AVX512-BF16 ([`super::bf16_dots::available`]); `dims` passed [`in_bf16_tiles`];
+/// `dst` is the `(Bq, Lq, H*d)` result, whose columns of this head no one else writes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn head_bf16(
+    q: Rows,
+    k: Rows,
+    v: Rows,
+    mask: Option<Mask>,
+    dims: &Dims,
+    bh: usize,
+    dst: SendPtr,
+    t: &mut Bf16Buffers,
+) {
+    use super::bf16_dots::{pack, round_row, tile_rows, STRIP, TILE_ROWS};
+    let Dims { lk, heads, d, .. } = *dims;
+    let (rows, width, scale) = (dims.rows(), dims.width(), dims.scale());
+    let (lkp, lk2, pairs) = (lk.next_multiple_of(16), lk.next_multiple_of(2), d / 2);
+    let strips = lk.div_ceil(STRIP);
+    let (b, h) = (bh / heads, bh % heads);
+    let k_at = k.offset + b * k.batch + h * d;
+    let v_at = v.offset + b * v.batch + h * d;
+    t.key.resize(d, 0);
+    t.keys.clear();
+    t.keys.resize(strips * pairs * STRIP, 0);
+    t.values.resize(lk * d, 0);
+    for j in 0..lk {
+        let at = k_at + j * k.row;
+        // SAFETY: the features are the caller's promise.
+        unsafe { round_row(&k.data[at..at + d], &mut t.key) };
+        let base = j / STRIP * pairs * STRIP + j % STRIP;
+        for p in 0..pairs {
+            t.keys[base + p * STRIP] = t.key[2 * p] as u32 | (t.key[2 * p + 1] as u32) << 16;
+        }
+        let at = v_at + j * v.row;
+        // SAFETY: as above.
+        unsafe { round_row(&v.data[at..at + d], &mut t.values[j * d..(j + 1) * d]) };
+    }
+    t.packed_values.resize(lk2 / 2 * 2 * STRIP, 0);
+    // SAFETY: as above; `values` holds lk rows of d, `packed_values` one strip of lk2 / 2
+    // pairs.
+    unsafe { pack(&t.values, lk, d, 0, lk2 / 2, 0, d, &mut t.packed_values) };
+    t.queries.resize(ROW_BLOCK * d, 0);
+    t.probs.resize(ROW_BLOCK * lk2, 0);
+    t.scores.resize(ROW_BLOCK * lkp, 0.0);
+    t.inv.resize(ROW_BLOCK, 0.0);
+    t.row.resize(d, 0.0);
+    for r0 in (0..rows).step_by(ROW_BLOCK) {
+        let n = ROW_BLOCK.min(rows - r0);
+        for r in 0..n {
+            let at = q.offset + b * rows * q.row + (r0 + r) * q.row + h * d;
+            for (x, q) in t.row.iter_mut().zip(&q.data[at..at + d]) {
+                *x = q * scale;
+            }
+            // SAFETY: as above.
+            unsafe { round_row(&t.row, &mut t.queries[r * d..(r + 1) * d]) };
+        }
+        for g in (0..n).step_by(TILE_ROWS) {
+            let rr = TILE_ROWS.min(n - g);
+            for s in 0..strips {
+                // SAFETY: rr rows of d rounded queries; a strip of `pairs` packed key pairs;
+                // rr rows of scores lkp apart with room for the strip's keys.
+                unsafe {
+                    tile_rows(
+                        rr,
+                        t.queries[g * d..].as_ptr(),
+                        d,
+                        t.keys[s * pairs * STRIP..].as_ptr() as *const u16,
+                        pairs,
+                        t.scores[g * lkp + s * STRIP..].as_mut_ptr(),
+                        lkp,
+                        STRIP.min(lk - s * STRIP),
+                        true,
+                    )
+                };
+            }
+        }
+        let mask_row = |r: usize| mask.map(|m| m.row(b, h, r0 + r));
+        // SAFETY: the buffers hold n rows.
+        unsafe {
+            avx512::softmax_rows_bf16(
+                &mut t.scores,
+                lkp,
+                lk,
+                n,
+                &mask_row,
+                &mut t.inv,
+                &mut t.probs,
+                lk2,
+            )
+        };
+        for g in (0..n).step_by(TILE_ROWS) {
+            let rr = TILE_ROWS.min(n - g);
+            // SAFETY: rr rows of lk2 rounded exponentials; the packed values; rr rows of this
+            // head's d output columns, `width` apart, which only this task writes.
+            unsafe {
+                let out = dst.0.add((b * rows + r0 + g) * width + h * d);
+                tile_rows(
+                    rr,
+                    t.probs[g * lk2..].as_ptr(),
+                    lk2,
+                    t.packed_values.as_ptr(),
+                    lk2 / 2,
+                    out,
+                    width,
+                    d,
+                    true,
+                );
+                for r in 0..rr {
+                    let row = std::slice::from_raw_parts_mut(out.add(r * width), d);
+                    let inv = t.inv[g + r];
+                    row.iter_mut().for_each(|x| *x *= inv);
+                }
+            }
+        }
+    }
 }
 
 /// Hand-written AVX-512 tiles of the two per-head products, used when the CPU has AVX-512 and
@@ -816,6 +844,27 @@ mod avx512 {
         mask: &dyn Fn(usize) -> Option<(*const f32, isize)>,
         inv: &mut [f32],
     ) {
+        // SAFETY: as the caller promises; no bf16 output.
+        unsafe { softmax_core::<false>(s, lkp, lk, rows, mask, inv, std::ptr::null_mut(), 0) }
+    }
+
+    /// The work of [`softmax_rows`] and, with `BF16`, of [`softmax_rows_bf16`], which writes
+    /// the exponentials rounded to `probs` (rows `lk2` apart) instead of back into `s`.
+    ///
+    /// # Safety
+    /// As those functions'; `BF16` only where the CPU has AVX512-BF16.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn softmax_core<const BF16: bool>(
+        s: &mut [f32],
+        lkp: usize,
+        lk: usize,
+        rows: usize,
+        mask: &dyn Fn(usize) -> Option<(*const f32, isize)>,
+        inv: &mut [f32],
+        probs: *mut u16,
+        lk2: usize,
+    ) {
         debug_assert!(s.len() >= rows * lkp && inv.len() >= rows && lk >= 1);
         let body = lk / 16 * 16;
         let tail: __mmask16 = ((1u32 << (lk - body)) - 1) as u16;
@@ -847,19 +896,60 @@ mod avx512 {
             }
             let max = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
             let mut sum = _mm512_setzero_ps();
+            // SAFETY (the stores): with BF16, `probs` has a row of lk2 >= lk values for row r.
+            let out = probs.wrapping_add(r * lk2);
             for j in (0..body).step_by(16) {
                 let e = exp_ps(_mm512_sub_ps(unsafe { _mm512_loadu_ps(p.add(j)) }, max));
-                unsafe { _mm512_storeu_ps(p.add(j), e) };
+                if BF16 {
+                    let h: __m256i = unsafe { std::mem::transmute(_mm512_cvtneps_pbh(e)) };
+                    unsafe { _mm256_storeu_si256(out.add(j) as *mut __m256i, h) };
+                } else {
+                    unsafe { _mm512_storeu_ps(p.add(j), e) };
+                }
                 sum = _mm512_add_ps(sum, e);
             }
             if body < lk {
                 let x = unsafe { _mm512_maskz_loadu_ps(tail, p.add(body)) };
                 let e = exp_ps(_mm512_sub_ps(x, max));
-                unsafe { _mm512_mask_storeu_ps(p.add(body), tail, e) };
+                if BF16 {
+                    let h: __m256i = unsafe { std::mem::transmute(_mm512_cvtneps_pbh(e)) };
+                    unsafe { _mm256_mask_storeu_epi16(out.add(body) as *mut i16, tail, h) };
+                } else {
+                    unsafe { _mm512_mask_storeu_ps(p.add(body), tail, e) };
+                }
                 sum = _mm512_mask_add_ps(sum, tail, sum, e);
+            }
+            if BF16 && lk2 > lk {
+                // SAFETY: the padding value, inside the row's lk2.
+                unsafe { *out.add(lk) = 0 };
             }
             *inv = 1.0 / _mm512_reduce_add_ps(sum);
         }
+    }
+
+    /// [`softmax_rows`] that also writes each row's exponentials rounded to bf16 (to nearest
+    /// even, as [`super::super::bf16_dots::round_row`] rounds them) into `probs`, rows `lk2`
+    /// apart (`lk` rounded up to even, the padding 0), for the values' bf16 products: one pass
+    /// less over the scores. The sums, and so `inv`, are those of the f32 exponentials.
+    ///
+    /// # Safety
+    /// As [`softmax_rows`], with `probs` holding `rows * lk2` values, `lk2 >= lk` even; the CPU
+    /// has AVX512-BF16 (with AVX512BW and VL).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn softmax_rows_bf16(
+        s: &mut [f32],
+        lkp: usize,
+        lk: usize,
+        rows: usize,
+        mask: &dyn Fn(usize) -> Option<(*const f32, isize)>,
+        inv: &mut [f32],
+        probs: &mut [u16],
+        lk2: usize,
+    ) {
+        debug_assert!(probs.len() >= rows * lk2 && lk2 >= lk && lk2.is_multiple_of(2));
+        // SAFETY: as the caller promises.
+        unsafe { softmax_core::<true>(s, lkp, lk, rows, mask, inv, probs.as_mut_ptr(), lk2) }
     }
 
     /// Positions per block of the values' sums: 64 values of a 64-wide head (16 KB) stay in L1
