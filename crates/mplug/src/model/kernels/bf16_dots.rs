@@ -15,8 +15,8 @@
 //! registers. The weight comes packed once, at load, in pairs of rows interleaved (the layout
 //! the instruction reads: [`super::panels`]' compact panels); packing it on every call took 4 %
 //! of the bf16 tower's time, and the separate pass of bias, activation and residual after the
-//! product another 3.6 % (`scripts/profile-tower.sh` with `DTYPE=bf16`): that pass now runs on
-//! each tile of rows as it completes.
+//! product another 3.6 % (`RUNS=30 WINDOW=50%-100% ONLY=tower DTYPE=bf16 FEATURES=dnnl
+//! scripts/profile-tower.sh`): that pass now runs on each tile of rows as it completes.
 
 use super::matmul::SendPtr;
 use super::simd::{self, Activation};
