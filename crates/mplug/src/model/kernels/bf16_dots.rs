@@ -18,8 +18,10 @@
 //! product another 3.6 % (`RUNS=30 WINDOW=50%-100% ONLY=tower DTYPE=bf16 FEATURES=dnnl
 //! scripts/profile-tower.sh`): that pass now runs on each tile of rows as it completes.
 
+#[cfg(target_arch = "x86_64")]
+use super::matmul::Epilogue;
 use super::matmul::SendPtr;
-use super::simd::{self, Activation};
+use super::simd::Activation;
 use rayon::prelude::*;
 
 /// Whether this CPU runs [`product`] (AVX-512 with the bf16 and byte/word extensions).
@@ -102,40 +104,6 @@ pub fn product_panels(
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("available() is false off x86-64")
-}
-
-/// What follows the sums of [`product_panels`].
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-struct Epilogue<'a> {
-    bias: Option<&'a [f32]>,
-    act: Activation,
-    residual: Option<&'a [f32]>,
-}
-
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-impl Epilogue<'_> {
-    /// Applies to `rows` rows of `width` cells at `c`, row `r0` and column `j0` of the `(m, n)`
-    /// result.
-    ///
-    /// # Safety
-    /// `c` addresses those cells, `n` apart, and no one else touches them meanwhile.
-    unsafe fn apply(&self, c: *mut f32, n: usize, r0: usize, rows: usize, j0: usize, width: usize) {
-        if self.bias.is_none() && self.act == Activation::None && self.residual.is_none() {
-            return;
-        }
-        for r in 0..rows {
-            // SAFETY: as the caller promises.
-            let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * n), width) };
-            let at = (r0 + r) * n + j0;
-            simd::epilogue(
-                row,
-                width,
-                self.bias.map(|b| &b[j0..j0 + width]),
-                self.act,
-                self.residual.map(|res| &res[at..at + width]),
-            );
-        }
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -270,7 +238,7 @@ mod imp {
                     }
                     if last {
                         // SAFETY: the tile's rows and the block's columns, complete now.
-                        unsafe { epilogue.apply(out.add(r0 * n + jc), n, r0, r, jc, nc) };
+                        unsafe { epilogue.apply(out.add(r0 * n + jc), n, n, r0, r, jc, nc) };
                     }
                     r0 += r;
                 }

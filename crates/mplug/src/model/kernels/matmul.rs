@@ -397,6 +397,59 @@ pub fn linear_bf16_widening(
     linear(x, m, k, Weight::Cols(&wide), n, bias, act, residual)
 }
 
+/// What follows the sums of a product that applies it tile by tile, while each tile is in L1
+/// (`panels::product`, `bf16_dots::product_panels`): `act(y + bias) + residual`, the same
+/// operations per cell as [`simd::epilogue`], so the bits do not depend on the tiling.
+pub(crate) struct Epilogue<'a> {
+    /// `(n,)`, added first.
+    pub bias: Option<&'a [f32]>,
+    /// Then the activation.
+    pub act: Activation,
+    /// `(m, n)`, added last.
+    pub residual: Option<&'a [f32]>,
+}
+
+impl Epilogue<'_> {
+    /// Whether it changes anything.
+    pub fn is_noop(&self) -> bool {
+        self.bias.is_none() && self.act == Activation::None && self.residual.is_none()
+    }
+
+    /// Applies to `rows` rows of `width` cells at `c` (rows `stride` apart), which hold row
+    /// `r0` on, columns `j0..j0 + width`, of an `(m, n)` result.
+    ///
+    /// # Safety
+    /// `c` addresses those cells and no one else touches them meanwhile; `bias` and `residual`
+    /// hold their shapes.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn apply(
+        &self,
+        c: *mut f32,
+        stride: usize,
+        n: usize,
+        r0: usize,
+        rows: usize,
+        j0: usize,
+        width: usize,
+    ) {
+        if self.is_noop() {
+            return;
+        }
+        for r in 0..rows {
+            // SAFETY: as the caller promises.
+            let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * stride), width) };
+            let at = (r0 + r) * n + j0;
+            simd::epilogue(
+                row,
+                width,
+                self.bias.map(|b| &b[j0..j0 + width]),
+                self.act,
+                self.residual.map(|res| &res[at..at + width]),
+            );
+        }
+    }
+}
+
 /// Bias, activation and residual over `out (m, n)` in blocks of rows on the pool.
 pub(crate) fn epilogue_rows(
     out: &mut [f32],

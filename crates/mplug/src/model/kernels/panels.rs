@@ -17,7 +17,7 @@
 //! the memory's speed moves with the machine's neighbours). The sums run over the inputs in
 //! order, one accumulator per output, so a result does not depend on the number of threads.
 
-use super::matmul::{epilogue_rows, SendPtr};
+use super::matmul::{Epilogue, SendPtr};
 use super::simd::{self, Activation, WeightElem};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -208,8 +208,13 @@ pub fn product(
     let dst = SendPtr(out.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
     let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    let epilogue = Epilogue {
+        bias,
+        act,
+        residual,
+    };
     let part = |p: usize| {
-        let dst = &dst;
+        let (dst, epilogue) = (&dst, &epilogue);
         for panel in panels * p / parts..panels * (p + 1) / parts {
             let cols = panel * WIDTH..(panel * WIDTH + WIDTH).min(n);
             let mut r0 = 0;
@@ -239,6 +244,19 @@ pub fn product(
                         simd::panel_tile_bf16(xs, k, rows, &v[pair_span], &mut tile[..rows * WIDTH])
                     }
                 }
+                // SAFETY: the tile holds `rows` rows of WIDTH cells, these rows and columns
+                // of the result; the shapes of `bias` and `residual` were checked above.
+                unsafe {
+                    epilogue.apply(
+                        tile.as_mut_ptr(),
+                        WIDTH,
+                        n,
+                        r0,
+                        rows,
+                        cols.start,
+                        cols.len(),
+                    )
+                };
                 for r in 0..rows {
                     let src = &tile[r * WIDTH..r * WIDTH + cols.len()];
                     // SAFETY: `out` has room for (m, n); each part writes only its panels'
@@ -262,11 +280,6 @@ pub fn product(
     }
     // SAFETY: the parts cover every panel, so every (row, column) was written.
     unsafe { out.set_len(m * n) };
-    if m <= GROUP {
-        simd::epilogue(&mut out, n, bias, act, residual);
-    } else {
-        epilogue_rows(&mut out, m, n, bias, act, residual);
-    }
     out
 }
 
