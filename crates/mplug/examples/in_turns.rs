@@ -106,6 +106,7 @@ fn main() {
                 offset: i * w,
                 batch: l * 3 * w,
                 row: 3 * w,
+                head: d,
             };
             let dims = attn::Dims {
                 bq: b,

@@ -22,7 +22,8 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
 
 /// Scaled dot-product attention, `softmax(q k^T / sqrt(d) + mask) v`, over `heads` heads.
 ///
-/// `q` is `(Bq, Lq, H*d)`; `k` and `v` are `(Bk, Lk, H*d)` with `Bq = Bk * G`: each key row
+/// `q` is `(Bq, Lq, H*d)`; `k` and `v` are `(Bk, Lk, H*d)` (or `(Bk, Lk, H, d)`, see
+/// [`super::cache::LayerKv::head_major`]) with `Bq = Bk * G`: each key row
 /// serves `G` consecutive query rows (beams of one image, or candidate answers of one question)
 /// without being copied. The additive `mask` broadcasts to `(Bk, 1, G*Lq, Lk)` when `G > 1` and
 /// to `(Bq, H, Lq, Lk)` otherwise. Returns `(Bq, Lq, H*d)`. Untracked f32 CPU inputs run the
@@ -80,6 +81,15 @@ fn attend_impl(
     if fused {
         return super::kernels::attention(q, k, v, heads, mask);
     }
+    // Keys and values stored head after head (`(B, L, H, d)`, see `LayerKv::head_major`) side
+    // by side again for the operations below.
+    let side_by_side = |t: &Tensor| -> Result<Tensor> {
+        match *t.dims() {
+            [b, l, h, d] => t.contiguous()?.reshape((b, l, h * d)),
+            _ => Ok(t.clone()),
+        }
+    };
+    let (k, v) = (&side_by_side(k)?, &side_by_side(v)?);
     if !(dropout && super::dropout::active()) {
         if let Some(out) = super::kernels::grad::attention(q, k, v, heads, mask)? {
             return Ok(out);

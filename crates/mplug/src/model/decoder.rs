@@ -19,6 +19,7 @@ pub struct TextDecoder {
     layers: Vec<BertLayer>,
     cls: BertLmHead,
     vocab_size: usize,
+    heads: usize,
 }
 
 impl TextDecoder {
@@ -48,6 +49,7 @@ impl TextDecoder {
             layers,
             cls,
             vocab_size: cfg.vocab_size,
+            heads: cfg.num_attention_heads,
         })
     }
 
@@ -69,10 +71,19 @@ impl TextDecoder {
     /// Cross-attention keys and values of `states (Be, Le, encoder_width)` with padding mask
     /// `mask (Be, Le)` (ones for real tokens; `None` when all are real).
     pub fn cross_states(&self, states: &Tensor, mask: Option<&Tensor>) -> Result<CrossStates> {
+        let heads = self.heads;
         let layers = self
             .layers
             .iter()
-            .map(|l| l.cross_key_value(states))
+            .map(|l| {
+                let kv = l.cross_key_value(states)?;
+                // Read once a step by the fused kernel: head after head (see `head_major`).
+                if super::kernels::applies(&[&kv.k, &kv.v]) {
+                    kv.head_major(heads)
+                } else {
+                    Ok(kv)
+                }
+            })
             .collect::<Result<_>>()?;
         let mask = mask.map(|m| padding_mask(m, states.dtype())).transpose()?;
         Ok(CrossStates { layers, mask })

@@ -11,17 +11,30 @@ use std::cell::RefCell;
 /// Query rows per task: a 128 x 577 block of scores (about 300 KB) stays in L2.
 const ROW_BLOCK: usize = 128;
 
-/// Rows of a `(B, L, W)` operand: element `(b, l, c)` at `offset + b * batch + l * row + c`.
+/// Rows of a `(B, L, H, d)` operand: element `(b, l, h, c)` at `offset + b * batch + l * row +
+/// h * head + c`. A `(B, L, H*d)` projection has `head == d`; keys and values stored head after
+/// head (`(B, H, L, d)` in memory, see `model::cache::LayerKv::head_major`) have `head == L *
+/// d`, so that each head's rows are one sequential stream.
 #[derive(Debug, Clone, Copy)]
 pub struct Rows<'a> {
     /// The storage.
     pub data: &'a [f32],
-    /// Offset of element (0, 0, 0).
+    /// Offset of element (0, 0, 0, 0).
     pub offset: usize,
     /// Stride between batch entries.
     pub batch: usize,
     /// Stride between sequence positions.
     pub row: usize,
+    /// Stride between heads.
+    pub head: usize,
+}
+
+impl Rows<'_> {
+    /// Where head `h` of batch entry `b` starts (its position 0).
+    #[inline]
+    fn at(&self, b: usize, h: usize) -> usize {
+        self.offset + b * self.batch + h * self.head
+    }
 }
 
 /// An additive mask broadcast to `(Bk, H, G*Lq, Lk)`, as strides (0 where broadcast).
@@ -149,9 +162,9 @@ fn few(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> Vec<f32> {
     let (rows, width, scale) = (dims.rows(), dims.width(), dims.scale());
     let task = |bh: usize, dst: SendPtr| {
         let (b, h) = (bh / heads, bh % heads);
-        let q_at = q.offset + b * rows * q.row + h * d;
-        let k_at = k.offset + b * k.batch + h * d;
-        let v_at = v.offset + b * v.batch + h * d;
+        let q_at = q.at(0, h) + b * rows * q.row;
+        let k_at = k.at(b, h);
+        let v_at = v.at(b, h);
         SCORES.with(|s| {
             let mut s = s.borrow_mut();
             s.resize(rows * lk + rows * d, 0.0);
@@ -202,9 +215,9 @@ pub fn blocked(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> Vec
         let (b, h) = (bh / heads, bh % heads);
         let r0 = blk * ROW_BLOCK;
         let n_rows = ROW_BLOCK.min(rows - r0);
-        let q_at = q.offset + b * rows * q.row + r0 * q.row + h * d;
-        let k_at = k.offset + b * k.batch + h * d;
-        let v_at = v.offset + b * v.batch + h * d;
+        let q_at = q.at(0, h) + (b * rows + r0) * q.row;
+        let k_at = k.at(b, h);
+        let v_at = v.at(b, h);
         SCORES.with(|s| {
             let mut s = s.borrow_mut();
             s.resize(n_rows * lk, 0.0);
@@ -258,8 +271,8 @@ fn tiled(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> Vec<f32> 
     let lkp = lk.next_multiple_of(16);
     let task = |bh: usize, dst: SendPtr| {
         let (b, h) = (bh / heads, bh % heads);
-        let k_at = k.offset + b * k.batch + h * d;
-        let v_at = v.offset + b * v.batch + h * d;
+        let k_at = k.at(b, h);
+        let v_at = v.at(b, h);
         TILES.with(|t| {
             let [kt, vs, s, inv] = &mut *t.borrow_mut();
             kt.resize(d * lkp, 0.0);
@@ -279,7 +292,7 @@ fn tiled(q: Rows, k: Rows, v: Rows, mask: Option<Mask>, dims: Dims) -> Vec<f32> 
             unsafe { avx512::pack_keys(k.data.as_ptr().add(k_at), k.row, lk, d, lkp, kt) };
             for r0 in (0..rows).step_by(ROW_BLOCK) {
                 let n = ROW_BLOCK.min(rows - r0);
-                let q_at = q.offset + b * rows * q.row + r0 * q.row + h * d;
+                let q_at = q.at(0, h) + (b * rows + r0) * q.row;
                 // SAFETY: as above.
                 unsafe {
                     avx512::scores(q.data.as_ptr().add(q_at), q.row, n, kt, lkp, d, scale, s)
@@ -399,8 +412,8 @@ unsafe fn head_bf16(
     let (lkp, lk2, pairs) = (lk.next_multiple_of(16), lk.next_multiple_of(2), d / 2);
     let strips = lk.div_ceil(STRIP);
     let (b, h) = (bh / heads, bh % heads);
-    let k_at = k.offset + b * k.batch + h * d;
-    let v_at = v.offset + b * v.batch + h * d;
+    let k_at = k.at(b, h);
+    let v_at = v.at(b, h);
     t.key.resize(d, 0);
     t.keys.clear();
     t.keys.resize(strips * pairs * STRIP, 0);
@@ -429,7 +442,7 @@ unsafe fn head_bf16(
     for r0 in (0..rows).step_by(ROW_BLOCK) {
         let n = ROW_BLOCK.min(rows - r0);
         for r in 0..n {
-            let at = q.offset + b * rows * q.row + (r0 + r) * q.row + h * d;
+            let at = q.at(0, h) + (b * rows + r0 + r) * q.row;
             for (x, q) in t.row.iter_mut().zip(&q.data[at..at + d]) {
                 *x = q * scale;
             }
@@ -1148,10 +1161,10 @@ mod tests {
             for h in 0..heads {
                 for i in 0..lq {
                     let r = (b % g) * lq + i; // row within the key batch entry
-                    let qi = q.offset + b * q.batch + i * q.row + h * d;
+                    let qi = q.at(b, h) + i * q.row;
                     let mut p: Vec<f64> = (0..lk)
                         .map(|j| {
-                            let kj = k.offset + kb * k.batch + j * k.row + h * d;
+                            let kj = k.at(kb, h) + j * k.row;
                             let dot: f64 = (0..d).map(|c| values[qi + c] * values[kj + c]).sum();
                             let m = mask.map_or(0.0, |m| {
                                 let at = m.offset
@@ -1169,10 +1182,24 @@ mod tests {
                     let sum: f64 = p.iter().sum();
                     for c in 0..d {
                         let o: f64 = (0..lk)
-                            .map(|j| p[j] * values[v.offset + kb * v.batch + j * v.row + h * d + c])
+                            .map(|j| p[j] * values[v.at(kb, h) + j * v.row + c])
                             .sum();
                         out[(b * lq + i) * width + h * d + c] = o / sum;
                     }
+                }
+            }
+        }
+        out
+    }
+
+    /// The keys or values `t` copied head after head: `(Bk, H, Lk, d)` in memory.
+    fn head_major(t: Rows, dims: Dims) -> Vec<f32> {
+        let mut out = Vec::with_capacity(dims.bk * dims.lk * dims.width());
+        for b in 0..dims.bk {
+            for h in 0..dims.heads {
+                for j in 0..dims.lk {
+                    let at = t.at(b, h) + j * t.row;
+                    out.extend_from_slice(&t.data[at..at + dims.d]);
                 }
             }
         }
@@ -1267,18 +1294,21 @@ mod tests {
                 offset: 0,
                 batch: lq * 3 * width,
                 row: 3 * width,
+                head: d,
             };
             let k = Rows {
                 data: &data,
                 offset: width,
                 batch: lk * 3 * width,
                 row: 3 * width,
+                head: d,
             };
             let v = Rows {
                 data: &data,
                 offset: 2 * width,
                 batch: lk * 3 * width,
                 row: 3 * width,
+                head: d,
             };
             let dims = Dims {
                 bq,
@@ -1329,6 +1359,38 @@ mod tests {
                 #[cfg(target_arch = "x86_64")]
                 if avx512::available() {
                     paths.push(("tiled", tiled(q, k, v, *mask, dims)));
+                }
+                // Keys and values stored head after head give the same bits on every path.
+                let (kh, vh) = (head_major(k, dims), head_major(v, dims));
+                let (kh, vh) = (
+                    Rows {
+                        data: &kh,
+                        offset: 0,
+                        batch: heads * lk * d,
+                        row: d,
+                        head: lk * d,
+                    },
+                    Rows {
+                        data: &vh,
+                        offset: 0,
+                        batch: heads * lk * d,
+                        row: d,
+                        head: lk * d,
+                    },
+                );
+                let mut head_major_paths = vec![
+                    attention(q, kh, vh, *mask, dims),
+                    blocked(q, kh, vh, *mask, dims),
+                ];
+                #[cfg(target_arch = "x86_64")]
+                if avx512::available() {
+                    head_major_paths.push(tiled(q, kh, vh, *mask, dims));
+                }
+                head_major_paths.push(attention_bf16(q, kh, vh, *mask, dims));
+                let mut side_by_side = paths.iter().map(|(_, got)| got.clone()).collect::<Vec<_>>();
+                side_by_side.push(attention_bf16(q, k, v, *mask, dims));
+                for (i, (a, b)) in head_major_paths.iter().zip(&side_by_side).enumerate() {
+                    assert!(a == b, "head-major path {i}, case {case}, mask {m}");
                 }
                 for (name, got) in paths {
                     assert_eq!(got.len(), want.len());

@@ -550,13 +550,14 @@ struct AttentionOp {
     mask: Option<Tensor>,
 }
 
-/// A contiguous `(B, L, W)` operand as [`super::attention::Rows`].
-fn rows(data: &[f32], l: usize, w: usize) -> super::attention::Rows<'_> {
+/// A contiguous `(B, L, W)` operand of heads `d` wide as [`super::attention::Rows`].
+fn rows(data: &[f32], l: usize, w: usize, d: usize) -> super::attention::Rows<'_> {
     super::attention::Rows {
         data,
         offset: 0,
         batch: l * w,
         row: w,
+        head: d,
     }
 }
 
@@ -603,9 +604,9 @@ impl CustomOp3 for AttentionOp {
         };
         let out = self.with_mask(|mask| {
             Ok(super::attention::attention(
-                rows(q, lq, w),
-                rows(k, lk, w),
-                rows(v, lk, w),
+                rows(q, lq, w, dims.d),
+                rows(k, lk, w, dims.d),
+                rows(v, lk, w, dims.d),
                 mask,
                 dims,
             ))

@@ -380,19 +380,33 @@ pub fn group_size(bq: usize, bk: usize) -> Result<usize> {
     Ok(bq / bk)
 }
 
-/// A `(B, L, W)` operand as [`attention::Rows`]: its last dimension must be contiguous.
-fn rows_of<'a>(s: &'a Storage, t: &Tensor) -> Result<attention::Rows<'a>> {
+/// A `(B, L, W)` operand of heads `d` wide, or a `(B, L, H, d)` one (keys and values stored
+/// head after head, see [`crate::model::LayerKv::head_major`]), as [`attention::Rows`]: its last
+/// dimension must be contiguous.
+fn rows_of<'a>(s: &'a Storage, t: &Tensor, d: usize) -> Result<attention::Rows<'a>> {
     let l = t.layout();
-    let st = l.stride();
-    if st.len() != 3 || st[2] != 1 {
-        candle_core::bail!("attention: operand with strides {st:?}");
-    }
+    let (batch, row, head) = match l.stride() {
+        [b, r, 1] => (*b, *r, d),
+        [b, r, h, 1] => (*b, *r, *h),
+        st => candle_core::bail!("attention: operand with strides {st:?}"),
+    };
     Ok(attention::Rows {
         data: f32s(s)?,
         offset: l.start_offset(),
-        batch: st[0],
-        row: st[1],
+        batch,
+        row,
+        head,
     })
+}
+
+/// `(B, L, H*d)` of keys or values given as `(B, L, H*d)` or `(B, L, H, d)` (with `heads`
+/// heads).
+fn key_dims(t: &Tensor, heads: usize) -> Result<(usize, usize, usize)> {
+    match *t.dims() {
+        [b, l, w] => Ok((b, l, w)),
+        [b, l, h, d] if h == heads => Ok((b, l, h * d)),
+        _ => candle_core::bail!("attention: keys or values {:?} for {heads} heads", t.dims()),
+    }
 }
 
 /// A 4-dimensional mask tensor (broadcast views allowed) whose storage is `s`, as
@@ -452,7 +466,7 @@ fn attention_with(
     kernel: AttentionKernel,
 ) -> Result<Tensor> {
     let (bq, lq, w) = q.dims3()?;
-    let (bk, lk, kw) = k.dims3()?;
+    let (bk, lk, kw) = key_dims(k, heads)?;
     // The kernel reads through raw offsets: every shape is checked before it runs.
     if v.dims() != k.dims() || kw != w || heads == 0 || !w.is_multiple_of(heads) {
         candle_core::bail!(
@@ -472,7 +486,7 @@ fn attention_with(
         q.contiguous()?
     };
     let fix = |t: &Tensor| -> Result<Tensor> {
-        if t.layout().stride()[2] == 1 {
+        if t.layout().stride().last() == Some(&1) {
             Ok(t.clone())
         } else {
             t.contiguous()
@@ -499,9 +513,9 @@ fn attention_with(
         d: w / heads,
     };
     let out = kernel(
-        rows_of(&qs, &q)?,
-        rows_of(&ks, &k)?,
-        rows_of(&vs, &v)?,
+        rows_of(&qs, &q, dims.d)?,
+        rows_of(&ks, &k, dims.d)?,
+        rows_of(&vs, &v, dims.d)?,
         mask_view,
         dims,
     );
