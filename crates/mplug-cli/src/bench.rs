@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarBuilder;
 use mplug::tasks::{caption, retrieval, vqa};
 use mplug::{BeamConfig, Mplug, MplugConfig, Task};
 use std::time::Instant;
@@ -197,22 +197,16 @@ fn time_on_pool<T>(runs: usize, f: impl FnMut() -> Result<T> + Send) -> Result<(
 }
 
 /// A model of `cfg`'s shapes with random weights held as plain tensors of `dtype`, as a loaded
-/// checkpoint holds them: drawn through a `VarMap` (candle's initializers), then detached, so
-/// that no operation records a gradient graph (which made an earlier benchmark twice as slow as
-/// what users run). Returns the model and its parameter count.
+/// checkpoint holds them ([`mplug::model::random_tensors`]: drawn by candle's initializers,
+/// then detached), so that no operation records a gradient graph (which made an earlier
+/// benchmark twice as slow as what users run). Returns the model and its parameter count.
 fn random_model(
     cfg: &MplugConfig,
     task: Task,
     dtype: DType,
     device: &Device,
 ) -> Result<(Mplug, usize)> {
-    let varmap = VarMap::new();
-    Mplug::new(
-        cfg,
-        task,
-        VarBuilder::from_varmap(&varmap, DType::F32, device),
-    )?;
-    let tensors = mplug::model::plain_tensors(&varmap, dtype)?;
+    let tensors = mplug::model::random_tensors(cfg, task, dtype)?;
     let params = tensors.values().map(|t| t.elem_count()).sum();
     let vb = VarBuilder::from_tensors(tensors, dtype, device);
     Ok((Mplug::new(cfg, task, vb)?, params))

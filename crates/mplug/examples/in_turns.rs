@@ -19,7 +19,7 @@
 //! (all four without arguments).
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarBuilder;
 use mplug::model::kernels::{self, attention as attn};
 use mplug::model::vision::VisualEncoder;
 use mplug::MplugConfig;
@@ -65,9 +65,8 @@ fn report(what: &str, names: [&str; 2], unit: &str, scale: f64, t: [(f64, f64); 
 /// with f32 or compact bf16 linear weights.
 fn tower(cfg: &MplugConfig, compact: bool) -> VisualEncoder {
     let dev = Device::Cpu;
-    let varmap = VarMap::new();
-    VisualEncoder::new(cfg, &VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
-    let tensors = mplug::model::plain_tensors(&varmap, DType::F32).unwrap();
+    let tensors =
+        mplug::model::random_tensors(cfg, mplug::model::Task::Caption, DType::F32).unwrap();
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
     if compact {
         mplug::model::ops::with_compact_weights(|| VisualEncoder::new(cfg, &vb)).unwrap()

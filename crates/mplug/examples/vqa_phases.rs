@@ -4,7 +4,7 @@
 //! `RAYON_NUM_THREADS=2 cargo run --release -p mplug --example vqa_phases`
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarBuilder;
 use mplug::model::{kernels, Mplug, Task};
 use mplug::MplugConfig;
 use std::time::Instant;
@@ -22,14 +22,7 @@ fn main() {
         .unwrap_or(5);
     let cfg = MplugConfig::base();
     let dev = Device::Cpu;
-    let varmap = VarMap::new();
-    Mplug::new(
-        &cfg,
-        Task::Vqa,
-        VarBuilder::from_varmap(&varmap, DType::F32, &dev),
-    )
-    .unwrap();
-    let tensors = mplug::model::plain_tensors(&varmap, DType::F32).unwrap();
+    let tensors = mplug::model::random_tensors(&cfg, Task::Vqa, DType::F32).unwrap();
     let model = Mplug::new(
         &cfg,
         Task::Vqa,

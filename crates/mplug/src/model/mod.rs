@@ -204,6 +204,23 @@ pub fn plain_tensors(
         .collect()
 }
 
+/// The variables of a freshly drawn model for `task` (candle's initializers, f32 on the CPU) as
+/// [`plain_tensors`] in `dtype`: the random-weight model that benchmarks, examples and tests
+/// build with `VarBuilder::from_tensors`.
+pub fn random_tensors(
+    config: &MplugConfig,
+    task: Task,
+    dtype: DType,
+) -> candle_core::Result<std::collections::HashMap<String, Tensor>> {
+    let varmap = candle_nn::VarMap::new();
+    Mplug::new(
+        config,
+        task,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )?;
+    plain_tensors(&varmap, dtype)
+}
+
 impl Mplug {
     /// Builds the parts of the model `task` needs from a var builder rooted at the checkpoint's
     /// top level (`visual_encoder.*`, `text_encoder.*`, ...). Used for checkpoints and for
