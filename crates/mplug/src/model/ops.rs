@@ -67,6 +67,9 @@ impl Module for LayerNorm {
                 return Ok(y);
             }
         }
+        if let Some(y) = super::kernels::layer_norm(x, &self.weight, &self.bias, self.eps)? {
+            return Ok(y);
+        }
         if tracked || !x.is_contiguous() {
             candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
         } else {

@@ -324,6 +324,35 @@ fn run_linear(
     Tensor::from_vec(y, out_dims, &Device::Cpu)
 }
 
+/// LayerNorm over the last dimension of `x` with `gamma` and `beta` ([`simd::layer_norm_rows`],
+/// rows split among the pool's threads); `None` when the operands are not untracked f32 CPU
+/// tensors of matching widths (or the kernels are off).
+pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Option<Tensor>> {
+    let width = gamma.elem_count();
+    if !applies(&[x, gamma, beta])
+        || width == 0
+        || x.dims().last() != Some(&width)
+        || gamma.rank() != 1
+        || beta.dims() != gamma.dims()
+    {
+        return Ok(None);
+    }
+    use rayon::prelude::*;
+    let mut y = vec![0f32; x.elem_count()];
+    with_values(x, |xs| {
+        with_values(gamma, |g| {
+            with_values(beta, |b| {
+                let rows = (xs.len() / width / (matmul::threads() * 4)).max(1);
+                y.par_chunks_mut(rows * width)
+                    .zip(xs.par_chunks(rows * width))
+                    .for_each(|(y, x)| simd::layer_norm_rows(x, y, g, b, eps as f32));
+                Ok(())
+            })
+        })
+    })?;
+    Tensor::from_vec(y, x.dims(), &Device::Cpu).map(Some)
+}
+
 /// The weight of a linear layer (`(n, k)`, stored transposed at load, f32 or compact bf16: see
 /// [`super::ops::Linear::new`]) packed in [`panels::Panels`] for products of few rows; `None`
 /// for any other weight (a trainable one, one on another device, the kernels off).
@@ -526,6 +555,61 @@ fn attention_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The LayerNorm kernel against LayerNorm in f64 (two passes), for rows as wide as the
+    /// towers' and with a tail past the vector lanes, rows of very different scales and a large
+    /// common offset (where a one-pass variance loses its digits); operands it does not take
+    /// are left to candle. Fails if a row, the tail, the mean, the variance, gamma or beta is
+    /// wrong.
+    #[test]
+    fn layer_norm_matches_a_two_pass_layer_norm_in_f64() {
+        let dev = Device::Cpu;
+        for (rows, width) in [(7, 768), (3, 770), (5, 5), (40, 16)] {
+            let x: Vec<f32> = (0..rows * width)
+                .map(|i| {
+                    let r = i / width;
+                    1000.0 * (r % 2) as f32
+                        + (1 + r) as f32 * (((i * 37) % 101) as f32 / 50.0 - 1.0)
+                })
+                .collect();
+            let g: Vec<f32> = (0..width).map(|i| 0.5 + (i % 7) as f32 / 7.0).collect();
+            let b: Vec<f32> = (0..width).map(|i| (i % 5) as f32 / 5.0 - 0.4).collect();
+            let t = |v: &[f32], shape: &[usize]| Tensor::from_vec(v.to_vec(), shape, &dev).unwrap();
+            let y = layer_norm(
+                &t(&x, &[rows, width]),
+                &t(&g, &[width]),
+                &t(&b, &[width]),
+                1e-5,
+            )
+            .unwrap()
+            .expect("f32 CPU operands")
+            .to_vec2::<f32>()
+            .unwrap();
+            for (r, got) in y.iter().enumerate() {
+                let row: Vec<f64> = x[r * width..(r + 1) * width]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect();
+                let mean = row.iter().sum::<f64>() / width as f64;
+                let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / width as f64;
+                for (c, got) in got.iter().enumerate() {
+                    let want = (row[c] - mean) / (var + 1e-5).sqrt() * g[c] as f64 + b[c] as f64;
+                    assert!(
+                        (*got as f64 - want).abs() < 1e-4,
+                        "({rows}, {width}) at ({r}, {c}): {got} against {want}"
+                    );
+                }
+            }
+            let tracked = candle_core::Var::from_tensor(&t(&x, &[rows, width])).unwrap();
+            let (g, b) = (t(&g, &[width]), t(&b, &[width]));
+            assert!(layer_norm(tracked.as_tensor(), &g, &b, 1e-5)
+                .unwrap()
+                .is_none());
+            assert!(layer_norm(&t(&x, &[rows * width, 1]), &g, &b, 1e-5)
+                .unwrap()
+                .is_none());
+        }
+    }
 
     /// From outside the pool the work runs on a pool thread (and its result comes back); from
     /// a pool thread it runs in place. Fails if `on_pool` ran everything on the caller.
