@@ -5,9 +5,9 @@
 //! contiguous `(k, WIDTH)` block (the last one padded with zero columns); a compact (bf16)
 //! panel holds its inputs in pairs, `(k / 2, WIDTH, 2)`, the layout AVX512-BF16's dot products
 //! read, so that products of many rows ([`super::bf16_dots`]) use the same packed weight. A
-//! thread takes a run of whole panels and reads them front to back, one sequential stream, while the sums of up to
-//! [`GROUP`] rows stay in registers over all `k` inputs: each weight is read once per product
-//! and each output written once. In the transposed layout the same product reads `k` rows of
+//! thread takes a run of whole panels and reads them front to back, one sequential stream,
+//! while the sums of up to [`GROUP`] rows stay in registers over all `k` inputs: each weight
+//! is read once per product and each output written once. In the transposed layout the same product reads `k` rows of
 //! the weight a few at a time and reloads the partial sums between them.
 //!
 //! Why by hand: the `gemm` crate packs and blocks for large products and reads the base
@@ -76,17 +76,30 @@ fn pack<T: Copy + Default>(src: &[T], k: usize, n: usize) -> Vec<T> {
     dst
 }
 
-/// The compact `bits (k, n)` row-major into panels of pairs ([`pair_index`]).
+/// The compact `bits (k, n)` row-major into panels of pairs ([`pair_index`]): where the CPU
+/// has them, by the AVX-512 packer of the bf16 dot products ([`super::bf16_dots::pack`], the
+/// whole weight as one block: the same layout), else one value at a time.
 fn pack_pairs(bits: &[u16], k: usize, n: usize) -> Vec<u16> {
-    let panels = n.div_ceil(WIDTH);
-    let mut dst = vec![0u16; panels * pairs(k) * WIDTH * 2];
+    let mut dst = vec![0u16; n.div_ceil(WIDTH) * pairs(k) * WIDTH * 2];
     super::advise_huge_pages(dst.as_ptr() as usize, std::mem::size_of_val(dst.as_slice()));
+    #[cfg(target_arch = "x86_64")]
+    if super::bf16_dots::available() {
+        // SAFETY: the features are present; the block is every pair of inputs (`2 * pairs(k)
+        // <= k + 1`) and every column, and `dst` holds every panel's pairs.
+        unsafe { super::bf16_dots::pack(bits, k, n, 0, pairs(k), 0, n, &mut dst) };
+        return dst;
+    }
+    pack_pairs_scalar(bits, k, n, &mut dst);
+    dst
+}
+
+/// [`pack_pairs`] one value at a time into the zeroed `dst`.
+fn pack_pairs_scalar(bits: &[u16], k: usize, n: usize, dst: &mut [u16]) {
     for (i, row) in bits.chunks_exact(n).take(k).enumerate() {
         for (j, &b) in row.iter().enumerate() {
             dst[pair_index(k, j / WIDTH, i, j % WIDTH)] = b;
         }
     }
-    dst
 }
 
 /// Panels back into `(n, k)` row-major (an output's weights together).
@@ -450,6 +463,18 @@ mod tests {
                 one,
                 product(&x, m, &packed, None, Activation::None, None, threads)
             );
+        }
+    }
+
+    /// The AVX-512 packer (where the CPU has it) lays compact panels out exactly as the loop
+    /// over [`pair_index`] does: odd and even input counts, partial and whole last panels.
+    #[test]
+    fn compact_packing_is_the_same_either_way() {
+        for (k, n) in [(200usize, 150usize), (201, 64), (3, 5), (1, 130)] {
+            let bits: Vec<u16> = (0..k * n).map(|i| (i * 7919 % 65_521) as u16).collect();
+            let mut scalar = vec![0u16; n.div_ceil(WIDTH) * pairs(k) * WIDTH * 2];
+            pack_pairs_scalar(&bits, k, n, &mut scalar);
+            assert_eq!(pack_pairs(&bits, k, n), scalar, "({k}, {n})");
         }
     }
 
