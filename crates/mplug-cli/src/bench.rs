@@ -41,8 +41,10 @@ pub struct BenchArgs {
     pub itm_pairs: usize,
     /// Weight type of the inference measurements: `f32`; `bf16` (on the CPU, compact weights:
     /// linear layers' weights in bf16, activations f32; products of many rows in bf16 dot
-    /// products where the CPU has AVX512-BF16, f32 arithmetic elsewhere); or `f16` (candle's
-    /// f16 arithmetic throughout). Training is always f32.
+    /// products where the CPU has AVX512-BF16, f32 arithmetic elsewhere); `int8` (linear
+    /// layers' weights in int8, activations quantized per row, integer dot products where the
+    /// CPU has AVX512-VNNI); or `f16` (candle's f16 arithmetic throughout). Training is always
+    /// f32.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Measure only these parts (all by default): `tower`, `caption`, `vqa`, `itm`, `train`.
@@ -269,7 +271,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let report = Report { json: args.json };
     let cfg = MplugConfig::preset(&args.preset)?;
-    let dtype = crate::convert::dtype(&args.dtype)?;
+    // int8 is a way of holding f32 weights, not a tensor dtype.
+    let int8 = args.dtype == "int8";
+    let dtype = if int8 {
+        DType::F32
+    } else {
+        crate::convert::dtype(&args.dtype)?
+    };
     if args.batch_size.contains(&0) {
         bail!("--batch-size must be at least 1");
     }
@@ -297,7 +305,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let device = Device::Cpu;
     let built = Instant::now();
     // The pre-training model holds every part: tower, text encoder, fusion, ITM head, decoder.
-    let (model, params) = random_model(&cfg, Task::Pretrain, dtype, &device)?;
+    let build = || random_model(&cfg, Task::Pretrain, dtype, &device);
+    let (model, params) = if int8 {
+        mplug::model::ops::with_int8_weights(build)?
+    } else {
+        build()?
+    };
     eprintln!(
         "built {} preset with random weights: {:.1} M parameters in {:.1} s",
         args.preset,

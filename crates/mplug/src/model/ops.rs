@@ -10,8 +10,33 @@ use candle_nn::VarBuilder;
 use std::cell::Cell;
 
 thread_local! {
-    /// Set while [`with_compact_weights`] builds a model on this thread.
-    static COMPACT: Cell<bool> = const { Cell::new(false) };
+    /// How linear layers built on this thread hold their weights (see [`with_weight_format`]).
+    static FORMAT: Cell<WeightFormat> = const { Cell::new(WeightFormat::F32) };
+}
+
+/// How a [`Linear`] holds a weight the fused kernels read (an untracked f32 CPU tensor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// As loaded, f32.
+    #[default]
+    F32,
+    /// Rounded to bf16 ("compact"): see [`with_compact_weights`].
+    Bf16,
+    /// Quantized to int8 per output, activations per row on every call: see
+    /// [`with_int8_weights`].
+    Int8,
+}
+
+/// Runs `build` (a model's construction) with its linear layers' weights held in `format`.
+pub fn with_weight_format<R>(format: WeightFormat, build: impl FnOnce() -> R) -> R {
+    struct Reset(WeightFormat);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            FORMAT.set(self.0);
+        }
+    }
+    let _reset = Reset(FORMAT.replace(format));
+    build()
 }
 
 /// Runs `build` (a model's construction) with its linear layers' weights kept in bf16: half the
@@ -20,14 +45,18 @@ thread_local! {
 /// [`super::kernels::matmul::linear_bf16`]). Only weights the fused kernels read (untracked CPU
 /// tensors) are made compact.
 pub fn with_compact_weights<R>(build: impl FnOnce() -> R) -> R {
-    struct Reset(bool);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            COMPACT.set(self.0);
-        }
-    }
-    let _reset = Reset(COMPACT.replace(true));
-    build()
+    with_weight_format(WeightFormat::Bf16, build)
+}
+
+/// Runs `build` (a model's construction, e.g. `ModelSource::load` or [`super::Mplug::new`]
+/// with an f32 var builder) with its linear layers' weights quantized to int8: a quarter of
+/// the memory and of the bytes decoding reads; each product quantizes its input rows and sums
+/// in integers, in AVX512-VNNI dot products where the CPU has them (a slow portable loop
+/// elsewhere), see [`super::kernels::int8_dots`]. Activations, biases, norms, embeddings and
+/// attention stay f32 (the visual tower's attention runs as with compact weights). Only
+/// weights the fused kernels read (untracked CPU tensors) are quantized.
+pub fn with_int8_weights<R>(build: impl FnOnce() -> R) -> R {
+    with_weight_format(WeightFormat::Int8, build)
 }
 
 /// Softmax over the last dimension.
@@ -103,6 +132,8 @@ enum Weight {
     Tensor(Tensor),
     /// Packed for products of few rows (see [`Linear::pack_for_few_rows`]).
     Panels(super::kernels::panels::Panels),
+    /// Quantized to int8 (see [`with_int8_weights`]).
+    Int8(super::kernels::int8_dots::Int8Weight),
 }
 
 impl Linear {
@@ -119,19 +150,25 @@ impl Linear {
     /// has them (see [`super::kernels::panels::product`]).
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         if super::kernels::applies(&[&weight]) && weight.rank() == 2 {
-            let compact = COMPACT.get();
-            let dtype = if compact { DType::BF16 } else { DType::F32 };
+            let format = FORMAT.get();
+            let dtype = if format == WeightFormat::Bf16 {
+                DType::BF16
+            } else {
+                DType::F32
+            };
             if let Ok(w) = super::kernels::transposed_weight(&weight, dtype) {
-                if compact {
-                    if let Ok(Some(p)) = super::kernels::panels_of(&w) {
-                        return Self {
-                            weight: Weight::Panels(p),
-                            bias,
-                        };
+                let packed = match format {
+                    WeightFormat::F32 => None,
+                    WeightFormat::Bf16 => super::kernels::panels_of(&w)
+                        .ok()
+                        .flatten()
+                        .map(Weight::Panels),
+                    WeightFormat::Int8 => {
+                        super::kernels::int8_of(&w).ok().flatten().map(Weight::Int8)
                     }
-                }
+                };
                 return Self {
-                    weight: Weight::Tensor(w),
+                    weight: packed.unwrap_or(Weight::Tensor(w)),
                     bias,
                 };
             }
@@ -158,12 +195,14 @@ impl Linear {
         Ok(())
     }
 
-    /// The dtype the weight is held in (bf16 for compact weights).
-    pub fn weight_dtype(&self) -> DType {
+    /// How the weight is held.
+    pub fn format(&self) -> WeightFormat {
         match &self.weight {
-            Weight::Tensor(w) => w.dtype(),
-            Weight::Panels(p) if p.is_compact() => DType::BF16,
-            Weight::Panels(_) => DType::F32,
+            Weight::Tensor(w) if w.dtype() == DType::BF16 => WeightFormat::Bf16,
+            Weight::Tensor(_) => WeightFormat::F32,
+            Weight::Panels(p) if p.is_compact() => WeightFormat::Bf16,
+            Weight::Panels(_) => WeightFormat::F32,
+            Weight::Int8(_) => WeightFormat::Int8,
         }
     }
 
@@ -176,6 +215,11 @@ impl Linear {
                 (p.outputs(), p.inputs()),
                 &candle_core::Device::Cpu,
             ),
+            Weight::Int8(q) => Tensor::from_vec(
+                q.to_rows(),
+                (q.outputs(), q.inputs()),
+                &candle_core::Device::Cpu,
+            ),
         }
     }
 }
@@ -185,7 +229,7 @@ impl Linear {
         super::kernels::applies(&[x])
             && match &self.weight {
                 Weight::Tensor(w) => super::kernels::applies_weight(w),
-                Weight::Panels(_) => true,
+                Weight::Panels(_) | Weight::Int8(_) => true,
             }
             && self
                 .bias
@@ -230,6 +274,7 @@ impl Linear {
         match &self.weight {
             Weight::Tensor(w) => super::kernels::linear(x, w, bias, act, residual),
             Weight::Panels(p) => super::kernels::linear_panels(x, p, bias, act, residual),
+            Weight::Int8(q) => super::kernels::linear_int8(x, q, bias, act, residual),
         }
     }
 

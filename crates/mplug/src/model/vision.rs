@@ -5,9 +5,9 @@
 
 use super::attention::{attend, attend_bf16};
 use super::kernels::Activation;
-use super::ops::{layer_norm, linear, LayerNorm, Linear};
+use super::ops::{layer_norm, linear, LayerNorm, Linear, WeightFormat};
 use crate::config::MplugConfig;
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{conv2d_no_bias, Conv2d, Conv2dConfig, VarBuilder};
 
 /// CLIP's LayerNorm epsilon (PyTorch's default).
@@ -45,8 +45,8 @@ impl MultiheadAttention {
         let q = qkv.narrow(D::Minus1, 0, w)?;
         let k = qkv.narrow(D::Minus1, w, w)?;
         let v = qkv.narrow(D::Minus1, 2 * w, w)?;
-        // A model with compact weights runs its attention in bf16 too.
-        let ctx = if self.in_proj.weight_dtype() == DType::BF16 {
+        // A model with compact (or int8) weights runs its attention in bf16.
+        let ctx = if self.in_proj.format() != WeightFormat::F32 {
             attend_bf16(&q, &k, &v, self.heads, None)?
         } else {
             attend(&q, &k, &v, self.heads, None)?

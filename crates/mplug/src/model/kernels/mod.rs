@@ -13,6 +13,7 @@
 pub mod attention;
 pub mod bf16_dots;
 pub mod grad;
+pub mod int8_dots;
 pub mod matmul;
 pub mod panels;
 pub mod simd;
@@ -401,6 +402,37 @@ pub fn linear_panels(
     })
 }
 
+/// [`linear`] with an int8 weight ([`int8_dots::Int8Weight`]).
+pub fn linear_int8(
+    x: &Tensor,
+    weight: &int8_dots::Int8Weight,
+    bias: Option<&Tensor>,
+    act: Activation,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (n, k) = (weight.outputs(), weight.inputs());
+    run_linear(x, n, k, bias, residual, |xs, m, bs, rs| {
+        Ok(weight.product(xs, m, bs, act, rs, matmul::threads()))
+    })
+}
+
+/// The weight of a linear layer (`(n, k)`, stored transposed at load: see
+/// [`super::ops::Linear::new`]) quantized to int8 ([`int8_dots::Int8Weight::quantize`]);
+/// `None` for any other weight.
+pub fn int8_of(weight: &Tensor) -> Result<Option<int8_dots::Int8Weight>> {
+    if !applies(&[weight]) || weight.rank() != 2 {
+        return Ok(None);
+    }
+    let (n, k) = weight.dims2()?;
+    let transposed = weight.t()?;
+    if !transposed.is_contiguous() || weight.is_contiguous() {
+        return Ok(None);
+    }
+    with_values(&transposed, |w| {
+        Ok(Some(int8_dots::Int8Weight::quantize(w, k, n)))
+    })
+}
+
 /// How many query rows share each key row: `bq / bk`, an error unless it divides evenly.
 pub fn group_size(bq: usize, bk: usize) -> Result<usize> {
     if bk == 0 || !bq.is_multiple_of(bk) {
@@ -674,8 +706,8 @@ mod tests {
         assert_eq!(compact.dtype(), DType::F32);
         let head = &compact.heads().unwrap().itm_head;
         assert_eq!(
-            head.weight_dtype(),
-            DType::BF16,
+            head.format(),
+            crate::model::ops::WeightFormat::Bf16,
             "linear weights are kept in bf16"
         );
         let r = cfg.image_res;
