@@ -62,6 +62,29 @@ fn caption_with_bf16_weights() {
     );
 }
 
+/// `--dtype int8` loads int8 linear weights and answers, with a score of its own (the f32
+/// model's differs by the quantization).
+#[test]
+fn caption_with_int8_weights() {
+    let (m, img) = (tiny_model(), image("rgb.png"));
+    let score = |dtype: &str| {
+        let o = mplug_ok(&[
+            "caption",
+            "--model",
+            s(&m),
+            "--dtype",
+            dtype,
+            "--json",
+            s(&img),
+        ]);
+        let line: serde_json::Value = serde_json::from_str(o.stdout.trim()).unwrap();
+        line["captions"][0]["score"].as_f64().unwrap()
+    };
+    let (int8, f32) = (score("int8"), score("f32"));
+    assert!(int8.is_finite(), "{int8}");
+    assert_ne!(int8, f32, "int8 weights compute as f32 ones");
+}
+
 /// An explicit `--min-len` above `--max-len` is refused with both named; a `--max-len` below
 /// the default minimum lowers the minimum with it.
 #[test]
