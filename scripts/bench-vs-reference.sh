@@ -4,8 +4,9 @@
 # the same machine with the same threads, then one table of ratios (the fastest peer's median time
 # over ours: above 1 means mplug-rs is faster). A second table puts mplug-rs with bf16 weights
 # (`--dtype bf16`) beside the peers in f32 and in bf16 (PyTorch's bf16 autocast, OpenVINO's bf16
-# hint); BF16=0 leaves it out. Not run by CI: it needs the reference environment and about 6-7
-# minutes per round on 2 cores.
+# hint); BF16=0 leaves it out. A third puts mplug-rs with int8 weights (`--dtype int8`) beside
+# the same peers (the anchors have no int8 set-up); INT8=0 leaves it out. Not run by CI: it needs
+# the reference environment and about 7-8 minutes per round on 2 cores.
 #
 # Usage: scripts/bench-vs-reference.sh            (THREADS=2 ROUNDS=2 by default)
 # Environment:
@@ -15,6 +16,7 @@
 #   BENCH_DIR  the anchors' scripts (default: ../shared/bench beside the checkout)
 #   THREADS, ROUNDS, MPLUG (the binary; default target/release/mplug, built with FEATURES)
 #   BF16       1 (default) for the bf16 table, 0 without
+#   INT8       1 (default) for the int8 table, 0 without
 #   FEATURES   cargo features of that build (default: dnnl when libdnnl-dev is installed)
 #   OUT        where the raw JSON lines go (default a temporary file; its path is printed)
 # Set-up, once (about 5 minutes, mostly downloads), as ../shared/bench/README.md says:
@@ -29,6 +31,7 @@ BENCH_DIR=${BENCH_DIR:-$ROOT/../shared/bench}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-2}
 BF16=${BF16:-1}
+INT8=${INT8:-1}
 MPLUG=${MPLUG:-$ROOT/target/release/mplug}
 PY=$REF/env/bin/python
 SRC=$REF/src/mPLUG
@@ -82,6 +85,10 @@ mplug_side() {
     if [ "$BF16" = 1 ]; then
         echo "round $1: mplug bench --dtype bf16" >&2
         "$MPLUG" bench --json --runs 3 --dtype bf16 --only tower,caption,vqa 2>/dev/null | tag mplug_bf16 "$1"
+    fi
+    if [ "$INT8" = 1 ]; then
+        echo "round $1: mplug bench --dtype int8" >&2
+        "$MPLUG" bench --json --runs 3 --dtype int8 --only tower,caption,vqa 2>/dev/null | tag mplug_int8 "$1"
     fi
 }
 ref_side() {
@@ -140,22 +147,24 @@ for title, ours, theirs in work:
     known = [t for t in times.values() if t is not None]
     ratio = f"{min(known) / m:.2f}x" if m and known else "n/a"
     print(f"| {title} | {fmt(m)} | " + " | ".join(fmt(times[p]) for p in peers) + f" | {ratio} |")
-if any(r["side"] == "mplug_bf16" for r in rows):
-    print(f"\nWith bf16 weights (mplug-rs `--dtype bf16`: linear weights in bf16, products of many rows in "
-          "bf16 dot products where the CPU has AVX512-BF16; peers: PyTorch's bf16 autocast, OpenVINO's bf16 "
-          "hint), median seconds; ratios = the peer's time / mplug-rs bf16's time.\n")
-    print("| work | mplug-rs bf16 | mplug-rs f32 | fastest f32 peer | PyTorch bf16 | OpenVINO bf16 "
-          "| fastest f32 peer / mplug-rs bf16 | fastest bf16 peer / mplug-rs bf16 |")
+bf16_peers = {
+    "vision_b1_384": [("engines", exact("torch_autocast_bf16_vision_b1")),
+                      ("engines", engine("openvino_", "_bf16_vision_b1"))],
+    "vision_b8_384": [("engines", exact("torch_autocast_bf16_vision_b8")),
+                      ("engines", engine("openvino_", "_bf16_vision_b8"))],
+}
+def reduced_table(side, label, what):
+    """mplug-rs with `label` weights beside the peers in f32 and in bf16."""
+    if not any(r["side"] == side for r in rows):
+        return
+    print(f"\nWith {label} weights (mplug-rs `--dtype {label}`: {what}; peers: PyTorch's bf16 autocast, "
+          f"OpenVINO's bf16 hint), median seconds; ratios = the peer's time / mplug-rs {label}'s time.\n")
+    print(f"| work | mplug-rs {label} | mplug-rs f32 | fastest f32 peer | PyTorch bf16 | OpenVINO bf16 "
+          f"| fastest f32 peer / mplug-rs {label} | fastest bf16 peer / mplug-rs {label} |")
     print("|---|---|---|---|---|---|---|---|")
-    bf16_peers = {
-        "vision_b1_384": [("engines", exact("torch_autocast_bf16_vision_b1")),
-                          ("engines", engine("openvino_", "_bf16_vision_b1"))],
-        "vision_b8_384": [("engines", exact("torch_autocast_bf16_vision_b8")),
-                          ("engines", engine("openvino_", "_bf16_vision_b8"))],
-    }
     for title, ours, theirs in work[:4]:
         name = next(r["name"] for r in rows if ours(r["name"])) if any(ours(r["name"]) for r in rows) else None
-        b = med("mplug_bf16", ours)
+        b = med(side, ours)
         f = med("mplug", ours)
         f32_peer = [t for t in (med(*theirs[p]) for p in theirs) if t is not None]
         f32_best = min(f32_peer) if f32_peer else None
@@ -164,6 +173,10 @@ if any(r["side"] == "mplug_bf16" for r in rows):
         r1 = f"{f32_best / b:.2f}x" if b and f32_best else "n/a"
         r2 = f"{min(bf_known) / b:.2f}x" if b and bf_known else "n/a"
         print(f"| {title.replace(' f32', '')} | {fmt(b)} | {fmt(f)} | {fmt(f32_best)} | {fmt(pb[0])} | {fmt(pb[1])} | {r1} | {r2} |")
+reduced_table("mplug_bf16", "bf16", "linear weights in bf16, products of many rows in bf16 dot products "
+              "where the CPU has AVX512-BF16")
+reduced_table("mplug_int8", "int8", "linear weights in int8 per output, input rows quantized per call, "
+              "integer dot products where the CPU has AVX512-VNNI, the tower's attention in bf16")
 extra = [r for r in rows if r["side"] == "mplug" and r["name"].startswith(("itm_", "peak_memory"))]
 for name in dict.fromkeys(r["name"] for r in extra):
     vals = [r for r in extra if r["name"] == name]
