@@ -7,8 +7,8 @@
 //! seen in training) and `examples.json`: per image, questions and referring expressions; per
 //! clip, questions; and the texts that retrieval ranks.
 
-use crate::model_args::load_model;
 use crate::model_args::ConfigArgs;
+use crate::model_args::{load_model, WeightDtype};
 use anyhow::{Context, Result};
 use mplug::pipeline::{Pipeline, Visual};
 use mplug::{BeamConfig, Task};
@@ -85,7 +85,7 @@ fn grounding_model(a: &DemoArgs, model: &Path) -> PathBuf {
 }
 
 fn load(model: &Path, task: Task) -> Result<Pipeline> {
-    Ok(load_model(model, &ConfigArgs::default(), Some(task))?.pipeline)
+    Ok(load_model(model, &ConfigArgs::default(), Some(task), WeightDtype::F32)?.pipeline)
 }
 
 fn beam(min: usize, max: usize) -> BeamConfig {

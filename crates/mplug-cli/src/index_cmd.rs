@@ -3,7 +3,6 @@
 
 use crate::model_args::{load_model, locate, ModelArgs};
 use anyhow::{Context, Result};
-use candle_core::Device;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mplug::index::{
     AddOptions, Location, ModelIdentity, OpenOptions, Query, SearchOptions, TokenStorage,
@@ -110,7 +109,7 @@ fn retrieval_model(args: &ModelArgs) -> Result<(ModelIdentity, Pipeline)> {
         Some(Task::Retrieval),
     )?;
     let identity = ModelIdentity::of_checkpoint(&source.config, &source.checkpoint)?;
-    let pipeline = source.load(Some(Task::Retrieval), &Device::Cpu)?.pipeline;
+    let pipeline = args.dtype.load(&source, Some(Task::Retrieval))?.pipeline;
     Ok((identity, pipeline))
 }
 
@@ -150,11 +149,17 @@ pub fn index(a: &IndexArgs) -> Result<()> {
         .unwrap_or_else(|| Location::Folder(a.dir.join(DEFAULT_INDEX_DIR)));
     let (identity, pipeline) = retrieval_model(&a.model)?;
     let captioner = match (&a.caption_model, a.captions) {
-        (Some(path), _) => Some(load_model(path, &a.model.config, Some(Task::Caption))?),
+        (Some(path), _) => Some(load_model(
+            path,
+            &a.model.config,
+            Some(Task::Caption),
+            a.model.dtype,
+        )?),
         (None, true) => Some(load_model(
             &crate::default_model::for_task(Some(Task::Caption))?,
             &a.model.config,
             Some(Task::Caption),
+            a.model.dtype,
         )?),
         (None, false) => None,
     };

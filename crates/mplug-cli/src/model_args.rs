@@ -76,6 +76,22 @@ impl WeightDtype {
             WeightDtype::Bf16 => DType::BF16,
         }
     }
+
+    /// Loads `source` for `task` (or the task it names or its keys show) on the CPU, its
+    /// weights held this way.
+    pub fn load(self, source: &ModelSource, task: Option<Task>) -> Result<LoadedModel> {
+        let load = || source.load_as(task, &Device::Cpu, self.dtype());
+        Ok(if self == WeightDtype::Int8 {
+            if !mplug::model::kernels::int8_dots::available() {
+                eprintln!(
+                    "note: this CPU has no AVX512-VNNI; int8 weights run in a slow portable loop"
+                );
+            }
+            mplug::model::ops::with_int8_weights(load)?
+        } else {
+            load()?
+        })
+    }
 }
 
 /// Where the configuration comes from when not from the model folder.
@@ -135,10 +151,16 @@ pub fn locate(model: &Path, config: &ConfigArgs, task: Option<Task>) -> Result<M
     })
 }
 
-/// Loads `model` for `task` (or the task its folder names or its keys show) on the CPU.
-pub fn load_model(model: &Path, config: &ConfigArgs, task: Option<Task>) -> Result<LoadedModel> {
+/// Loads `model` for `task` (or the task its folder names or its keys show) on the CPU, its
+/// weights held as `dtype` says.
+pub fn load_model(
+    model: &Path,
+    config: &ConfigArgs,
+    task: Option<Task>,
+    dtype: WeightDtype,
+) -> Result<LoadedModel> {
     // Library errors name the checkpoint file; no context needed.
-    Ok(locate(model, config, task)?.load(task, &Device::Cpu)?)
+    dtype.load(&locate(model, config, task)?, task)
 }
 
 impl ModelArgs {
@@ -149,18 +171,6 @@ impl ModelArgs {
 
     /// Loads the pipeline for `task` on the CPU; a model made for another task is refused.
     pub fn load(&self, task: Task) -> Result<Pipeline> {
-        let source = locate(&self.path(task)?, &self.config, Some(task))?;
-        let load = || source.load_as(Some(task), &Device::Cpu, self.dtype.dtype());
-        let loaded = if self.dtype == WeightDtype::Int8 {
-            if !mplug::model::kernels::int8_dots::available() {
-                eprintln!(
-                    "note: this CPU has no AVX512-VNNI; int8 weights run in a slow portable loop"
-                );
-            }
-            mplug::model::ops::with_int8_weights(load)?
-        } else {
-            load()?
-        };
-        Ok(loaded.pipeline)
+        Ok(load_model(&self.path(task)?, &self.config, Some(task), self.dtype)?.pipeline)
     }
 }

@@ -10,7 +10,7 @@
 //! - `pool`: the tower at batch 1 run on the pool's own threads (`kernels::on_pool`) against
 //!   called from the main thread;
 //! - `passes`: the tower at batch 8 in passes of its default size
-//!   (`VisualEncoder::images_per_pass`, four images at 384 px) against passes of 1, 2 and 8
+//!   (`VisualEncoder::images_per_pass`, one image at 384 px) against passes of 1, 2 and 8
 //!   images, with f32 and with compact bf16 weights;
 //! - `bf16`: the tower at batch 1 with f32 weights against compact bf16 weights (bf16 dot
 //!   products where the CPU has AVX512-BF16).

@@ -21,7 +21,7 @@ mod openapi;
 mod pages;
 mod request;
 
-use crate::model_args::{load_model, ConfigArgs};
+use crate::model_args::{load_model, ConfigArgs, WeightDtype};
 use anyhow::{Context, Result};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// Address to listen on (port 0: any free port; the bound address is printed on stderr).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: String,
+    /// Weights in memory for every model served: `f32`, `bf16` or `int8` (as for the task
+    /// commands' `--dtype`).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: WeightDtype,
     /// Largest request body in bytes (over it: 413).
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -381,7 +385,7 @@ fn load_models(a: &ServeArgs) -> Result<Vec<(Task, PathBuf, mplug::model_dir::Lo
     }
     let mut loaded: Vec<(Task, PathBuf, mplug::model_dir::LoadedModel)> = Vec::new();
     for (task, path) in wanted {
-        let model = load_model(&path, &a.config, task)?;
+        let model = load_model(&path, &a.config, task, a.dtype)?;
         let task = model.task;
         if task == Task::Pretrain {
             anyhow::bail!(

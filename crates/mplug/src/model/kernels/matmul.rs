@@ -109,11 +109,12 @@ pub unsafe fn gemm_strided(
 }
 
 /// oneDNN's `dnnl_sgemm` (feature `dnnl`: Debian's `libdnnl-dev`, or any oneDNN 2.x or 3.x on
-/// the linker's path): its JIT-compiled AVX-512 kernels run the towers' large products at
-/// 290-330 GFLOP/s on this project's 2-core machine against `gemm`'s 210-240
-/// (`examples/kernel_speed`; `examples/fma_peak` puts the f32 peak at 290-350 run to run). A
-/// C library, so behind a feature: the default build stays pure Rust. Each product is split by columns among candle's pool and run
-/// single-threaded in each of its threads: oneDNN's own OpenMP threads, spinning beside the
+/// the linker's path): its JIT-compiled AVX-512 kernels ran the towers' large products at
+/// 290-330 GFLOP/s on the 2-core Intel machine of earlier sessions against `gemm`'s 210-240
+/// (`examples/kernel_speed`; `examples/fma_peak` put that machine's f32 peak at 290-350), and
+/// at about 95 % of the 226-230 GFLOP/s peak of the AMD machine since. A C library, so behind
+/// a feature: the default build stays pure Rust. Each product is split among candle's pool
+/// and run single-threaded in each of its threads: oneDNN's own OpenMP threads, spinning beside the
 /// pool's between products, made the tower slower than without oneDNN. The one C function is
 /// declared here by hand: the -sys crates on crates.io are at 0.0.1 and either build oneDNN
 /// from source with cmake (`onednn-sys`) or need Intel's oneAPI install (`onednnl-sys`).
@@ -189,8 +190,8 @@ mod dnnl {
         // Products with fewer outputs than inputs (the MLP's second layer: 768 outputs of
         // 3072 inputs) split by rows, the rest by columns: a column split would leave each
         // thread a narrow strip of 384 columns, which ran at 230-290 GFLOP/s against 270-330
-        // by rows, measured in turns in one process (`examples/kernel_speed`'s shapes); the
-        // other shapes ran alike either way.
+        // by rows on the Intel machine, measured in turns in one process
+        // (`examples/kernel_speed`'s shapes); the other shapes ran alike either way.
         let parts: Vec<(Range<usize>, Range<usize>)> = if n < k {
             let parts = threads.min(m.div_ceil(16)).max(1);
             (0..parts)
