@@ -4,8 +4,10 @@
 //! tensor that needs no gradient (a loaded checkpoint at inference), [`super::ops`] and
 //! [`super::attention`] send the hot operations here instead: linear layers with their bias,
 //! activation and residual applied in one pass ([`linear`]), and fused multi-head attention
-//! reading the projections in place ([`attention`]). Training, other dtypes and other devices
-//! keep candle's differentiable operations, which compute the same values up to rounding.
+//! reading the projections in place ([`attention`]). Layers built with reduced-precision
+//! weights multiply in [`bf16_dots`] (compact bf16 weights) or [`int8_dots`] (int8 weights).
+//! Training, other dtypes and other devices keep candle's differentiable operations, which
+//! compute the same values up to rounding.
 //!
 //! Setting `MPLUG_CANDLE_OPS=1` turns these kernels off (to compare, or to profile candle's
 //! path); the results agree within the golden tolerances either way.
