@@ -1,6 +1,8 @@
 //! The machine's f32 peak: independent AVX-512 fused multiply-adds (24 accumulators, enough to
 //! hide their latency) on each of 1 and `RAYON_NUM_THREADS` (default 2) threads, in GFLOP/s.
-//! The ceiling the matrix kernels' figures (`examples/kernel_speed`) are read against.
+//! The ceiling the matrix kernels' figures (`examples/kernel_speed`) are read against. Then the
+//! same for bf16 dot products and, for int8 weights, AVX512-VNNI byte dot products (integer
+//! operations counted as FLOPs are: a multiply and an add each).
 //! `cargo run --release -p mplug --example fma_peak`.
 
 #[cfg(target_arch = "x86_64")]
@@ -42,6 +44,26 @@ fn bf16_dots(iters: u64) -> f32 {
     _mm512_reduce_add_ps(sum)
 }
 
+/// The same with byte dot products (`vpdpbusd`: per lane four u8 x s8 products added to an i32
+/// accumulator, 128 operations an instruction).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+fn byte_dots(iters: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_si512(); 24];
+    let (a, b) = (_mm512_set1_epi8(3), _mm512_set1_epi8(-1));
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm512_dpbusd_epi32(*x, a, b);
+        }
+    }
+    let mut sum = _mm512_setzero_si512();
+    for x in acc {
+        sum = _mm512_add_epi32(sum, x);
+    }
+    _mm512_reduce_add_epi32(sum) as f32
+}
+
 #[cfg(target_arch = "x86_64")]
 fn main() {
     if !std::arch::is_x86_feature_detected!("avx512f") {
@@ -61,6 +83,14 @@ fn main() {
     // SAFETY: AVX-512F and AVX512-BF16 are present (checked above).
     peak(most, "bf16 dot products", 32.0 * 2.0, || unsafe {
         bf16_dots(ITERS)
+    });
+    if !std::arch::is_x86_feature_detected!("avx512vnni") {
+        println!("this CPU has no AVX512-VNNI byte dot products");
+        return;
+    }
+    // SAFETY: AVX-512F and AVX512-VNNI are present (checked above).
+    peak(most, "int8 dot products", 64.0 * 2.0, || unsafe {
+        byte_dots(ITERS)
     });
 }
 
