@@ -51,7 +51,7 @@ const BLOCK_K: usize = 2048;
 /// Output columns per block.
 const BLOCK_N: usize = 256;
 /// The largest input count whose sums cannot overflow 32 bits: `k x 255 x 127 < 2^31`.
-const MAX_INPUTS: usize = (i32::MAX as usize) / (255 * 127);
+pub const MAX_INPUTS: usize = (i32::MAX as usize) / (255 * 127);
 
 /// A linear layer's weight in int8: `(k, n)` (inputs by outputs) as `q[i][j] * scale[j]`.
 #[derive(Debug, Clone)]

@@ -420,12 +420,16 @@ pub fn linear_int8(
 
 /// The weight of a linear layer (`(n, k)`, stored transposed at load: see
 /// [`super::ops::Linear::new`]) quantized to int8 ([`int8_dots::Int8Weight::quantize`]);
-/// `None` for any other weight.
+/// `None` for any other weight, and for one with more inputs than 32-bit sums can hold
+/// ([`int8_dots::MAX_INPUTS`], far beyond any released model's), which stays f32.
 pub fn int8_of(weight: &Tensor) -> Result<Option<int8_dots::Int8Weight>> {
     if !applies(&[weight]) || weight.rank() != 2 {
         return Ok(None);
     }
     let (n, k) = weight.dims2()?;
+    if k > int8_dots::MAX_INPUTS {
+        return Ok(None);
+    }
     let transposed = weight.t()?;
     if !transposed.is_contiguous() || weight.is_contiguous() {
         return Ok(None);
@@ -589,6 +593,17 @@ fn attention_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Weights are quantized up to the input count 32-bit sums can hold, and kept f32 past it
+    /// (instead of a panic at load).
+    #[test]
+    fn int8_keeps_f32_past_the_sums_range() {
+        for (k, quantized) in [(64, true), (int8_dots::MAX_INPUTS + 1, false)] {
+            let w = Tensor::ones((3, k), DType::F32, &Device::Cpu).unwrap();
+            let w = transposed_weight(&w, DType::F32).unwrap();
+            assert_eq!(int8_of(&w).unwrap().is_some(), quantized, "{k} inputs");
+        }
+    }
 
     /// The LayerNorm kernel against LayerNorm in f64 (two passes), for rows as wide as the
     /// towers' and with a tail past the vector lanes, rows of very different scales and a large
