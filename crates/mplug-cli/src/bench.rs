@@ -273,10 +273,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let cfg = MplugConfig::preset(&args.preset)?;
     // int8 is a way of holding f32 weights, not a tensor dtype.
     let int8 = args.dtype == "int8";
-    let dtype = if int8 {
-        DType::F32
-    } else {
-        crate::convert::dtype(&args.dtype)?
+    let dtype = match args.dtype.as_str() {
+        "int8" => DType::F32,
+        "f32" | "bf16" | "f16" => crate::convert::dtype(&args.dtype)?,
+        other => bail!("unknown --dtype `{other}` (expected f32, bf16, int8 or f16)"),
     };
     if args.batch_size.contains(&0) {
         bail!("--batch-size must be at least 1");

@@ -455,6 +455,25 @@ fn bench_prints_every_figure_as_json() {
         "{}",
         o.stdout
     );
+    // int8 weights measure too; an unknown weight type is refused with the known ones named.
+    let o = mplug_ok(&[
+        "bench",
+        "--preset",
+        "tiny",
+        "--runs",
+        "1",
+        "--only",
+        "tower",
+        "--batch-size",
+        "1",
+        "--dtype",
+        "int8",
+        "--json",
+    ]);
+    let lines = json_lines(&o.stdout);
+    assert_eq!(lines[0]["dtype"], "int8", "{}", o.stdout);
+    assert!(lines[1]["median_s"].as_f64().unwrap() > 0.0, "{}", o.stdout);
+    mplug_fails(&["bench", "--preset", "tiny", "--dtype", "int4"], "int8");
 }
 
 #[test]
