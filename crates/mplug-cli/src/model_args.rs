@@ -70,6 +70,15 @@ pub enum WeightDtype {
 }
 
 impl WeightDtype {
+    /// The name `--dtype` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "f32",
+            WeightDtype::Bf16 => "bf16",
+            WeightDtype::Int8 => "int8",
+        }
+    }
+
     fn dtype(self) -> DType {
         match self {
             WeightDtype::F32 | WeightDtype::Int8 => DType::F32,

@@ -1156,3 +1156,19 @@ fn serve_refuses_a_bad_body_timeout() {
         "--body-timeout",
     );
 }
+
+/// `--dtype int8` serves every model with int8 weights: `/v1/info` says so, and a caption
+/// is the command line's with `--dtype int8`, score included (f32 weights score otherwise).
+#[test]
+fn serves_int8_weights_as_the_command_line_computes_them() {
+    let server = Server::with_args(&["--dtype", "int8", "--task", "caption"]);
+    assert_eq!(server.get("/v1/info").json()["dtype"], "int8");
+    let img = image("gray.png");
+    let cli = mplug_ok(&["caption", "--dtype", "int8", "--json", s(&img)]);
+    let cli: Value = serde_json::from_str(cli.stdout.trim()).unwrap();
+    let r = server.post_json("/v1/caption", &json!({"image": image_b64("gray.png")}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let served = &r.json()["captions"][0];
+    assert_eq!(served["caption"], cli["captions"][0]["caption"]);
+    assert_eq!(served["score"], cli["captions"][0]["score"]);
+}

@@ -493,6 +493,7 @@ pub fn run(a: &ServeArgs) -> Result<()> {
         "models": models_info,
         "examples": examples,
         "limits": limits,
+        "dtype": a.dtype.name(),
         "version": env!("CARGO_PKG_VERSION"),
     });
     let pixels = engine::PixelBudget::new(limits.max_pixels_in_flight);

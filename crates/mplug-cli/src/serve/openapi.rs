@@ -76,7 +76,7 @@ pub fn document(tasks: &[Task], max_beam: usize, max_len: usize) -> Value {
         },
         "paths": {
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Up", "content": {"application/json": {"schema": {"type": "object", "properties": {"status": {"type": "string"}, "task": {"type": "string"}}}}}}}}},
-            "/v1/info": {"get": {"summary": "The loaded model: task, configuration, limits", "responses": {"200": {"description": "Model information", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/v1/info": {"get": {"summary": "The loaded models: tasks, configurations, weight type (dtype), limits", "responses": {"200": {"description": "Model information", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics: requests by endpoint and status, latency histograms, in-flight requests, batching", "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/v1/models": {"get": {"summary": "OpenAI-compatible list of models: mplug-<task> per task served", "responses": {"200": {"description": "Models", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.0", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
