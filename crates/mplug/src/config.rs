@@ -327,6 +327,22 @@ impl MplugConfig {
                 b.layer_norm_eps
             ));
         }
+        // A zero width would build layers without inputs or outputs: nothing a checkpoint
+        // holds, and a degenerate case for every product kernel.
+        for (name, size) in [
+            ("vision width", v.width),
+            ("vision_width", self.vision_width),
+            ("embed_dim", self.embed_dim),
+            ("hidden_size", b.hidden_size),
+            ("intermediate_size", b.intermediate_size),
+            ("encoder_width", b.encoder_width),
+            ("vocab_size", b.vocab_size),
+            ("max_position_embeddings", b.max_position_embeddings),
+        ] {
+            if size == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
         if v.heads == 0 || !v.width.is_multiple_of(v.heads) {
             return Err(format!(
                 "vision width {} is not divisible by {} heads",
@@ -449,6 +465,20 @@ mod tests {
         let mut cfg = MplugConfig::tiny();
         cfg.image_res = 0;
         assert!(cfg.validate().unwrap_err().contains("image_res"));
+        for (name, zero) in [
+            (
+                "vision width",
+                (|c: &mut MplugConfig| c.vision.width = 0) as fn(&mut MplugConfig),
+            ),
+            ("embed_dim", |c| c.embed_dim = 0),
+            ("hidden_size", |c| c.bert.hidden_size = 0),
+            ("intermediate_size", |c| c.bert.intermediate_size = 0),
+            ("vocab_size", |c| c.bert.vocab_size = 0),
+        ] {
+            let mut cfg = MplugConfig::tiny();
+            zero(&mut cfg);
+            assert!(cfg.validate().unwrap_err().contains(name), "{name}");
+        }
         for eps in [-1.0, 0.0, f64::NAN, f64::INFINITY] {
             let mut cfg = MplugConfig::tiny();
             cfg.bert.layer_norm_eps = eps;

@@ -182,8 +182,9 @@ impl Int8Weight {
         let kq = k.next_multiple_of(4);
         let (xq, row_scales) = quantize_rows(x, m, k, kq, threads);
         let threads = threads.max(1);
+        // Without inputs no block would store a cell: the portable loop writes the zeros.
         #[cfg(target_arch = "x86_64")]
-        if fast && available() {
+        if fast && available() && k > 0 {
             let mut out = Vec::<f32>::with_capacity(m * n);
             let dst = SendPtr(out.as_mut_ptr());
             self.parts(m, threads)
@@ -201,25 +202,23 @@ impl Int8Weight {
             unsafe { out.set_len(m * n) };
             return out;
         }
+        #[cfg(not(target_arch = "x86_64"))]
         let _ = fast;
         let mut out = vec![0f32; m * n];
-        let dst = SendPtr(out.as_mut_ptr());
-        (0..m).into_par_iter().for_each(|r| {
-            #[allow(clippy::redundant_locals)]
-            let dst = dst;
-            let a = &xq[r * kq..(r + 1) * kq];
-            // SAFETY: each task writes only its own row of `out`, which holds (m, n).
-            let row = unsafe { std::slice::from_raw_parts_mut(dst.0.add(r * n), n) };
-            for (j, cell) in row.iter_mut().enumerate() {
-                let mut acc = self.start[j];
-                for (i, &u) in a[..k].iter().enumerate() {
-                    acc += u as i32 * self.at(i, j) as i32;
+        out.par_chunks_mut(n.max(1))
+            .enumerate()
+            .for_each(|(r, row)| {
+                let a = &xq[r * kq..(r + 1) * kq];
+                for (j, cell) in row.iter_mut().enumerate() {
+                    let mut acc = self.start[j];
+                    for (i, &u) in a[..k].iter().enumerate() {
+                        acc += u as i32 * self.at(i, j) as i32;
+                    }
+                    *cell = acc as f32 * row_scales[r] * self.scales[j];
                 }
-                *cell = acc as f32 * row_scales[r] * self.scales[j];
-            }
-            // SAFETY: the row's cells, this task's alone.
-            unsafe { epilogue.apply(row.as_mut_ptr(), n, n, r, 1, 0, n) };
-        });
+                // SAFETY: the row's cells, this task's alone.
+                unsafe { epilogue.apply(row.as_mut_ptr(), n, n, r, 1, 0, n) };
+            });
         out
     }
 
@@ -628,6 +627,17 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// A layer without inputs gives its bias (every sum is empty), on either loop.
+    #[test]
+    fn no_inputs_give_the_bias() {
+        let q = Int8Weight::quantize(&[], 0, 20);
+        let bias: Vec<f32> = (0..20).map(|j| j as f32).collect();
+        for fast in [false, true] {
+            let got = q.product_with(&[], 3, Some(&bias), Activation::None, None, 2, fast);
+            assert_eq!(got, [bias.clone(), bias.clone(), bias.clone()].concat());
         }
     }
 
