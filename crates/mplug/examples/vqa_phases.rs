@@ -1,6 +1,7 @@
 //! Where VQA's time goes (base shapes, random weights, f32): the tower, the question through
 //! the text encoder and fusion, the decoder's cross-attention keys and values, and each
-//! decoding step of five beams (the layers, then the vocabulary head). Medians of `ROUNDS`.
+//! decoding step of five beams (the layers, then the vocabulary head). Medians of `ROUNDS`;
+//! `INT8=1` builds the model with int8 weights.
 //! `RAYON_NUM_THREADS=2 cargo run --release -p mplug --example vqa_phases`
 
 use candle_core::{DType, Device, Tensor};
@@ -23,12 +24,19 @@ fn main() {
     let cfg = MplugConfig::base();
     let dev = Device::Cpu;
     let tensors = mplug::model::random_tensors(&cfg, Task::Vqa, DType::F32).unwrap();
-    let model = Mplug::new(
-        &cfg,
-        Task::Vqa,
-        VarBuilder::from_tensors(tensors, DType::F32, &dev),
-    )
-    .unwrap();
+    let build = || {
+        Mplug::new(
+            &cfg,
+            Task::Vqa,
+            VarBuilder::from_tensors(tensors, DType::F32, &dev),
+        )
+        .unwrap()
+    };
+    let model = if std::env::var("INT8").is_ok_and(|v| v == "1") {
+        mplug::model::ops::with_int8_weights(build)
+    } else {
+        build()
+    };
     let res = cfg.image_res;
     let image = Tensor::randn(0f32, 1.0, (1, 3, res, res), &dev).unwrap();
     let q: Vec<u32> = vec![101, 2054, 3609, 2003, 1996, 4937, 1029, 102];
