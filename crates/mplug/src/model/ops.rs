@@ -147,7 +147,9 @@ impl Linear {
     /// Built inside [`with_compact_weights`], such a weight is also rounded to bf16 and packed
     /// in compact panels ([`super::kernels::panels`]), the one layout both its products read:
     /// few rows widen it for f32 arithmetic, many multiply in bf16 dot products where the CPU
-    /// has them (see [`super::kernels::panels::product`]).
+    /// has them (see [`super::kernels::panels::product`]). Built inside
+    /// [`with_int8_weights`], it is quantized to int8 instead
+    /// ([`super::kernels::int8_dots`]).
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         if super::kernels::applies(&[&weight]) && weight.rank() == 2 {
             let format = FORMAT.get();
@@ -185,7 +187,8 @@ impl Linear {
     /// rows run slower in panels than in the transposed layout inside a model (the visual
     /// tower in panels took 0.580-0.606 s against 0.555-0.563 s, in turns), so layers that
     /// always take many rows are not packed. A no-op for other weights (trainable ones,
-    /// another device, the kernels off) and for compact ones, which are packed from the start.
+    /// another device, the kernels off) and for compact and int8 ones, which are packed from
+    /// the start.
     pub fn pack_for_few_rows(&mut self) -> Result<()> {
         if let Weight::Tensor(w) = &self.weight {
             if let Some(p) = super::kernels::panels_of(w)? {

@@ -18,9 +18,9 @@
 //! product another 3.6 % (`RUNS=30 WINDOW=50%-100% ONLY=tower DTYPE=bf16 FEATURES=dnnl
 //! scripts/profile-tower.sh`): that pass now runs on each tile of rows as it completes.
 
-#[cfg(target_arch = "x86_64")]
-use super::matmul::Epilogue;
 use super::matmul::SendPtr;
+#[cfg(target_arch = "x86_64")]
+use super::matmul::{strip_parts, Epilogue};
 use super::simd::Activation;
 use rayon::prelude::*;
 
@@ -139,23 +139,7 @@ mod imp {
                 }
             });
         let mut out = Vec::<f32>::with_capacity(m * n);
-        let strips = n.div_ceil(STRIP);
-        // Parts of whole column strips, one per thread; with fewer strips than threads, parts of
-        // rows instead.
-        let parts: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = if strips >= threads {
-            (0..threads)
-                .map(|p| {
-                    let s0 = strips * p / threads;
-                    let s1 = strips * (p + 1) / threads;
-                    (0..m, (s0 * STRIP).min(n)..(s1 * STRIP).min(n))
-                })
-                .collect()
-        } else {
-            let parts = threads.min(m.div_ceil(TILE_ROWS)).max(1);
-            (0..parts)
-                .map(|p| (m * p / parts..m * (p + 1) / parts, 0..n))
-                .collect()
-        };
+        let parts = strip_parts(m, n, STRIP, TILE_ROWS, threads);
         let dst = SendPtr(out.as_mut_ptr());
         parts
             .into_par_iter()

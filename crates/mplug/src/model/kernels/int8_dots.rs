@@ -21,7 +21,7 @@
 //! portable loop used on CPUs without AVX512-VNNI gives the same bits, slowly (it is there
 //! so that an int8 model runs anywhere; it is not meant to be fast).
 
-use super::matmul::{Epilogue, SendPtr};
+use super::matmul::{self, Epilogue, SendPtr};
 use super::simd::Activation;
 use rayon::prelude::*;
 
@@ -187,7 +187,7 @@ impl Int8Weight {
         if fast && available() && k > 0 {
             let mut out = Vec::<f32>::with_capacity(m * n);
             let dst = SendPtr(out.as_mut_ptr());
-            self.parts(m, threads)
+            matmul::strip_parts(m, n, STRIP, TILE_ROWS, threads)
                 .into_par_iter()
                 .filter(|(r, c)| !r.is_empty() && !c.is_empty())
                 .for_each(|(rows, cols)| {
@@ -220,31 +220,6 @@ impl Int8Weight {
                 unsafe { epilogue.apply(row.as_mut_ptr(), n, n, r, 1, 0, n) };
             });
         out
-    }
-
-    /// Parts of whole column strips, one per thread; with fewer strips than threads, parts of
-    /// rows instead.
-    fn parts(
-        &self,
-        m: usize,
-        threads: usize,
-    ) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> {
-        let n = self.n;
-        let strips = n.div_ceil(STRIP);
-        if strips >= threads {
-            (0..threads)
-                .map(|p| {
-                    let s0 = strips * p / threads;
-                    let s1 = strips * (p + 1) / threads;
-                    (0..m, (s0 * STRIP).min(n)..(s1 * STRIP).min(n))
-                })
-                .collect()
-        } else {
-            let parts = threads.min(m.div_ceil(TILE_ROWS)).max(1);
-            (0..parts)
-                .map(|p| (m * p / parts..m * (p + 1) / parts, 0..n))
-                .collect()
-        }
     }
 }
 

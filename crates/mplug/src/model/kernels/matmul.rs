@@ -24,6 +24,35 @@ pub fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
 
+/// How a product of `m` rows by `n` columns, in strips of `strip` columns and tiles of
+/// `tile_rows` rows, is split among `threads` threads: whole strips, one range per thread; with
+/// fewer strips than threads, ranges of rows instead (of whole tiles where the rows allow). The
+/// split of [`super::bf16_dots`] and [`super::int8_dots`]; some parts may be empty.
+pub(crate) fn strip_parts(
+    m: usize,
+    n: usize,
+    strip: usize,
+    tile_rows: usize,
+    threads: usize,
+) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+    let threads = threads.max(1);
+    let strips = n.div_ceil(strip);
+    if strips >= threads {
+        (0..threads)
+            .map(|p| {
+                let s0 = strips * p / threads;
+                let s1 = strips * (p + 1) / threads;
+                (0..m, (s0 * strip).min(n)..(s1 * strip).min(n))
+            })
+            .collect()
+    } else {
+        let parts = threads.min(m.div_ceil(tile_rows)).max(1);
+        (0..parts)
+            .map(|p| (m * p / parts..m * (p + 1) / parts, 0..n))
+            .collect()
+    }
+}
+
 /// `dst (m, n) = a (m, k) @ b` where `b`'s element `(kk, j)` is at `b[kk * b_rs + j * b_cs]`;
 /// `a` rows have stride `a_rs`, `dst` rows stride `dst_rs`.
 ///

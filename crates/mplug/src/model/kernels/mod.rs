@@ -356,18 +356,27 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
     Tensor::from_vec(y, x.dims(), &Device::Cpu).map(Some)
 }
 
-/// The weight of a linear layer (`(n, k)`, stored transposed at load, f32 or compact bf16: see
-/// [`super::ops::Linear::new`]) packed in [`panels::Panels`] for products of few rows; `None`
-/// for any other weight (a trainable one, one on another device, the kernels off).
-pub fn panels_of(weight: &Tensor) -> Result<Option<panels::Panels>> {
-    if !applies_weight(weight) || weight.rank() != 2 {
+/// A linear layer's `(n, k)` weight as stored transposed at load ([`transposed_weight`]): its
+/// contiguous `(k, n)` view with `k` and `n`; `None` for a weight of another rank or layout.
+fn stored_transposed(weight: &Tensor) -> Result<Option<(Tensor, usize, usize)>> {
+    if weight.rank() != 2 || weight.is_contiguous() {
         return Ok(None);
     }
     let (n, k) = weight.dims2()?;
     let transposed = weight.t()?;
-    if !transposed.is_contiguous() || weight.is_contiguous() {
+    Ok(transposed.is_contiguous().then_some((transposed, k, n)))
+}
+
+/// The weight of a linear layer (`(n, k)`, stored transposed at load, f32 or compact bf16: see
+/// [`super::ops::Linear::new`]) packed in [`panels::Panels`] for products of few rows; `None`
+/// for any other weight (a trainable one, one on another device, the kernels off).
+pub fn panels_of(weight: &Tensor) -> Result<Option<panels::Panels>> {
+    if !applies_weight(weight) {
         return Ok(None);
     }
+    let Some((transposed, k, n)) = stored_transposed(weight)? else {
+        return Ok(None);
+    };
     let (storage, layout) = transposed.storage_and_layout();
     let start = layout.start_offset();
     Ok(match &*storage {
@@ -423,15 +432,13 @@ pub fn linear_int8(
 /// `None` for any other weight, and for one with more inputs than 32-bit sums can hold
 /// ([`int8_dots::MAX_INPUTS`], far beyond any released model's), which stays f32.
 pub fn int8_of(weight: &Tensor) -> Result<Option<int8_dots::Int8Weight>> {
-    if !applies(&[weight]) || weight.rank() != 2 {
+    if !applies(&[weight]) {
         return Ok(None);
     }
-    let (n, k) = weight.dims2()?;
+    let Some((transposed, k, n)) = stored_transposed(weight)? else {
+        return Ok(None);
+    };
     if k > int8_dots::MAX_INPUTS {
-        return Ok(None);
-    }
-    let transposed = weight.t()?;
-    if !transposed.is_contiguous() || weight.is_contiguous() {
         return Ok(None);
     }
     with_values(&transposed, |w| {
