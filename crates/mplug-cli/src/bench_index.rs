@@ -103,6 +103,7 @@ pub fn run(n: usize, dim: usize, store: Option<&str>) -> Result<()> {
         mtime_ns: 0,
         fingerprint: "bench".into(),
         embed_dim: dim,
+        weights: Default::default(),
     };
     let options = OpenOptions {
         tokens: TokenStorage::None,

@@ -108,7 +108,8 @@ fn retrieval_model(args: &ModelArgs) -> Result<(ModelIdentity, Pipeline)> {
         &args.config,
         Some(Task::Retrieval),
     )?;
-    let identity = ModelIdentity::of_checkpoint(&source.config, &source.checkpoint)?;
+    let identity =
+        ModelIdentity::of_checkpoint(&source.config, &source.checkpoint, args.dtype.format())?;
     let pipeline = args.dtype.load(&source, Some(Task::Retrieval))?.pipeline;
     Ok((identity, pipeline))
 }

@@ -72,10 +72,16 @@ pub enum WeightDtype {
 impl WeightDtype {
     /// The name `--dtype` takes.
     pub fn name(self) -> &'static str {
+        self.format().name()
+    }
+
+    /// How the library holds the linear layers' weights for it.
+    pub fn format(self) -> mplug::model::ops::WeightFormat {
+        use mplug::model::ops::WeightFormat;
         match self {
-            WeightDtype::F32 => "f32",
-            WeightDtype::Bf16 => "bf16",
-            WeightDtype::Int8 => "int8",
+            WeightDtype::F32 => WeightFormat::F32,
+            WeightDtype::Bf16 => WeightFormat::Bf16,
+            WeightDtype::Int8 => WeightFormat::Int8,
         }
     }
 

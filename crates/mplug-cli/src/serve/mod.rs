@@ -426,7 +426,8 @@ fn search_index(
         anyhow::bail!("--index and --store need a retrieval model to search with");
     };
     let source = crate::model_args::locate(path, &a.config, Some(Task::Retrieval))?;
-    let identity = ModelIdentity::of_checkpoint(&source.config, &source.checkpoint)?;
+    let identity =
+        ModelIdentity::of_checkpoint(&source.config, &source.checkpoint, a.dtype.format())?;
     let options = OpenOptions {
         existing: true,
         ..OpenOptions::default()

@@ -223,13 +223,10 @@ impl FolderStore {
         }
         if !manifest.model.same_model(model) {
             return Err(Error::Unsupported(format!(
-                "the index in {} was made by another model ({}, {} bytes), not by {} ({} bytes); \
-                 search with that model or rebuild the index (`mplug index --rebuild`)",
+                "cannot use the index in {}: {}; search with that model or rebuild the index \
+                 (`mplug index --rebuild`)",
                 dir.display(),
-                manifest.model.checkpoint.display(),
-                manifest.model.size,
-                model.checkpoint.display(),
-                model.size
+                manifest.model.mismatch(model)
             )));
         }
         let mut entries = manifest.entries;

@@ -23,6 +23,7 @@ pub use folder::FolderStore;
 use crate::config::MplugConfig;
 use crate::error::{Error, Result};
 use crate::generate::BeamConfig;
+use crate::model::ops::WeightFormat;
 use crate::model::Task;
 use crate::pipeline::{Pipeline, Visual};
 use crate::tasks::retrieval::{self, ImageSide, TextSide};
@@ -58,9 +59,12 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-/// What identifies the model that made an index: its configuration and its checkpoint's
-/// contents. Two identities match when the configuration hash, the checkpoint size and its
-/// fingerprint agree (the path is informative: a moved or copied checkpoint still matches).
+/// What identifies the model that made an index: its configuration, its checkpoint's contents
+/// and the format its weights ran in. Two identities match when the configuration hash, the
+/// checkpoint size and its fingerprint, and the weight format agree (the path is informative: a
+/// moved or copied checkpoint still matches). The weight format counts because int8 or bf16
+/// weights give features a few per cent away from f32's: mixed in one index, the two would
+/// rank images by slightly different measures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelIdentity {
     /// FNV-1a of the configuration's JSON, hexadecimal.
@@ -75,11 +79,20 @@ pub struct ModelIdentity {
     pub fingerprint: String,
     /// The ITC feature width.
     pub embed_dim: usize,
+    /// The format the model's weights ran in. Indexes made before it was recorded read as f32,
+    /// the only format `mplug index` loaded then.
+    #[serde(default)]
+    pub weights: WeightFormat,
 }
 
 impl ModelIdentity {
-    /// The identity of the model built from `config` and `checkpoint`.
-    pub fn of_checkpoint(config: &MplugConfig, checkpoint: &Path) -> Result<Self> {
+    /// The identity of the model built from `config` and `checkpoint`, its weights held in
+    /// `weights`.
+    pub fn of_checkpoint(
+        config: &MplugConfig,
+        checkpoint: &Path,
+        weights: WeightFormat,
+    ) -> Result<Self> {
         let json = serde_json::to_string(config)
             .map_err(|e| Error::Config(format!("cannot serialize the configuration: {e}")))?;
         let meta = fs::metadata(checkpoint).map_err(io_err(checkpoint))?;
@@ -111,6 +124,7 @@ impl ModelIdentity {
             mtime_ns: mtime_ns(&meta),
             fingerprint: format!("{hash:016x}"),
             embed_dim: config.embed_dim,
+            weights,
         })
     }
 
@@ -120,6 +134,32 @@ impl ModelIdentity {
             && self.size == other.size
             && self.fingerprint == other.fingerprint
             && self.embed_dim == other.embed_dim
+            && self.weights == other.weights
+    }
+
+    /// Why an index made by `self` cannot serve `other`, for an error message: the weight
+    /// formats when only they differ, else the two checkpoints.
+    pub fn mismatch(&self, other: &ModelIdentity) -> String {
+        let same_weights = ModelIdentity {
+            weights: other.weights,
+            ..self.clone()
+        };
+        if same_weights.same_model(other) {
+            format!(
+                "it was made with {} weights and this model runs in {} (`--dtype {}` searches it)",
+                self.weights.name(),
+                other.weights.name(),
+                self.weights.name()
+            )
+        } else {
+            format!(
+                "it was made by another model ({}, {} bytes), not by {} ({} bytes)",
+                self.checkpoint.display(),
+                self.size,
+                other.checkpoint.display(),
+                other.size
+            )
+        }
     }
 }
 
@@ -814,13 +854,27 @@ mod tests {
         fs::write(&b, b"weights one").unwrap();
         fs::write(&c, b"weights two").unwrap();
         let cfg = MplugConfig::base();
-        let ia = ModelIdentity::of_checkpoint(&cfg, &a).unwrap();
-        assert!(ia.same_model(&ModelIdentity::of_checkpoint(&cfg, &b).unwrap()));
-        assert!(!ia.same_model(&ModelIdentity::of_checkpoint(&cfg, &c).unwrap()));
+        let f32 = WeightFormat::F32;
+        let ia = ModelIdentity::of_checkpoint(&cfg, &a, f32).unwrap();
+        assert!(ia.same_model(&ModelIdentity::of_checkpoint(&cfg, &b, f32).unwrap()));
+        assert!(!ia.same_model(&ModelIdentity::of_checkpoint(&cfg, &c, f32).unwrap()));
         let mut large = MplugConfig::base();
         large.embed_dim += 1;
-        assert!(!ia.same_model(&ModelIdentity::of_checkpoint(&large, &a).unwrap()));
-        assert!(ModelIdentity::of_checkpoint(&cfg, &dir.join("missing")).is_err());
+        assert!(!ia.same_model(&ModelIdentity::of_checkpoint(&large, &a, f32).unwrap()));
+        assert!(ModelIdentity::of_checkpoint(&cfg, &dir.join("missing"), f32).is_err());
+        // The same checkpoint in int8 is another model for an index, and the message says why.
+        let int8 = ModelIdentity::of_checkpoint(&cfg, &b, WeightFormat::Int8).unwrap();
+        assert!(!ia.same_model(&int8));
+        let why = ia.mismatch(&int8);
+        assert!(why.contains("f32 weights") && why.contains("int8"), "{why}");
+        let c = ModelIdentity::of_checkpoint(&cfg, &c, WeightFormat::Int8).unwrap();
+        assert!(ia.mismatch(&c).contains("another model"));
+        // An identity recorded before the weight format was reads as f32.
+        let mut old = serde_json::to_value(&ia).unwrap();
+        assert_eq!(old["weights"], "f32");
+        old.as_object_mut().unwrap().remove("weights");
+        let old: ModelIdentity = serde_json::from_value(old).unwrap();
+        assert!(old.same_model(&ia));
         let _ = fs::remove_dir_all(&dir);
     }
 }

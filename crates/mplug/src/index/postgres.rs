@@ -108,9 +108,8 @@ impl PgStore {
             if !stored.same_model(model) {
                 if !rebuild {
                     return Err(Error::Unsupported(format!(
-                        "the index was made by another model ({}); index again with --rebuild \
-                         to replace it",
-                        stored.checkpoint.display()
+                        "cannot use the index: {}; index again with --rebuild to replace it",
+                        stored.mismatch(model)
                     )));
                 }
                 tx.batch_execute("DROP TABLE IF EXISTS mplug_images; DELETE FROM mplug_meta")

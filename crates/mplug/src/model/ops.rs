@@ -15,7 +15,9 @@ thread_local! {
 }
 
 /// How a [`Linear`] holds a weight the fused kernels read (an untracked f32 CPU tensor).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Serialized by [`WeightFormat::name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum WeightFormat {
     /// As loaded, f32.
     #[default]
@@ -25,6 +27,17 @@ pub enum WeightFormat {
     /// Quantized to int8 per output, activations per row on every call: see
     /// [`with_int8_weights`].
     Int8,
+}
+
+impl WeightFormat {
+    /// Its name, as `--dtype` takes it: `f32`, `bf16` or `int8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::Bf16 => "bf16",
+            WeightFormat::Int8 => "int8",
+        }
+    }
 }
 
 /// Runs `build` (a model's construction) with its linear layers' weights held in `format`.
