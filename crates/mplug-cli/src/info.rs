@@ -41,9 +41,9 @@ pub fn run(a: &InfoArgs) -> Result<()> {
     let counts = ParameterCounts::of(&ckpt);
     let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
     for key in ckpt.keys() {
-        if let Some(t) = ckpt.get(key) {
+        if let Some((_, dtype)) = ckpt.shape_and_dtype(key) {
             *dtypes
-                .entry(format!("{:?}", t.dtype()).to_lowercase())
+                .entry(format!("{dtype:?}").to_lowercase())
                 .or_default() += 1;
         }
     }

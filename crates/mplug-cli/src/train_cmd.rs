@@ -1019,8 +1019,8 @@ fn finish(
     if let Some(ckpt) = source {
         for key in ckpt.keys() {
             if is_buffer(key) && !tensors.contains_key(key) {
-                if let Some(v) = ckpt.get(key) {
-                    tensors.insert(key.to_string(), v.clone());
+                if let Some(v) = ckpt.get(key)? {
+                    tensors.insert(key.to_string(), v);
                 }
             }
         }

@@ -159,8 +159,10 @@ impl ParameterCounts {
     pub fn of(ckpt: &Checkpoint) -> Self {
         let mut c = ParameterCounts::default();
         for key in ckpt.keys() {
-            let Some(t) = ckpt.get(key) else { continue };
-            let n = t.elem_count();
+            let Some((shape, _)) = ckpt.shape_and_dtype(key) else {
+                continue;
+            };
+            let n: usize = shape.iter().product();
             let slot = if is_buffer(key) {
                 &mut c.buffers
             } else {
@@ -235,9 +237,7 @@ pub fn tensors_for_folder(
 ) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::with_capacity(keys.len());
     for key in keys {
-        let t = ckpt
-            .get(key)
-            .ok_or_else(|| ckpt.error(format!("missing tensor `{key}`")))?;
+        let t = ckpt.tensor(key)?;
         let t = if t.dtype().is_float() {
             t.to_dtype(dtype)?
         } else {

@@ -16,7 +16,7 @@ fn config(dir: &Path) -> MplugConfig {
 fn tensors(ckpt: &Checkpoint) -> HashMap<String, Tensor> {
     ckpt.keys()
         .into_iter()
-        .map(|k| (k.to_string(), ckpt.get(k).unwrap().clone()))
+        .map(|k| (k.to_string(), ckpt.tensor(k).unwrap()))
         .collect()
 }
 
@@ -335,4 +335,135 @@ fn reference_yaml_and_bert_json_give_the_preset() {
     let cfg = MplugConfig::from_reference_yaml(tmp.join("vqa.yaml"), &tmp).unwrap();
     assert_eq!(cfg, MplugConfig::base());
     std::fs::remove_dir_all(&tmp).ok();
+}
+
+/// A safetensors checkpoint is read a tensor at a time: each tensor equals what reading the
+/// whole file gives, in its stored type, shapes and types are known before any is read, and a
+/// file whose index points past its end is refused when opened, naming the file.
+#[test]
+fn safetensors_are_read_one_tensor_at_a_time() {
+    let dir = std::env::temp_dir().join(format!("mplug-lazy-st-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dev = Device::Cpu;
+    let mut map = HashMap::new();
+    map.insert(
+        "module.visual_encoder.visual.conv1.weight".to_string(),
+        Tensor::randn(0f32, 1.0, (4, 3, 2, 2), &dev).unwrap(),
+    );
+    map.insert(
+        "text_encoder.bert.embeddings.word_embeddings.weight".to_string(),
+        Tensor::randn(0f32, 1.0, (7, 5), &dev)
+            .unwrap()
+            .to_dtype(DType::F16)
+            .unwrap(),
+    );
+    map.insert(
+        "prefix_ids".to_string(),
+        Tensor::new(&[3i64, 1, 4], &dev).unwrap(),
+    );
+    map.insert(
+        "visual_encoder_m.visual.conv1.weight".to_string(),
+        Tensor::zeros(2, DType::F32, &dev).unwrap(),
+    );
+    let path = dir.join("model.safetensors");
+    candle_core::safetensors::save(&map, &path).unwrap();
+
+    let ckpt = Checkpoint::load(&path).unwrap();
+    assert_eq!(ckpt.skipped(), 1);
+    let whole = candle_core::safetensors::load(&path, &dev).unwrap();
+    for (stored, key) in [
+        (
+            "module.visual_encoder.visual.conv1.weight",
+            "visual_encoder.visual.conv1.weight",
+        ),
+        (
+            "text_encoder.bert.embeddings.word_embeddings.weight",
+            "text_encoder.embeddings.word_embeddings.weight",
+        ),
+        ("prefix_ids", "prefix_ids"),
+    ] {
+        let want = &whole[stored];
+        let (shape, dtype) = ckpt.shape_and_dtype(key).unwrap();
+        assert_eq!((shape, dtype), (want.dims(), want.dtype()), "{key}");
+        let got = ckpt.tensor(key).unwrap();
+        assert_eq!(got.dtype(), want.dtype(), "{key}");
+        let (got, want) = (
+            got.to_dtype(DType::F64).unwrap().flatten_all().unwrap(),
+            want.to_dtype(DType::F64).unwrap().flatten_all().unwrap(),
+        );
+        assert_eq!(
+            got.to_vec1::<f64>().unwrap(),
+            want.to_vec1::<f64>().unwrap(),
+            "{key}"
+        );
+    }
+    assert!(ckpt.get("no.such.key").unwrap().is_none());
+    let err = ckpt.tensor("no.such.key").unwrap_err().to_string();
+    assert!(
+        err.contains("no.such.key") && err.contains("model.safetensors"),
+        "{err}"
+    );
+
+    // Cut short inside the data: the index points past the end.
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() - 4]).unwrap();
+    let err = Checkpoint::load(&cut).unwrap_err().to_string();
+    assert!(
+        err.contains("cut.safetensors") && err.contains("lies at bytes"),
+        "{err}"
+    );
+    // A header longer than the file.
+    let long = dir.join("long.safetensors");
+    let mut head = (1u64 << 20).to_le_bytes().to_vec();
+    head.extend_from_slice(b"{\"a\": 1}");
+    std::fs::write(&long, head).unwrap();
+    let err = Checkpoint::load(&long).unwrap_err().to_string();
+    assert!(
+        err.contains("long.safetensors") && err.contains("header"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A `.pth` checkpoint opened lazily gives every tensor as reading the archive whole does.
+#[test]
+fn pth_tensors_read_one_at_a_time_equal_the_whole_archive() {
+    for dir in config_dirs() {
+        let path = file(&dir, "caption.pth");
+        let ckpt = Checkpoint::load(&path).unwrap();
+        // The state dict where the loader looks first, then at the top level.
+        let whole: Vec<(String, Tensor)> = [Some("model"), None]
+            .into_iter()
+            .filter_map(|k| candle_core::pickle::read_all_with_key(&path, k).ok())
+            .find(|t| !t.is_empty())
+            .unwrap();
+        let mut seen = 0;
+        for (stored, want) in &whole {
+            let key = stored.strip_prefix("module.").unwrap_or(stored);
+            let key = match key.strip_prefix("text_encoder.bert.") {
+                Some(rest) => format!("text_encoder.{rest}"),
+                None => key.replacen("fusion_encoder.fusion.", "fusion_encoder.", 1),
+            };
+            let key = key.as_str();
+            let Some((shape, _)) = ckpt.shape_and_dtype(key) else {
+                continue;
+            };
+            assert_eq!(shape, want.dims(), "{key}");
+            let got = ckpt.tensor(key).unwrap();
+            let diff = (got.to_dtype(DType::F64).unwrap() - want.to_dtype(DType::F64).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert_eq!(diff, 0.0, "{key}");
+            seen += 1;
+        }
+        assert_eq!(seen, ckpt.keys().len());
+    }
 }

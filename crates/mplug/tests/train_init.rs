@@ -30,14 +30,14 @@ fn bert_and_clip_checkpoints_initialize_the_towers() {
     for k in golden.keys() {
         if let Some(rest) = k.strip_prefix("text_decoder.") {
             if !rest.contains("crossattention") && !rest.ends_with("position_ids") {
-                bert.insert(rest.to_string(), golden.get(k).unwrap().clone());
+                bert.insert(rest.to_string(), golden.tensor(k).unwrap());
             }
         }
     }
     let bert = Checkpoint::from_tensors("bert.safetensors", bert);
     // A CLIP vision model in Hugging Face's layout, from the golden visual tower.
     let v = "visual_encoder.visual.";
-    let g = |k: &str| golden.get(&format!("{v}{k}")).unwrap().clone();
+    let g = |k: &str| golden.tensor(&format!("{v}{k}")).unwrap();
     let mut clip = HashMap::new();
     clip.insert(
         "vision_model.embeddings.patch_embedding.weight".to_string(),
@@ -117,12 +117,7 @@ fn bert_and_clip_checkpoints_initialize_the_towers() {
         0.0,
     );
 
-    let b = |k: &str| {
-        golden
-            .get(&format!("text_decoder.bert.{k}"))
-            .unwrap()
-            .clone()
-    };
+    let b = |k: &str| golden.tensor(&format!("text_decoder.bert.{k}")).unwrap();
     // The last layer of each text tower that the test BERT holds.
     let l = |i: usize| format!("encoder.layer.{i}.attention.self.query.weight");
     let i = cfg.bert.text_encoder_layers.min(bert_layers) - 1;

@@ -59,7 +59,8 @@ impl GroundingTokens {
     /// Reads the `prefix_ids` and `target_ids` buffers of a grounding checkpoint, or the
     /// defaults when it has none.
     pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Self> {
-        let (Some(prefix), Some(targets)) = (ckpt.get("prefix_ids"), ckpt.get("target_ids")) else {
+        let (Some(prefix), Some(targets)) = (ckpt.get("prefix_ids")?, ckpt.get("target_ids")?)
+        else {
             return Ok(Self::default());
         };
         let prefix = prefix

@@ -72,7 +72,7 @@ pub fn bert_tensors(bert: &Checkpoint, config: &MplugConfig) -> Result<HashMap<S
     let mut out = HashMap::new();
     let mut found_layers = 0usize;
     for key in bert.keys() {
-        let t = bert.get(key).expect("listed key").clone();
+        let t = bert.tensor(key)?;
         let k = key.strip_prefix("bert.").unwrap_or(key);
         if let Some(rest) = k.strip_prefix("embeddings.") {
             out.insert(format!("text_encoder.embeddings.{rest}"), t.clone());
@@ -116,7 +116,7 @@ pub fn clip_tensors(clip: &Checkpoint) -> Result<HashMap<String, Tensor>> {
         // CLIP's own projection (`proj`) is left out, as from OpenAI's layout below: the
         // model projects with `vision_proj`.
         if key.starts_with(root) && key != format!("{root}proj") {
-            out.insert(key.to_string(), clip.get(key).expect("listed").clone());
+            out.insert(key.to_string(), clip.tensor(key)?);
         }
     }
     if !out.is_empty() {
@@ -125,19 +125,19 @@ pub fn clip_tensors(clip: &Checkpoint) -> Result<HashMap<String, Tensor>> {
     for key in clip.keys() {
         if let Some(rest) = key.strip_prefix("visual.") {
             if rest != "proj" {
-                out.insert(
-                    format!("{root}{rest}"),
-                    clip.get(key).expect("listed").clone(),
-                );
+                out.insert(format!("{root}{rest}"), clip.tensor(key)?);
             }
         }
     }
     if !out.is_empty() {
         return Ok(out);
     }
-    let hf = |k: &str| clip.get(&format!("vision_model.{k}")).cloned();
-    let need = |k: &str| hf(k).ok_or_else(|| clip.error(format!("lacks `vision_model.{k}`")));
-    if hf("embeddings.patch_embedding.weight").is_none() {
+    let hf = |k: &str| clip.contains(&format!("vision_model.{k}"));
+    let need = |k: &str| {
+        clip.get(&format!("vision_model.{k}"))?
+            .ok_or_else(|| clip.error(format!("lacks `vision_model.{k}`")))
+    };
+    if !hf("embeddings.patch_embedding.weight") {
         return Err(clip.error("is neither an OpenAI CLIP (`visual.*`) nor a Hugging Face CLIP vision model (`vision_model.*`)"));
     }
     out.insert(
@@ -158,7 +158,7 @@ pub fn clip_tensors(clip: &Checkpoint) -> Result<HashMap<String, Tensor>> {
         }
     }
     let mut i = 0;
-    while hf(&format!("encoder.layers.{i}.self_attn.q_proj.weight")).is_some() {
+    while hf(&format!("encoder.layers.{i}.self_attn.q_proj.weight")) {
         let l = |k: &str| need(&format!("encoder.layers.{i}.{k}"));
         let ours = format!("{root}transformer.resblocks.{i}.");
         let w = Tensor::cat(

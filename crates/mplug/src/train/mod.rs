@@ -96,8 +96,8 @@ impl Trainable {
         let tensors: HashMap<String, Tensor> = ckpt
             .keys()
             .into_iter()
-            .filter_map(|k| ckpt.get(k).map(|v| (k.to_string(), v.clone())))
-            .collect();
+            .map(|k| Ok((k.to_string(), ckpt.tensor(k)?)))
+            .collect::<Result<_>>()?;
         let report = t.load_partial(&tensors)?;
         if let Some(name) = report
             .missing
