@@ -75,6 +75,37 @@ enum Place {
 struct TensorFile {
     path: PathBuf,
     format: FileFormat,
+    /// The file's size and modification time when it was opened: a file rewritten since
+    /// would mix tensors of two checkpoints, so reads then fail instead.
+    stamp: Stamp,
+}
+
+type Stamp = (u64, Option<std::time::SystemTime>);
+
+fn stamp(meta: &std::fs::Metadata) -> Stamp {
+    (meta.len(), meta.modified().ok())
+}
+
+impl TensorFile {
+    /// Fails when the file is no longer as it was opened. A `.pth` is opened again by its path
+    /// for each tensor, so the path is checked; a safetensors file is read through the handle
+    /// opened with it, so that file is (replacing the path leaves the opened file whole).
+    fn check_unchanged(&self) -> candle_core::Result<()> {
+        let now = match &self.format {
+            FileFormat::Pth(_) => std::fs::metadata(&self.path)?,
+            FileFormat::Safetensors { file, .. } => {
+                file.lock().expect("checkpoint file lock").metadata()?
+            }
+        };
+        if stamp(&now) != self.stamp {
+            return Err(candle_core::Error::Msg(
+                "the file changed after it was opened (its size or modification time); \
+                 load it again"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 enum FileFormat {
@@ -102,8 +133,14 @@ impl Store {
         let Some(entry) = self.entries.get(key) else {
             return Ok(None);
         };
-        let read = match (&entry.place, &self.file) {
-            (Place::Memory(t), _) => return Ok(Some(t.clone())),
+        if let Place::Memory(t) = &entry.place {
+            return Ok(Some(t.clone()));
+        }
+        let read = self
+            .file
+            .as_ref()
+            .map_or(Ok(()), TensorFile::check_unchanged);
+        let read = read.and_then(|()| match (&entry.place, &self.file) {
             (
                 Place::Pth(name),
                 Some(TensorFile {
@@ -121,7 +158,7 @@ impl Store {
                 }),
             ) => read_safetensor(file, *data_start, info),
             _ => Err(candle_core::Error::Msg("tensor without its file".into())),
-        };
+        });
         let path = self
             .file
             .as_ref()
@@ -254,6 +291,10 @@ impl Checkpoint {
     /// file; each tensor is read (in its stored dtype) when asked for.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        let opened = std::fs::metadata(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let (format, raw) = match Format::sniff(path)? {
             Format::Pth => pth_index(path)?,
             Format::Safetensors => safetensors_index(path)?,
@@ -261,9 +302,20 @@ impl Checkpoint {
         if raw.is_empty() {
             return Err(ckpt_err(path, "holds no tensors".into()));
         }
+        let stamp = match &format {
+            FileFormat::Pth(_) => stamp(&opened),
+            FileFormat::Safetensors { file, .. } => {
+                let meta = file.lock().expect("checkpoint file lock").metadata();
+                stamp(&meta.map_err(|source| Error::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?)
+            }
+        };
         let file = TensorFile {
             path: path.to_path_buf(),
             format,
+            stamp,
         };
         Ok(Self::from_raw(path.to_path_buf(), raw, Some(file)))
     }

@@ -404,6 +404,13 @@ fn safetensors_are_read_one_tensor_at_a_time() {
         "{err}"
     );
 
+    // Rewritten after it was opened: reads fail rather than mix two files' tensors.
+    let mut longer = std::fs::read(&path).unwrap();
+    longer.extend_from_slice(b"  ");
+    std::fs::write(&path, &longer).unwrap();
+    let err = ckpt.tensor("prefix_ids").unwrap_err().to_string();
+    assert!(err.contains("changed after it was opened"), "{err}");
+
     // Cut short inside the data: the index points past the end.
     let bytes = std::fs::read(&path).unwrap();
     let cut = dir.join("cut.safetensors");
@@ -466,4 +473,25 @@ fn pth_tensors_read_one_at_a_time_equal_the_whole_archive() {
         }
         assert_eq!(seen, ckpt.keys().len());
     }
+}
+
+/// A `.pth` rewritten after it was opened is not read from: its tensors could be another
+/// checkpoint's.
+#[test]
+fn a_pth_rewritten_after_opening_is_refused() {
+    let dir = &config_dirs()[0];
+    let copy = std::env::temp_dir().join(format!("mplug-rewritten-{}.pth", std::process::id()));
+    std::fs::copy(file(dir, "caption.pth"), &copy).unwrap();
+    let ckpt = Checkpoint::load(&copy).unwrap();
+    let key = ckpt.keys()[0].to_string();
+    ckpt.tensor(&key).unwrap();
+    let mut bytes = std::fs::read(&copy).unwrap();
+    bytes.push(0);
+    std::fs::write(&copy, &bytes).unwrap();
+    let err = ckpt.tensor(&key).unwrap_err().to_string();
+    assert!(
+        err.contains("changed after it was opened") && err.contains("mplug-rewritten"),
+        "{err}"
+    );
+    std::fs::remove_file(&copy).ok();
 }
