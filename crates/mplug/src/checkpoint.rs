@@ -172,23 +172,62 @@ impl Store {
     }
 }
 
-/// One tensor of a safetensors file, converted as `candle` converts a whole file's.
+/// One tensor of a safetensors file. Little-endian f32, f16 and bf16 values (what checkpoints
+/// hold) are read straight into the tensor's own buffer on little-endian machines; other types
+/// are converted as `candle` converts a whole file's.
 fn read_safetensor(
     file: &Mutex<std::fs::File>,
     data_start: u64,
     info: &safetensors::tensor::TensorInfo,
 ) -> candle_core::Result<Tensor> {
     use candle_core::safetensors::Load;
+    use safetensors::Dtype;
     let (start, end) = info.data_offsets;
-    let mut bytes = vec![0u8; end - start];
-    {
+    let read = |buf: &mut [u8]| -> candle_core::Result<()> {
         let mut file = file.lock().expect("checkpoint file lock");
         file.seek(SeekFrom::Start(data_start + start as u64))?;
-        file.read_exact(&mut bytes)?;
+        file.read_exact(buf)?;
+        Ok(())
+    };
+    let elements: usize = info.shape.iter().product();
+    if cfg!(target_endian = "little") {
+        match info.dtype {
+            Dtype::F32 if elements * 4 == end - start => {
+                return read_values::<f32>(elements, &info.shape, read)
+            }
+            Dtype::F16 if elements * 2 == end - start => {
+                return read_values::<half::f16>(elements, &info.shape, read)
+            }
+            Dtype::BF16 if elements * 2 == end - start => {
+                return read_values::<half::bf16>(elements, &info.shape, read)
+            }
+            _ => {}
+        }
     }
+    let mut bytes = vec![0u8; end - start];
+    read(&mut bytes)?;
     let view = safetensors::tensor::TensorView::new(info.dtype, info.shape.clone(), &bytes)
         .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     view.load(&Device::Cpu)
+}
+
+/// A tensor of `elements` values of `T`, its bytes filled by `read`.
+fn read_values<T: candle_core::WithDType>(
+    elements: usize,
+    shape: &[usize],
+    read: impl FnOnce(&mut [u8]) -> candle_core::Result<()>,
+) -> candle_core::Result<Tensor> {
+    let mut values = vec![T::zero(); elements];
+    // SAFETY: `T` is f32, f16 or bf16, plain values with no padding for which every bit
+    // pattern is valid; the byte view covers exactly the vector's initialized elements.
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(
+            values.as_mut_ptr() as *mut u8,
+            elements * std::mem::size_of::<T>(),
+        )
+    };
+    read(bytes)?;
+    Tensor::from_vec(values, shape, &Device::Cpu)
 }
 
 /// Largest safetensors header read (the format's own limit).

@@ -338,7 +338,8 @@ fn reference_yaml_and_bert_json_give_the_preset() {
 }
 
 /// A safetensors checkpoint is read a tensor at a time: each tensor equals what reading the
-/// whole file gives, in its stored type, shapes and types are known before any is read, and a
+/// whole file gives, in its stored type (f32, f16 and bf16 read straight into place, i64
+/// converted), shapes and types are known before any is read, and a
 /// file whose index points past its end is refused when opened, naming the file.
 #[test]
 fn safetensors_are_read_one_tensor_at_a_time() {
@@ -355,6 +356,13 @@ fn safetensors_are_read_one_tensor_at_a_time() {
         Tensor::randn(0f32, 1.0, (7, 5), &dev)
             .unwrap()
             .to_dtype(DType::F16)
+            .unwrap(),
+    );
+    map.insert(
+        "fusion_encoder.fusion.pooler.dense.weight".to_string(),
+        Tensor::randn(0f32, 1.0, (3, 6), &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
             .unwrap(),
     );
     map.insert(
@@ -379,6 +387,10 @@ fn safetensors_are_read_one_tensor_at_a_time() {
         (
             "text_encoder.bert.embeddings.word_embeddings.weight",
             "text_encoder.embeddings.word_embeddings.weight",
+        ),
+        (
+            "fusion_encoder.fusion.pooler.dense.weight",
+            "fusion_encoder.pooler.dense.weight",
         ),
         ("prefix_ids", "prefix_ids"),
     ] {

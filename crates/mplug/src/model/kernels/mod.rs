@@ -144,18 +144,35 @@ pub fn transposed_weight(weight: &Tensor, dtype: DType) -> Result<Tensor> {
     out.t()
 }
 
-/// `dst (k, n) = convert(src (n, k))^T`, in 32 x 32 tiles so that both sides stay in cache.
-fn transpose_into<T>(dst: &mut [T], src: &[f32], n: usize, k: usize, convert: impl Fn(f32) -> T) {
+/// `dst (k, n) = convert(src (n, k))^T`, in 32 x 32 tiles so that both sides stay in cache,
+/// bands of 32 rows of `dst` shared among the pool's threads (loading a model is mostly this
+/// pass and the file's reading).
+fn transpose_into<T: Send>(
+    dst: &mut [T],
+    src: &[f32],
+    n: usize,
+    k: usize,
+    convert: impl Fn(f32) -> T + Sync,
+) {
+    use rayon::prelude::*;
     const TILE: usize = 32;
-    for j0 in (0..n).step_by(TILE) {
-        for i0 in (0..k).step_by(TILE) {
-            for j in j0..(j0 + TILE).min(n) {
-                for i in i0..(i0 + TILE).min(k) {
-                    dst[i * n + j] = convert(src[j * k + i]);
+    if n == 0 {
+        return;
+    }
+    dst.par_chunks_mut(TILE * n)
+        .enumerate()
+        .for_each(|(band, rows)| {
+            let i0 = band * TILE;
+            let height = rows.len() / n;
+            for j0 in (0..n).step_by(TILE) {
+                for j in j0..(j0 + TILE).min(n) {
+                    let col = &src[j * k + i0..j * k + i0 + height];
+                    for (r, &v) in col.iter().enumerate() {
+                        rows[r * n + j] = convert(v);
+                    }
                 }
             }
-        }
-    }
+        });
 }
 
 /// Advises the whole huge pages inside `bytes` bytes at `addr` as huge pages (Linux).
