@@ -159,16 +159,9 @@ impl Store {
             ) => read_safetensor(file, *data_start, info),
             _ => Err(candle_core::Error::Msg("tensor without its file".into())),
         });
-        let path = self
-            .file
-            .as_ref()
-            .map_or(Path::new(""), |f| f.path.as_path());
-        read.map(Some).map_err(|e| {
-            candle_core::Error::Msg(format!(
-                "cannot read tensor `{key}` from {}: {e}",
-                path.display()
-            ))
-        })
+        // The checkpoint's errors name the file (`Checkpoint::error`); this names the tensor.
+        read.map(Some)
+            .map_err(|e| candle_core::Error::Msg(format!("cannot read tensor `{key}`: {e}")))
     }
 }
 
