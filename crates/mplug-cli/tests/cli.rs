@@ -429,7 +429,7 @@ fn bench_prints_every_figure_as_json() {
     let train = get("caption_train_step_32_b2");
     assert_eq!(train["samples"], 2);
     // Only the parts asked for run.
-    let o = mplug_ok(&[
+    let tower_once = [
         "bench",
         "--preset",
         "tiny",
@@ -440,7 +440,8 @@ fn bench_prints_every_figure_as_json() {
         "--batch-size",
         "1",
         "--json",
-    ]);
+    ];
+    let o = mplug_ok(&tower_once);
     let names: Vec<String> = json_lines(&o.stdout)
         .iter()
         .map(|l| l["name"].to_string())
@@ -456,20 +457,7 @@ fn bench_prints_every_figure_as_json() {
         o.stdout
     );
     // int8 weights measure too; an unknown weight type is refused with the known ones named.
-    let o = mplug_ok(&[
-        "bench",
-        "--preset",
-        "tiny",
-        "--runs",
-        "1",
-        "--only",
-        "tower",
-        "--batch-size",
-        "1",
-        "--dtype",
-        "int8",
-        "--json",
-    ]);
+    let o = mplug_ok(&[&tower_once[..], &["--dtype", "int8"]].concat());
     let lines = json_lines(&o.stdout);
     assert_eq!(lines[0]["dtype"], "int8", "{}", o.stdout);
     assert!(lines[1]["median_s"].as_f64().unwrap() > 0.0, "{}", o.stdout);
